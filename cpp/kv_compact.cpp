@@ -1,0 +1,101 @@
+#include "kv_compact.h"
+
+#include <ATen/Parallel.h>
+
+#include <cstring>
+
+namespace prospect {
+
+namespace {
+
+// Bounce buffer size for short moves on non-memmove paths, in tokens.
+constexpr int64_t BOUNCE_TOKENS = 256;
+
+void move_memmove(const at::Tensor& t, const token_move& m) {
+    // [B, H, T, D] with rows of D contiguous and consecutive along T.
+    const int64_t B = t.size(0), H = t.size(1), D = t.size(3);
+    const int64_t es = t.element_size();
+    const int64_t sb = t.stride(0) * es, sh = t.stride(1) * es, st = t.stride(2) * es;
+    auto* base = static_cast<char*>(t.data_ptr());
+    const size_t bytes = static_cast<size_t>(m.len * D * es);
+    at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t r = lo; r < hi; ++r) {
+            char* row = base + (r / H) * sb + (r % H) * sh;
+            std::memmove(row + m.dst * st, row + m.src * st, bytes);
+        }
+    });
+}
+
+void move_chunked(const at::Tensor& t, const token_move& m, at::Tensor& bounce) {
+    const int64_t gap = m.src - m.dst;
+    if (gap >= m.len) {
+        t.narrow(2, m.dst, m.len).copy_(t.narrow(2, m.src, m.len));
+        return;
+    }
+    if (gap >= BOUNCE_TOKENS) {
+        // Chunks of `gap` tokens: each destination ends where its source begins.
+        for (int64_t off = 0; off < m.len; off += gap) {
+            const int64_t n = std::min(gap, m.len - off);
+            t.narrow(2, m.dst + off, n).copy_(t.narrow(2, m.src + off, n));
+        }
+        return;
+    }
+    // A short gap would mean many tiny copies: go through the bounce buffer.
+    if (!bounce.defined()) {
+        bounce = at::empty({t.size(0), t.size(1), std::min(BOUNCE_TOKENS, m.len), t.size(3)}, t.options());
+    }
+    const int64_t cap = bounce.size(2);
+    for (int64_t off = 0; off < m.len; off += cap) {
+        const int64_t n = std::min(cap, m.len - off);
+        auto b = bounce.narrow(2, 0, n);
+        b.copy_(t.narrow(2, m.src + off, n));
+        t.narrow(2, m.dst + off, n).copy_(b);
+    }
+}
+
+}  // namespace
+
+std::vector<token_move> kv_compact_plan(const std::vector<std::pair<int64_t, int64_t>>& kept) {
+    std::vector<token_move> moves;
+    int64_t cursor = 0;
+    for (const auto& [start, end] : kept) {
+        const int64_t len = end - start;
+        if (len <= 0) continue;
+        if (start != cursor) {
+            if (!moves.empty() && moves.back().src + moves.back().len == start &&
+                moves.back().dst + moves.back().len == cursor) {
+                moves.back().len += len;
+            } else {
+                moves.push_back({start, cursor, len});
+            }
+        }
+        cursor += len;
+    }
+    return moves;
+}
+
+void kv_compact_(const at::Tensor& t, const std::vector<token_move>& moves) {
+    TORCH_CHECK_VALUE(t.dim() == 4, "kv_compact_: tensor expected [B, H, T, D], got shape ", t.sizes());
+    const int64_t T = t.size(2);
+    int64_t last_src = -1;
+    for (const auto& m : moves) {
+        TORCH_CHECK_VALUE(m.len >= 0 && m.dst >= 0 && m.dst <= m.src && m.src + m.len <= T,
+                          "kv_compact_: move {src=", m.src, ", dst=", m.dst, ", len=", m.len,
+                          "} expected 0 <= dst <= src and src + len <= ", T);
+        TORCH_CHECK_VALUE(m.src > last_src, "kv_compact_: moves expected sorted by src");
+        last_src = m.src;
+    }
+    const bool rows_packed = t.is_cpu() && t.stride(3) == 1 && t.stride(2) == t.size(3);
+    c10::InferenceMode guard;
+    at::Tensor bounce;
+    for (const auto& m : moves) {
+        if (m.len == 0 || m.src == m.dst) continue;
+        if (rows_packed) {
+            move_memmove(t, m);
+        } else {
+            move_chunked(t, m, bounce);
+        }
+    }
+}
+
+}  // namespace prospect

@@ -1,0 +1,28 @@
+// Shared pieces of the prospect_core Python module.
+#pragma once
+
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include "kv_cache.h"
+
+namespace py = pybind11;
+
+namespace prospect {
+
+// "Tensor", "tuple", ...: what a wrong argument was, for error messages.
+inline std::string py_type_name(const py::handle& obj) {
+    return py::type::of(obj).attr("__name__").cast<std::string>();
+}
+
+inline bool is_tensor(const py::handle& obj) { return THPVariable_Check(obj.ptr()); }
+
+// torch.dtype or a name ("float32", "bfloat16", "float16", ...); `arg` names it in errors.
+at::ScalarType dtype_from_py(const py::handle& obj, const char* arg);
+// torch.device or a string ("cpu", "cuda", "cuda:1").
+at::Device device_from_py(const py::handle& obj, const char* arg);
+
+// Module-level surgery on transformers caches; KVCache.to_legacy / to_dynamic_cache / from_past_key_values.
+void bind_cache_interop(py::module_& m, py::class_<KVCache>& kv_cache);
+
+}  // namespace prospect

@@ -1,0 +1,17 @@
+"""Prints the Python requirements named in pyproject.toml, one per line.
+
+usage: python scripts/requirements.py [extra ...]
+Build requirements, the CI pins, the runtime dependencies and the given extras:
+pyproject.toml stays the one place where versions are pinned or bounded.
+"""
+
+import sys
+import tomllib
+from pathlib import Path
+
+meta = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+reqs = list(meta["build-system"]["requires"]) + list(meta["tool"]["prospect"]["ci-pins"])
+reqs += meta["project"]["dependencies"]
+for extra in sys.argv[1:]:
+    reqs += meta["project"]["optional-dependencies"][extra]
+print("\n".join(dict.fromkeys(reqs)))

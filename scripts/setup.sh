@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything prospect needs on a fresh Debian machine, then builds and
+# installs it. Idempotent: what is already there at the right version is kept,
+# and an unchanged tree rebuilds from the build dir and ccache in seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+# System libraries: compilers, GoogleTest, OpenCV, Eigen, and opencv-doc for its sample videos.
+APT_PACKAGES=(g++ cmake ninja-build ccache git libgtest-dev libopencv-dev libeigen3-dev nlohmann-json3-dev opencv-doc)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore
+# Python packages, versions from pyproject.toml; pip skips what is already satisfied.
+mapfile -t reqs < <("$PY" scripts/requirements.py test)
+"$PY" -m pip install -q --disable-pip-version-check "${reqs[@]}"
+
+# The extension is built against the torch just installed, so no build isolation.
+"$PY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps .
