@@ -26,5 +26,7 @@ export PIP_ROOT_USER_ACTION=ignore
 mapfile -t reqs < <("$PY" scripts/requirements.py test)
 "$PY" -m pip install -q --disable-pip-version-check "${reqs[@]}"
 
+# ccache hits across clones: paths relative to the checkout, cwd not hashed.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 # The extension is built against the torch just installed, so no build isolation.
 "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps .
