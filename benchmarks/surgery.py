@@ -103,7 +103,7 @@ def main():
     print("| variant | time ms | speed-up vs torch.cat | extra peak MiB | extra peak / cache |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['median_ms']:.1f} | {base["median_ms"] / r["median_ms"]:.2f}x | "
+        print(f"| {r['variant']} | {r['median_ms']:.1f} | {base['median_ms'] / r['median_ms']:.2f}x | "
               f"{r['median_extra_peak_mb']:.1f} | {100 * r['extra_peak_fraction']:.2f}% |")
 
     import torch
