@@ -64,6 +64,8 @@ public:
     int64_t commit(int64_t tokens, SpanKind kind, std::optional<int64_t> frame_index = std::nullopt);
     // Grow the last span by `tokens` already written (decode steps of one reply).
     void commit_extend(int64_t tokens);
+    // Forget tokens written but not committed (a forward pass that failed midway).
+    void discard_pending() { written_ = 0; }
 
     // Views [B, Hkv, length, D] on the storage.
     at::Tensor keys(int64_t layer) const;

@@ -24,5 +24,7 @@ at::Device device_from_py(const py::handle& obj, const char* arg);
 
 // Module-level surgery on transformers caches; KVCache.to_legacy / to_dynamic_cache / from_past_key_values.
 void bind_cache_interop(py::module_& m, py::class_<KVCache>& kv_cache);
+// SmolVLM and greedy_generate.
+void bind_model(py::module_& m);
 
 }  // namespace prospect

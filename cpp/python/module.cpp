@@ -178,6 +178,7 @@ positions as they were and the caller passes position ids.)doc");
         });
 
     bind_cache_interop(m, kv);
+    bind_model(m);
 
     m.def(
         "rope_shift_",

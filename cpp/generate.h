@@ -1,0 +1,41 @@
+// Greedy (or sampled) decoding over the KVCache, the whole loop in C++.
+#pragma once
+
+#include "smolvlm.h"
+
+#include <functional>
+#include <optional>
+#include <vector>
+
+namespace prospect {
+
+struct generate_options {
+    int64_t max_new_tokens = 100;
+    std::vector<int64_t> stop_token_ids;
+    bool keep_generated_in_cache = true;
+    // ProAssist's talk rule: at the first step, if P(token) > threshold, say nothing.
+    std::optional<std::pair<int64_t, double>> silence;
+    SpanKind span_kind = SPAN_USER;
+    std::optional<int64_t> frame_index;
+    double temperature = 0.0;  // 0: greedy
+    double top_p = 1.0;
+    std::optional<uint64_t> seed;
+    // Called after each new token; returning false stops. Empty: never leaves C++.
+    std::function<bool(int64_t)> on_token;
+};
+
+struct generate_result {
+    std::vector<int64_t> tokens;  // new tokens, stop token excluded
+    std::optional<double> silence_prob;
+    double prefill_ms = 0;
+    double decode_ms = 0;
+};
+
+// Prefills embeds [1, T, H] as one span of options.span_kind, then decodes one
+// token per step. Every emitted token is fed back (one assistant span); the
+// stop token is not. With keep_generated_in_cache=false the cache ends as it
+// was after the input.
+generate_result greedy_generate(const SmolVLM& model, const at::Tensor& embeds, KVCache& cache,
+                                const generate_options& options);
+
+}  // namespace prospect

@@ -1,0 +1,147 @@
+#include "model_loader.h"
+
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+
+namespace prospect {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A read-only mapping of a whole file, unmapped when the last tensor viewing it goes.
+struct mapped_file {
+    void* addr = MAP_FAILED;
+    size_t size = 0;
+    ~mapped_file() {
+        if (addr != MAP_FAILED && size > 0) munmap(addr, size);
+    }
+};
+
+std::shared_ptr<mapped_file> map_file(const fs::path& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw format_error(path.string() + ": cannot open (" + std::strerror(errno) + ")");
+    struct stat st {};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        throw format_error(path.string() + ": not a regular file");
+    }
+    auto m = std::make_shared<mapped_file>();
+    m->size = static_cast<size_t>(st.st_size);
+    if (m->size > 0) m->addr = mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (m->size > 0 && m->addr == MAP_FAILED) throw format_error(path.string() + ": mmap failed");
+    return m;
+}
+
+at::ScalarType scalar_type_of(const std::string& dtype) {
+    static const std::pair<const char*, at::ScalarType> types[] = {
+        {"F64", at::kDouble}, {"F32", at::kFloat}, {"F16", at::kHalf}, {"BF16", at::kBFloat16}, {"I64", at::kLong},
+        {"I32", at::kInt},    {"I16", at::kShort}, {"I8", at::kChar},  {"U8", at::kByte},       {"BOOL", at::kBool},
+    };
+    for (const auto& [name, t] : types) {
+        if (dtype == name) return t;
+    }
+    throw format_error("unsupported safetensors dtype '" + dtype + "'");
+}
+
+std::string read_text(const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw format_error(path.string() + ": cannot read");
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+void load_file(const fs::path& path, at::ScalarType dtype, at::Device device, weight_map& out) {
+    const auto m = map_file(path);
+    const auto* base = static_cast<const uint8_t*>(m->addr == MAP_FAILED ? nullptr : m->addr);
+    static const uint8_t empty[8] = {};
+    const auto h = safetensors_parse_header(base ? base : empty, m->size, m->size, path.string());
+    for (const auto& e : h.entries) {
+        auto* ptr = const_cast<uint8_t*>(base + h.data_offset + e.begin);
+        const auto src_type = scalar_type_of(e.dtype);
+        // The deleter holds the mapping: a view outlives this function safely.
+        auto t = at::from_blob(ptr, e.shape, [m](void*) {}, at::TensorOptions().dtype(src_type));
+        const bool aligned = reinterpret_cast<uintptr_t>(ptr) % e.element_size == 0;
+        const bool keep_view = aligned && device.is_cpu() && (!at::isFloatingType(src_type) || src_type == dtype);
+        if (!keep_view) t = t.to(device, at::isFloatingType(src_type) ? dtype : src_type, false, /*copy=*/true);
+        if (out.tensors().count(e.name)) throw format_error(path.string() + ": tensor '" + e.name + "' appears twice");
+        out.tensors().emplace(e.name, std::move(t));
+    }
+}
+
+}  // namespace
+
+at::Tensor weight_map::take(const std::string& name, at::IntArrayRef shape) {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) throw format_error("checkpoint: missing weight '" + name + "'");
+    at::Tensor t = std::move(it->second);
+    tensors_.erase(it);
+    if (t.sizes() != shape) {
+        std::ostringstream os;
+        os << "checkpoint: weight '" << name << "' expected shape " << shape << " from config.json, got " << t.sizes();
+        throw format_error(os.str());
+    }
+    return t;
+}
+
+model_config load_model_config(const std::string& dir) {
+    const fs::path path = fs::path(dir) / "config.json";
+    if (!fs::exists(path)) throw format_error(dir + ": no config.json (expected a Hugging Face model folder)");
+    return parse_model_config(read_text(path), path.string());
+}
+
+weight_map load_weights(const std::string& dir, at::ScalarType dtype, at::Device device) {
+    const fs::path root(dir);
+    std::vector<fs::path> files;
+    if (fs::exists(root / "model.safetensors")) {
+        files.push_back(root / "model.safetensors");
+    } else if (fs::exists(root / "model.safetensors.index.json")) {
+        const auto index_path = root / "model.safetensors.index.json";
+        nlohmann::json index;
+        try {
+            index = nlohmann::json::parse(read_text(index_path));
+        } catch (const nlohmann::json::exception& e) {
+            throw format_error(index_path.string() + ": not valid JSON (" + printable(e.what()) + ")");
+        }
+        if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+            throw format_error(index_path.string() + ": expected an object with a 'weight_map' object");
+        std::set<std::string> shards;
+        for (const auto& [name, file] : index["weight_map"].items()) {
+            if (!file.is_string()) throw format_error(index_path.string() + ": weight_map['" + name + "'] is not a file name");
+            const auto f = file.get<std::string>();
+            if (f.find('/') != std::string::npos || f.find("..") != std::string::npos)
+                throw format_error(index_path.string() + ": shard name '" + f + "' must be a plain file name");
+            shards.insert(f);
+        }
+        for (const auto& s : shards) files.push_back(root / s);
+    } else {
+        for (const char* pickle : {"pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin"}) {
+            if (fs::exists(root / pickle)) {
+                throw format_error(dir + ": holds a pickle checkpoint (" + pickle + "), which prospect never loads; " +
+                                   "convert it to safetensors (e.g. model.save_pretrained(dir, safe_serialization=True))");
+            }
+        }
+        throw format_error(dir + ": no model.safetensors or model.safetensors.index.json");
+    }
+    weight_map out;
+    for (const auto& f : files) {
+        if (!fs::exists(f)) throw format_error(f.string() + ": shard named in the index is missing");
+        load_file(f, dtype, device, out);
+    }
+    return out;
+}
+
+}  // namespace prospect

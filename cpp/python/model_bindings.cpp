@@ -1,0 +1,172 @@
+// prospect_core.SmolVLM: the native engine. Long calls release the GIL.
+#include "bindings.h"
+
+#include "generate.h"
+#include "smolvlm.h"
+
+namespace prospect {
+
+namespace {
+
+std::optional<at::Tensor> opt_tensor(const py::object& o, const char* arg) {
+    if (o.is_none()) return std::nullopt;
+    TORCH_CHECK_TYPE(is_tensor(o), arg, " expected a torch.Tensor or None, got ", py_type_name(o));
+    return o.cast<at::Tensor>();
+}
+
+at::Tensor tensor_arg(const py::object& o, const char* arg) {
+    TORCH_CHECK_TYPE(is_tensor(o), arg, " expected a torch.Tensor, got ", py_type_name(o));
+    return o.cast<at::Tensor>();
+}
+
+py::dict config_dict(const model_config& c) {
+    py::dict text, vision, out;
+    text["hidden_size"] = c.text.hidden_size;
+    text["num_hidden_layers"] = c.text.num_hidden_layers;
+    text["num_attention_heads"] = c.text.num_attention_heads;
+    text["num_key_value_heads"] = c.text.num_key_value_heads;
+    text["head_dim"] = c.text.head_dim;
+    text["intermediate_size"] = c.text.intermediate_size;
+    text["vocab_size"] = c.text.vocab_size;
+    text["rms_norm_eps"] = c.text.rms_norm_eps;
+    text["rope_theta"] = c.text.rope_theta;
+    text["max_position_embeddings"] = c.text.max_position_embeddings;
+    text["eos_token_ids"] = c.text.eos_token_ids;
+    vision["hidden_size"] = c.vision.hidden_size;
+    vision["num_hidden_layers"] = c.vision.num_hidden_layers;
+    vision["num_attention_heads"] = c.vision.num_attention_heads;
+    vision["intermediate_size"] = c.vision.intermediate_size;
+    vision["image_size"] = c.vision.image_size;
+    vision["patch_size"] = c.vision.patch_size;
+    vision["num_channels"] = c.vision.num_channels;
+    vision["layer_norm_eps"] = c.vision.layer_norm_eps;
+    out["text_config"] = text;
+    out["vision_config"] = vision;
+    out["scale_factor"] = c.scale_factor;
+    out["image_token_id"] = c.image_token_id;
+    out["tie_word_embeddings"] = c.tie_word_embeddings;
+    out["image_seq_len"] = c.image_seq_len();
+    return out;
+}
+
+}  // namespace
+
+void bind_model(py::module_& m) {
+    py::class_<generate_result>(m, "GenerateResult")
+        .def_readonly("tokens", &generate_result::tokens)
+        .def_readonly("silence_prob", &generate_result::silence_prob)
+        .def_readonly("prefill_ms", &generate_result::prefill_ms)
+        .def_readonly("decode_ms", &generate_result::decode_ms)
+        .def("__repr__", [](const generate_result& r) {
+            return "GenerateResult(tokens=" + py::repr(py::cast(r.tokens)).cast<std::string>() + ", silence_prob=" +
+                   py::repr(py::cast(r.silence_prob)).cast<std::string>() + ", prefill_ms=" +
+                   std::to_string(r.prefill_ms) + ", decode_ms=" + std::to_string(r.decode_ms) + ")";
+        });
+
+    py::class_<SmolVLM>(m, "SmolVLM", "SmolVLM2 loaded from a Hugging Face folder, run by the C++ engine.")
+        .def(py::init([](const std::string& path, const py::object& dtype, const py::object& device) {
+                 const auto dt = dtype_from_py(dtype, "dtype");
+                 const auto dev = device_from_py(device, "device");
+                 py::gil_scoped_release nogil;
+                 return std::make_unique<SmolVLM>(path, dt, dev);
+             }),
+             py::arg("path"), py::arg("dtype") = "float32", py::arg("device") = "cpu")
+        .def_property_readonly("config", [](const SmolVLM& s) { return config_dict(s.config()); })
+        .def_property_readonly("dtype", &SmolVLM::dtype)
+        .def_property_readonly("device", &SmolVLM::device)
+        .def_property_readonly("path", &SmolVLM::path)
+        .def_property_readonly("weight_bytes", &SmolVLM::weight_bytes)
+        .def_property_readonly("image_token_id", [](const SmolVLM& s) { return s.config().image_token_id; })
+        .def_property_readonly("image_seq_len", [](const SmolVLM& s) { return s.config().image_seq_len(); })
+        .def(
+            "embed_tokens", [](const SmolVLM& s, const py::object& ids) { return s.embed_tokens(tensor_arg(ids, "input_ids")); },
+            py::arg("input_ids"))
+        .def(
+            "image_features",
+            [](const SmolVLM& s, const py::object& pv, const py::object& mask) {
+                auto p = tensor_arg(pv, "pixel_values");
+                auto m = opt_tensor(mask, "pixel_attention_mask");
+                py::gil_scoped_release nogil;
+                return s.image_features(p, m);
+            },
+            py::arg("pixel_values"), py::arg("pixel_attention_mask") = py::none(),
+            "Vision features after the connector [N, image_seq_len, hidden].")
+        .def(
+            "joint_embed",
+            [](const SmolVLM& s, const py::object& ids, const py::object& pv, const py::object& mask) {
+                auto i = tensor_arg(ids, "input_ids");
+                auto p = opt_tensor(pv, "pixel_values");
+                auto m = opt_tensor(mask, "pixel_attention_mask");
+                py::gil_scoped_release nogil;
+                return s.joint_embed(i, p, m);
+            },
+            py::arg("input_ids"), py::arg("pixel_values") = py::none(), py::arg("pixel_attention_mask") = py::none())
+        .def("make_cache", &SmolVLM::make_cache, py::arg("capacity"), py::arg("batch") = 1,
+             "A KVCache shaped for this model (layers, kv heads, head_dim, dtype, device, rope_theta).")
+        .def(
+            "prefill",
+            [](const SmolVLM& s, const py::object& embeds, KVCache& cache, const std::string& kind,
+               std::optional<int64_t> frame_index) {
+                auto e = tensor_arg(embeds, "embeds");
+                const auto k = span_kind_from_name(kind);
+                py::gil_scoped_release nogil;
+                return s.prefill(e, cache, k, frame_index);
+            },
+            py::arg("embeds"), py::arg("cache"), py::arg("span_kind") = "other", py::arg("frame_index") = py::none(),
+            "Appends embeds [B, T, H] to the cache as one span; returns last-position logits [B, V].")
+        .def(
+            "forward",
+            [](const SmolVLM& s, const py::object& embeds, KVCache& cache, const std::string& kind,
+               std::optional<int64_t> frame_index) {
+                auto e = tensor_arg(embeds, "embeds");
+                const auto k = span_kind_from_name(kind);
+                py::gil_scoped_release nogil;
+                return s.forward(e, cache, k, frame_index, false, true);
+            },
+            py::arg("embeds"), py::arg("cache"), py::arg("span_kind") = "other", py::arg("frame_index") = py::none(),
+            "Like prefill, but returns logits for every position [B, T, V].")
+        .def(
+            "greedy_generate",
+            [](const SmolVLM& s, const py::object& embeds, KVCache& cache, int64_t max_new_tokens,
+               std::vector<int64_t> stop_token_ids, bool keep, const py::object& silence, const std::string& kind,
+               std::optional<int64_t> frame_index, const py::object& on_token, double temperature, double top_p,
+               std::optional<uint64_t> seed) {
+                generate_options o;
+                o.max_new_tokens = max_new_tokens;
+                o.stop_token_ids = std::move(stop_token_ids);
+                o.keep_generated_in_cache = keep;
+                if (!silence.is_none()) {
+                    TORCH_CHECK_TYPE(py::isinstance<py::tuple>(silence) && py::len(silence) == 2,
+                                     "silence expected a (token_id, threshold) tuple, got ", py_type_name(silence));
+                    o.silence = std::make_pair(silence[py::int_(0)].cast<int64_t>(), silence[py::int_(1)].cast<double>());
+                }
+                o.span_kind = span_kind_from_name(kind);
+                o.frame_index = frame_index;
+                o.temperature = temperature;
+                o.top_p = top_p;
+                o.seed = seed;
+                if (!on_token.is_none()) {
+                    TORCH_CHECK_TYPE(PyCallable_Check(on_token.ptr()), "on_token expected a callable, got ",
+                                     py_type_name(on_token));
+                    o.on_token = [on_token](int64_t tok) {
+                        py::gil_scoped_acquire gil;
+                        py::object r = on_token(tok);
+                        return r.is_none() || r.cast<bool>();
+                    };
+                }
+                auto e = tensor_arg(embeds, "embeds");
+                py::gil_scoped_release nogil;
+                return greedy_generate(s, e, cache, o);
+            },
+            py::arg("embeds"), py::arg("cache"), py::arg("max_new_tokens"), py::arg("stop_token_ids"),
+            py::arg("keep_generated_in_cache") = true, py::arg("silence") = py::none(), py::arg("span_kind") = "user",
+            py::arg("frame_index") = py::none(), py::arg("on_token") = py::none(), py::arg("temperature") = 0.0,
+            py::arg("top_p") = 1.0, py::arg("seed") = py::none(), R"doc(
+Prefills embeds [1, T, H] (one span of span_kind), then decodes up to
+max_new_tokens in C++ with the GIL released. The stop token is not fed back;
+every emitted token is (one assistant span). silence=(token_id, threshold):
+say nothing if P(token_id) at the first step exceeds threshold. on_token(id)
+-> bool is called after each token; False stops. Returns GenerateResult.)doc");
+}
+
+}  // namespace prospect

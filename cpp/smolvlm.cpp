@@ -1,0 +1,284 @@
+#include "smolvlm.h"
+
+#include "joint_embed.h"
+#include "model_loader.h"
+#include "rope.h"
+
+namespace prospect {
+
+namespace {
+
+// Llama RMSNorm: normalise in fp32, cast back, then scale.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+    auto h = x.to(at::kFloat);
+    h = h * at::rsqrt(h.pow(2).mean(-1, true) + eps);
+    return w * h.to(x.scalar_type());
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+    const int64_t h = x.size(-1) / 2;
+    return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+}
+
+std::string layer_name(const char* prefix, int64_t i, const char* rest) {
+    return std::string(prefix) + std::to_string(i) + "." + rest;
+}
+
+}  // namespace
+
+SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device)
+    : dir_(dir), cfg_(load_model_config(dir)), dtype_(dtype), device_(device) {
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+                     "load_model: dtype expected float32, bfloat16 or float16, got ", dtype);
+    auto w = load_weights(dir, dtype, device);
+    const auto& t = cfg_.text;
+    const auto& v = cfg_.vision;
+    const int64_t Dv = v.hidden_size, H = t.hidden_size, hd = t.head_dim, p = v.patch_size;
+    const int64_t s2 = cfg_.scale_factor * cfg_.scale_factor, side = cfg_.patches_per_side();
+
+    const std::string vm = "model.vision_model.";
+    patch_w_ = w.take(vm + "embeddings.patch_embedding.weight", {Dv, v.num_channels, p, p});
+    patch_b_ = w.take(vm + "embeddings.patch_embedding.bias", {Dv});
+    pos_emb_ = w.take(vm + "embeddings.position_embedding.weight", {side * side, Dv});
+    for (int64_t i = 0; i < v.num_hidden_layers; ++i) {
+        const auto n = [&](const char* rest) { return layer_name((vm + "encoder.layers.").c_str(), i, rest); };
+        vision_layer l;
+        l.ln1_w = w.take(n("layer_norm1.weight"), {Dv});
+        l.ln1_b = w.take(n("layer_norm1.bias"), {Dv});
+        l.q_w = w.take(n("self_attn.q_proj.weight"), {Dv, Dv});
+        l.q_b = w.take(n("self_attn.q_proj.bias"), {Dv});
+        l.k_w = w.take(n("self_attn.k_proj.weight"), {Dv, Dv});
+        l.k_b = w.take(n("self_attn.k_proj.bias"), {Dv});
+        l.v_w = w.take(n("self_attn.v_proj.weight"), {Dv, Dv});
+        l.v_b = w.take(n("self_attn.v_proj.bias"), {Dv});
+        l.o_w = w.take(n("self_attn.out_proj.weight"), {Dv, Dv});
+        l.o_b = w.take(n("self_attn.out_proj.bias"), {Dv});
+        l.ln2_w = w.take(n("layer_norm2.weight"), {Dv});
+        l.ln2_b = w.take(n("layer_norm2.bias"), {Dv});
+        l.fc1_w = w.take(n("mlp.fc1.weight"), {v.intermediate_size, Dv});
+        l.fc1_b = w.take(n("mlp.fc1.bias"), {v.intermediate_size});
+        l.fc2_w = w.take(n("mlp.fc2.weight"), {Dv, v.intermediate_size});
+        l.fc2_b = w.take(n("mlp.fc2.bias"), {Dv});
+        vision_layers_.push_back(std::move(l));
+    }
+    post_ln_w_ = w.take(vm + "post_layernorm.weight", {Dv});
+    post_ln_b_ = w.take(vm + "post_layernorm.bias", {Dv});
+    connector_w_ = w.take("model.connector.modality_projection.proj.weight", {H, Dv * s2});
+
+    const std::string tm = "model.text_model.";
+    embed_ = w.take(tm + "embed_tokens.weight", {t.vocab_size, H});
+    for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
+        const auto n = [&](const char* rest) { return layer_name((tm + "layers.").c_str(), i, rest); };
+        text_layer l;
+        l.input_norm = w.take(n("input_layernorm.weight"), {H});
+        l.q = w.take(n("self_attn.q_proj.weight"), {t.num_attention_heads * hd, H});
+        l.k = w.take(n("self_attn.k_proj.weight"), {t.num_key_value_heads * hd, H});
+        l.v = w.take(n("self_attn.v_proj.weight"), {t.num_key_value_heads * hd, H});
+        l.o = w.take(n("self_attn.o_proj.weight"), {H, t.num_attention_heads * hd});
+        l.post_norm = w.take(n("post_attention_layernorm.weight"), {H});
+        l.gate = w.take(n("mlp.gate_proj.weight"), {t.intermediate_size, H});
+        l.up = w.take(n("mlp.up_proj.weight"), {t.intermediate_size, H});
+        l.down = w.take(n("mlp.down_proj.weight"), {H, t.intermediate_size});
+        text_layers_.push_back(std::move(l));
+    }
+    final_norm_ = w.take(tm + "norm.weight", {H});
+    if (cfg_.tie_word_embeddings || !w.contains("lm_head.weight")) {
+        TORCH_CHECK_VALUE(cfg_.tie_word_embeddings, dir, ": checkpoint has no lm_head.weight and config.json does ",
+                          "not set tie_word_embeddings");
+        lm_head_ = embed_;
+    } else {
+        lm_head_ = w.take("lm_head.weight", {t.vocab_size, H});
+    }
+    inv_freq_ = rope_inv_freq(hd, t.rope_theta).to(device);
+
+    std::vector<const at::Tensor*> all = {&patch_w_, &patch_b_, &pos_emb_, &post_ln_w_, &post_ln_b_, &connector_w_,
+                                          &embed_, &final_norm_};
+    if (!lm_head_.is_same(embed_)) all.push_back(&lm_head_);
+    for (const auto& l : vision_layers_)
+        for (const auto* x : {&l.ln1_w, &l.ln1_b, &l.q_w, &l.q_b, &l.k_w, &l.k_b, &l.v_w, &l.v_b, &l.o_w, &l.o_b,
+                              &l.ln2_w, &l.ln2_b, &l.fc1_w, &l.fc1_b, &l.fc2_w, &l.fc2_b})
+            all.push_back(x);
+    for (const auto& l : text_layers_)
+        for (const auto* x : {&l.input_norm, &l.q, &l.k, &l.v, &l.o, &l.post_norm, &l.gate, &l.up, &l.down})
+            all.push_back(x);
+    for (const auto* x : all) weight_bytes_ += x->numel() * x->element_size();
+}
+
+at::Tensor SmolVLM::embed_tokens(const at::Tensor& input_ids) const {
+    TORCH_CHECK_VALUE(input_ids.dim() == 2, "input_ids expected [B, T], got shape ", input_ids.sizes());
+    TORCH_CHECK_TYPE(!at::isFloatingType(input_ids.scalar_type()) && input_ids.scalar_type() != at::kBool,
+                     "input_ids expected an integer dtype, got ", input_ids.scalar_type());
+    if (input_ids.numel() > 0) {
+        const int64_t lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
+        TORCH_CHECK_VALUE(lo >= 0 && hi < cfg_.text.vocab_size, "input_ids expected token ids in [0, ",
+                          cfg_.text.vocab_size, "), got values in [", lo, ", ", hi, "]");
+    }
+    return at::embedding(embed_, input_ids.to(device_, at::kLong));
+}
+
+at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& patch_mask) const {
+    const auto& v = cfg_.vision;
+    const int64_t N = pixels.size(0), p = v.patch_size, side = cfg_.patches_per_side();
+    auto x = at::conv2d(pixels, patch_w_, patch_b_, {p, p});  // [N, Dv, h, w]
+    const int64_t h = x.size(2), w = x.size(3);
+    x = x.flatten(2).transpose(1, 2);  // [N, h*w, Dv]
+
+    // Bucketed position ids, op for op as transformers computes them (fp32).
+    auto boundaries = at::arange(1.0 / side, 1.0, 1.0 / side, at::TensorOptions().dtype(at::kFloat).device(device_));
+    auto nb_h = patch_mask.select(2, 0).sum(1).to(at::kFloat), nb_w = patch_mask.select(1, 0).sum(1).to(at::kFloat);
+    auto fh = at::arange(h, boundaries.options()).unsqueeze(0) * nb_h.reciprocal().unsqueeze(1);
+    auto fw = at::arange(w, boundaries.options()).unsqueeze(0) * nb_w.reciprocal().unsqueeze(1);
+    auto bh = at::bucketize(at::clamp_max(fh, 1.0 - 1e-6), boundaries, false, true);  // [N, h]
+    auto bw = at::bucketize(at::clamp_max(fw, 1.0 - 1e-6), boundaries, false, true);
+    auto pos = (bh.unsqueeze(2) * side + bw.unsqueeze(1)).reshape({N, -1});
+    pos = at::where(patch_mask.view({N, -1}), pos, at::zeros_like(pos));
+    x = x + at::embedding(pos_emb_, pos);
+
+    std::optional<at::Tensor> mask;
+    if (!patch_mask.all().item<bool>()) mask = patch_mask.view({N, 1, 1, -1});  // keys that are real patches
+    const int64_t heads = v.num_attention_heads, hd = v.hidden_size / heads, S = x.size(1);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    for (const auto& l : vision_layers_) {
+        auto r = at::layer_norm(x, {v.hidden_size}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
+        auto q = at::linear(r, l.q_w, l.q_b).view({N, S, heads, hd}).transpose(1, 2);
+        auto k = at::linear(r, l.k_w, l.k_b).view({N, S, heads, hd}).transpose(1, 2);
+        auto vv = at::linear(r, l.v_w, l.v_b).view({N, S, heads, hd}).transpose(1, 2);
+        auto a = at::scaled_dot_product_attention(q, k, vv, mask, 0.0, false, scale);
+        x = x + at::linear(a.transpose(1, 2).reshape({N, S, v.hidden_size}), l.o_w, l.o_b);
+        r = at::layer_norm(x, {v.hidden_size}, l.ln2_w, l.ln2_b, v.layer_norm_eps);
+        x = x + at::linear(at::gelu(at::linear(r, l.fc1_w, l.fc1_b), "tanh"), l.fc2_w, l.fc2_b);
+    }
+    return at::layer_norm(x, {v.hidden_size}, post_ln_w_, post_ln_b_, v.layer_norm_eps);
+}
+
+at::Tensor SmolVLM::image_features(const at::Tensor& pixel_values, const std::optional<at::Tensor>& mask_in) const {
+    const auto& v = cfg_.vision;
+    TORCH_CHECK_VALUE(pixel_values.dim() == 4 || pixel_values.dim() == 5,
+                      "pixel_values expected [N, C, H, W] or [B, N, C, H, W], got shape ", pixel_values.sizes());
+    TORCH_CHECK_TYPE(at::isFloatingType(pixel_values.scalar_type()), "pixel_values expected a floating dtype, got ",
+                     pixel_values.scalar_type());
+    auto pv = pixel_values.dim() == 5 ? pixel_values.flatten(0, 1) : pixel_values;
+    TORCH_CHECK_VALUE(pv.size(1) == v.num_channels && pv.size(2) == v.image_size && pv.size(3) == v.image_size,
+                      "pixel_values expected images of [", v.num_channels, ", ", v.image_size, ", ", v.image_size,
+                      "] (channels, image_size, image_size from config.json), got ", pv.sizes().slice(1));
+    pv = pv.to(device_, dtype_);
+    const int64_t per_image = pv[0].numel();
+    auto real = pv.eq(0).sum({1, 2, 3}).ne(per_image);  // all-zero images are padding
+    if (!real.any().item<bool>()) real[0] = true;
+
+    at::Tensor pixel_mask;
+    if (mask_in && mask_in->defined()) {
+        auto m = mask_in->dim() == 4 ? mask_in->flatten(0, 1) : *mask_in;
+        TORCH_CHECK_VALUE(m.dim() == 3 && m.size(0) == pv.size(0) && m.size(1) == v.image_size &&
+                              m.size(2) == v.image_size,
+                          "pixel_attention_mask expected [", pv.size(0), ", ", v.image_size, ", ", v.image_size,
+                          "] to match pixel_values, got shape ", mask_in->sizes());
+        pixel_mask = m.to(device_).to(at::kBool).index({real});
+    } else {
+        pixel_mask = at::ones({real.sum().item<int64_t>(), v.image_size, v.image_size},
+                              at::TensorOptions().dtype(at::kBool).device(device_));
+    }
+    pv = pv.index({real}).contiguous();
+    const int64_t p = v.patch_size;
+    auto patch_mask = pixel_mask.unfold(1, p, p).unfold(2, p, p).sum({-1, -2}).gt(0);  // [N, h, w]
+
+    auto x = vision_tower(pv, patch_mask);  // [N, S, Dv]
+    // Pixel shuffle: trade spatial resolution for channels.
+    const int64_t N = x.size(0), S = x.size(1), D = x.size(2), s = cfg_.scale_factor;
+    const int64_t side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(S))));
+    x = x.view({N, side, side / s, D * s}).permute({0, 2, 1, 3});
+    x = x.reshape({N, side / s, side / s, D * s * s}).permute({0, 2, 1, 3});
+    x = x.reshape({N, S / (s * s), D * s * s});
+    return at::linear(x, connector_w_);  // [N, L, H]
+}
+
+at::Tensor SmolVLM::joint_embed(const at::Tensor& input_ids, const std::optional<at::Tensor>& pixel_values,
+                                const std::optional<at::Tensor>& pixel_attention_mask) const {
+    auto text = embed_tokens(input_ids);
+    if (!pixel_values || !pixel_values->defined()) {
+        const auto n = input_ids.eq(cfg_.image_token_id).sum().item<int64_t>();
+        TORCH_CHECK_VALUE(n == 0, "joint_embed: input_ids hold ", n, " image tokens but no pixel_values were given");
+        return text;
+    }
+    return prospect::joint_embed(input_ids.to(device_), text, image_features(*pixel_values, pixel_attention_mask),
+                                 cfg_.image_token_id);
+}
+
+KVCache SmolVLM::make_cache(int64_t capacity, int64_t batch) const {
+    return KVCache(cfg_.text.num_hidden_layers, cfg_.text.num_key_value_heads, cfg_.text.head_dim, capacity, dtype_,
+                   device_, batch, cfg_.text.rope_theta);
+}
+
+at::Tensor SmolVLM::check_embeds(const at::Tensor& embeds, const KVCache& cache) const {
+    const auto& t = cfg_.text;
+    TORCH_CHECK_VALUE(embeds.dim() == 3 && embeds.size(2) == t.hidden_size && embeds.size(1) > 0,
+                      "embeds expected [B, T, ", t.hidden_size, "] with T >= 1, got shape ", embeds.sizes());
+    TORCH_CHECK_TYPE(at::isFloatingType(embeds.scalar_type()), "embeds expected a floating dtype, got ",
+                     embeds.scalar_type());
+    TORCH_CHECK_VALUE(cache.num_layers() == t.num_hidden_layers && cache.num_kv_heads() == t.num_key_value_heads &&
+                          cache.head_dim() == t.head_dim && cache.batch() == embeds.size(0),
+                      "cache expected ", t.num_hidden_layers, " layers x ", t.num_key_value_heads, " kv heads x head_dim ",
+                      t.head_dim, " for batch ", embeds.size(0), ", got ", cache.num_layers(), " x ",
+                      cache.num_kv_heads(), " x ", cache.head_dim(), " for batch ", cache.batch(),
+                      " (use model.make_cache)");
+    TORCH_CHECK_TYPE(cache.dtype() == dtype_ && cache.device() == device_, "cache expected dtype ", dtype_,
+                     " on ", device_, " (the model's), got ", cache.dtype(), " on ", cache.device());
+    TORCH_CHECK_VALUE(cache.length() + embeds.size(1) <= cache.capacity(), "cache full: ", embeds.size(1),
+                      " new tokens at length ", cache.length(), " exceed capacity ", cache.capacity(),
+                      "; shrink it first (drop_middle, drop_all)");
+    return embeds.to(device_, dtype_);
+}
+
+at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKind kind,
+                            std::optional<int64_t> frame_index, bool extend_last_span, bool all_logits) const {
+    auto x = check_embeds(embeds_in, cache);
+    const auto& t = cfg_.text;
+    const int64_t B = x.size(0), T = x.size(1), hd = t.head_dim;
+    const int64_t L0 = cache.length(), P0 = cache.next_position();
+
+    // RoPE tables for positions P0 .. P0+T-1, fp32 then cast, as transformers does.
+    auto pos = at::arange(P0, P0 + T, inv_freq_.options());
+    auto freqs = pos.unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, hd/2]
+    auto emb = at::cat({freqs, freqs}, -1);
+    auto cos = emb.cos().to(dtype_), sin = emb.sin().to(dtype_);  // [T, hd]
+
+    std::optional<at::Tensor> mask;
+    bool causal = false;
+    if (T > 1 && L0 == 0) {
+        causal = true;
+    } else if (T > 1) {
+        auto opts = at::TensorOptions().dtype(at::kLong).device(device_);
+        mask = at::arange(L0 + T, opts).unsqueeze(0).le(at::arange(L0, L0 + T, opts).unsqueeze(1));  // [T, L0+T]
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    try {
+        for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
+            const auto& l = text_layers_[i];
+            auto h = rms_norm(x, l.input_norm, t.rms_norm_eps);
+            auto q = at::linear(h, l.q).view({B, T, t.num_attention_heads, hd}).transpose(1, 2);
+            auto k = at::linear(h, l.k).view({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
+            auto v = at::linear(h, l.v).view({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
+            q = q * cos + rotate_half(q) * sin;
+            k = k * cos + rotate_half(k) * sin;
+            cache.write(i, k, v);
+            auto K = cache.key_buffer(i).narrow(2, 0, L0 + T), V = cache.value_buffer(i).narrow(2, 0, L0 + T);
+            auto a = at::scaled_dot_product_attention(q, K, V, mask, 0.0, causal, scale,
+                                                      t.num_key_value_heads != t.num_attention_heads);
+            x = x + at::linear(a.transpose(1, 2).reshape({B, T, t.num_attention_heads * hd}), l.o);
+            h = rms_norm(x, l.post_norm, t.rms_norm_eps);
+            x = x + at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+        }
+    } catch (...) {
+        cache.discard_pending();
+        throw;
+    }
+    if (extend_last_span) {
+        cache.commit_extend(T);
+    } else {
+        cache.commit(T, kind, frame_index);
+    }
+    x = rms_norm(all_logits ? x : x.select(1, T - 1), final_norm_, t.rms_norm_eps);
+    return at::linear(x, lm_head_);
+}
+
+}  // namespace prospect

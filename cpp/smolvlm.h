@@ -1,0 +1,77 @@
+// SmolVLM2 in libtorch: SigLIP-style vision tower, pixel-shuffle connector and
+// a Llama-style decoder that attends over a KVCache. Parameter names follow the
+// Hugging Face checkpoint, so weights load without a renaming table.
+#pragma once
+
+#include "kv_cache.h"
+#include "model_config.h"
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace prospect {
+
+struct vision_layer {
+    at::Tensor ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+};
+
+struct text_layer {
+    at::Tensor input_norm, q, k, v, o, post_norm, gate, up, down;
+};
+
+class SmolVLM {
+public:
+    SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device);
+
+    const model_config& config() const { return cfg_; }
+    at::ScalarType dtype() const { return dtype_; }
+    at::Device device() const { return device_; }
+    const std::string& path() const { return dir_; }
+    int64_t weight_bytes() const { return weight_bytes_; }
+
+    // input_ids [B, T] -> [B, T, H].
+    at::Tensor embed_tokens(const at::Tensor& input_ids) const;
+    // pixel_values [N, C, S, S] or [B, N, C, S, S], optional pixel_attention_mask
+    // [N, S, S] / [B, N, S, S] -> vision features after the connector [N', L, H]
+    // (all-zero padding images dropped).
+    at::Tensor image_features(const at::Tensor& pixel_values,
+                              const std::optional<at::Tensor>& pixel_attention_mask = std::nullopt) const;
+    // Text embeddings with image features merged at the image tokens.
+    at::Tensor joint_embed(const at::Tensor& input_ids, const std::optional<at::Tensor>& pixel_values = std::nullopt,
+                           const std::optional<at::Tensor>& pixel_attention_mask = std::nullopt) const;
+
+    KVCache make_cache(int64_t capacity, int64_t batch = 1) const;
+
+    // Runs embeds [B, T, H] through the decoder at positions cache.next_position..,
+    // appends their keys and values to the cache (one span, or extending the
+    // last span) and returns logits [B, T, V] (all_logits) or [B, V] (last).
+    at::Tensor forward(const at::Tensor& embeds, KVCache& cache, SpanKind kind, std::optional<int64_t> frame_index,
+                       bool extend_last_span = false, bool all_logits = false) const;
+
+    // forward() for a whole input: last-position logits [B, V].
+    at::Tensor prefill(const at::Tensor& embeds, KVCache& cache, SpanKind kind,
+                       std::optional<int64_t> frame_index = std::nullopt) const {
+        return forward(embeds, cache, kind, frame_index);
+    }
+
+private:
+    at::Tensor vision_tower(const at::Tensor& pixels, const at::Tensor& patch_mask) const;
+    at::Tensor check_embeds(const at::Tensor& embeds, const KVCache& cache) const;
+
+    std::string dir_;
+    model_config cfg_;
+    at::ScalarType dtype_;
+    at::Device device_;
+    int64_t weight_bytes_ = 0;
+
+    at::Tensor patch_w_, patch_b_, pos_emb_, post_ln_w_, post_ln_b_, connector_w_;
+    std::vector<vision_layer> vision_layers_;
+    at::Tensor embed_, final_norm_, lm_head_;
+    std::vector<text_layer> text_layers_;
+    at::Tensor inv_freq_;  // [head_dim / 2] fp32 on device
+};
+
+}  // namespace prospect

@@ -1,0 +1,31 @@
+"""Checkpoints made once per test session, and the transformers reference loaded on them."""
+
+import torch
+
+# Two shapes, as the parity tests ask: GQA with head_dim 16, scale 2, 64 px images (the tiny preset);
+# and full multi-head attention with head_dim 32, scale 3, 96 px images.
+CONFIGS = {
+    "tiny": {},
+    "mha_scale3": {"text_config.hidden_size": 96, "text_config.num_attention_heads": 3,
+                   "text_config.num_key_value_heads": 3, "text_config.head_dim": 32,
+                   "text_config.intermediate_size": 160, "vision_config.image_size": 96,
+                   "vision_config.patch_size": 16, "vision_config.hidden_size": 48,
+                   "vision_config.num_attention_heads": 3, "scale_factor": 3},
+}
+
+
+def frame_ids(model, n_images=1, text=(60, 61, 62)):
+    """Token ids of SmolVLM2 video frames: text, then <fake><global-img><image>*L<fake> per image."""
+    cfg = model.config
+    img, L = cfg["image_token_id"], cfg["image_seq_len"]
+    fake, glob = img - 2, img - 1  # ids the made tokenizer gives <fake_token_around_image>, <global-img>
+    ids = list(text)
+    for _ in range(n_images):
+        ids += [fake, glob] + [img] * L + [fake]
+    return torch.tensor([ids])
+
+
+def pixels(model, n, seed=0, dtype=torch.float32):
+    S = model.config["vision_config"]["image_size"]
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(1, n, 3, S, S, generator=g) * 2 - 1).to(dtype)
