@@ -11,3 +11,11 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The tiny preset checkpoint, made once per session."""
+    import prospect
+
+    return prospect.make_model(tmp_path_factory.mktemp("tiny_model"), "tiny")

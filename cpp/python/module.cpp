@@ -128,6 +128,20 @@ positions as they were and the caller passes position ids.)doc");
             },
             py::arg("keys"), py::arg("values"), py::arg("kind") = "other", py::arg("frame_index") = py::none(),
             "Writes one [B, Hkv, T, D] tensor per layer at `length`; records a span and returns its id.")
+        .def("write", &KVCache::write, py::arg("layer"), py::arg("keys"), py::arg("values"),
+             "Engine path: writes one layer's T new tokens at slot `length`; invisible until commit.")
+        .def(
+            "commit",
+            [](KVCache& c, int64_t tokens, const std::string& kind, const py::object& frame_index) {
+                return c.commit(tokens, span_kind_from_name(kind), opt_int(frame_index));
+            },
+            py::arg("tokens"), py::arg("kind") = "other", py::arg("frame_index") = py::none(),
+            "Makes the written tokens visible as one new span; returns its id.")
+        .def("commit_extend", &KVCache::commit_extend, py::arg("tokens"),
+             "Makes the written tokens visible as part of the last span.")
+        .def("discard_pending", &KVCache::discard_pending, "Forgets tokens written but not committed.")
+        .def("key_buffer", &KVCache::key_buffer, py::arg("layer"), "View [B, Hkv, capacity, D] of layer's keys.")
+        .def("value_buffer", &KVCache::value_buffer, py::arg("layer"), "View [B, Hkv, capacity, D] of layer's values.")
         .def("keys", &KVCache::keys, py::arg("layer"), "View [B, Hkv, length, D] of layer's keys.")
         .def("values", &KVCache::values, py::arg("layer"), "View [B, Hkv, length, D] of layer's values.")
         .def_property_readonly("spans", [](const KVCache& c) { return c.spans(); })

@@ -1,0 +1,261 @@
+"""VLMStreamRunner: a video frame by frame through SmolVLM2, with the KV cache kept across frames.
+
+The API mirrors the research pipeline it replaces (`run_inference_on_video`),
+and adds `stream`, which yields one record per frame as it happens.
+"""
+
+import math
+import resource
+import time
+
+import torch
+
+from prospect import prompt
+from prospect.backends import BACKENDS, make_backend
+from prospect.context_strategies import ContextStrategyFactory, restart_context
+from prospect.frames import FramePreprocessor
+
+TALK_POLICIES = ("silence_threshold", "every_frame", "annotations")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class VLMStreamRunner:
+    def __init__(self, model_name, device="cpu", torch_dtype="float32", max_new_tokens=100, temperature=0.0,
+                 use_kv_cache=True, context_strategy_type="drop_middle", context_strategy_config=None,
+                 max_seq_len=4096, reserved_seq_len=128, backend="native", talk_policy="silence_threshold",
+                 not_talk_threshold=0.5, system_prompt=None, split_frames=False, seed=0):
+        if torch_dtype not in DTYPES:
+            raise ValueError(f"torch_dtype expected one of {', '.join(DTYPES)}, got {torch_dtype!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        if talk_policy not in TALK_POLICIES:
+            raise ValueError(f"talk_policy expected one of {', '.join(TALK_POLICIES)}, got {talk_policy!r}")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens expected an int >= 1, got {max_new_tokens!r}")
+        if not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f"temperature expected a number >= 0, got {temperature!r}")
+        if not 0.0 <= float(not_talk_threshold) <= 1.0:
+            raise ValueError(f"not_talk_threshold expected a probability in [0, 1], got {not_talk_threshold!r}")
+        if context_strategy_config is not None and not isinstance(context_strategy_config, dict):
+            raise TypeError(f"context_strategy_config expected a dict or None, got "
+                            f"{type(context_strategy_config).__name__}")
+        if not use_kv_cache:  # the two spell the same stateless baseline; a strategy's config has no use
+            context_strategy_type, context_strategy_config = "none", None
+        self.strategy = ContextStrategyFactory.create_strategy(
+            context_strategy_type, max_seq_len=max_seq_len, reserved_seq_len=reserved_seq_len,
+            **(context_strategy_config or {}))
+        if max_new_tokens >= max_seq_len:
+            raise ValueError(f"max_new_tokens expected < max_seq_len ({max_seq_len}), got {max_new_tokens}")
+
+        from transformers import AutoProcessor
+
+        from prospect.model import resolve_model_path
+
+        path = resolve_model_path(model_name)
+        self.model_path = path
+        self.backend = make_backend(backend, path, torch_dtype, device)
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.tokenizer = self.processor.tokenizer
+        self.preprocess = FramePreprocessor(self.processor, split_frames)
+        self.eou_id = self.tokenizer.convert_tokens_to_ids(prompt.EOU)
+        self.device = torch.device(device)
+        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, float(temperature), seed
+        self.max_seq_len, self.reserved_seq_len = max_seq_len, reserved_seq_len
+        self.talk_policy, self.not_talk_threshold = talk_policy, float(not_talk_threshold)
+        self.system_prompt = system_prompt or prompt.DEFAULT_SYSTEM_PROMPT
+        self.use_kv_cache = self.strategy.name != "none"
+        self.cache = self.backend.make_cache(max_seq_len)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _ids(self, text):
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+
+    def _context(self, video, frame_index, t):
+        return {"model": self.backend, "tokenizer": self.tokenizer, "system_prompt": self.system_prompt,
+                "knowledge": video.get("knowledge"), "frame_index": frame_index, "time": t,
+                "rope_theta": self.cache.rope_theta, "runner": self}
+
+    def _compress(self, video, frame_index, t, last_msg):
+        self.cache, last_msg = self.strategy.handle_overflow(self.cache, last_msg,
+                                                             **self._context(video, frame_index, t))
+        return last_msg
+
+    def _prefill_text(self, text, kind, frame_index=None):
+        self.backend.prefill(self.backend.embed(self._ids(text)), self.cache, kind, frame_index)
+
+    @staticmethod
+    def _validate(video):
+        if not isinstance(video, dict):
+            raise TypeError(f"video_data expected a dict, got {type(video).__name__}")
+        if "frames" not in video and "video_path" not in video:
+            raise ValueError("video_data expected 'frames' (a list of images) or 'video_path', got neither")
+        fps = video.get("fps", 2.0)
+        if not isinstance(fps, (int, float)) or not fps > 0 or math.isinf(fps):
+            raise ValueError(f"video_data['fps'] expected a positive number, got {fps!r}")
+        conv = video.get("conversation", [])
+        if not isinstance(conv, list):
+            raise TypeError(f"video_data['conversation'] expected a list of turns, got {type(conv).__name__}")
+        for i, turn in enumerate(conv):
+            if not isinstance(turn, dict) or not {"role", "time", "content"} <= set(turn):
+                raise ValueError(f"video_data['conversation'][{i}] expected a dict with role, time, content; "
+                                 f"got {turn!r}")
+            if turn["role"] not in ("system", "user", "assistant"):
+                raise ValueError(f"video_data['conversation'][{i}]['role'] expected system, user or assistant, "
+                                 f"got {turn['role']!r}")
+            if not isinstance(turn["time"], (int, float)) or turn["time"] < 0:
+                raise ValueError(f"video_data['conversation'][{i}]['time'] expected seconds >= 0, "
+                                 f"got {turn['time']!r}")
+        return float(fps), conv
+
+    def _frames(self, video, fps):
+        if "frames" in video:
+            frames = video["frames"]
+            if not hasattr(frames, "__iter__"):
+                raise TypeError(f"video_data['frames'] expected a list of images, got {type(frames).__name__}")
+            for i, f in enumerate(frames):
+                yield i, (i + 1) / fps, f
+        else:
+            import prospect_core as core
+
+            if not hasattr(core, "VideoReader"):
+                raise RuntimeError("video_path needs prospect_core.VideoReader (built with OpenCV)")
+            for i, (_, frame) in enumerate(core.VideoReader(str(video["video_path"]), fps=fps)):
+                yield i, (i + 1) / fps, frame
+
+    # ---- the stream ------------------------------------------------------------------------
+    def _turn_text(self, turn):
+        return (prompt.user_turn(turn["content"]) if turn["role"] == "user"
+                else prompt.system_turn(turn["content"], first=False))
+
+    def stream(self, video_data):
+        """Yields one record per frame: time, frame_index, text (or None), talked, cache lengths,
+        strategy_applied, and vision/prefill/decode times in ms."""
+        fps, conv = self._validate(video_data)
+        turns = sorted(conv, key=lambda t: t["time"])
+        inputs = [t for t in turns if t["role"] in ("system", "user")]
+        talk_frames = {math.floor(t["time"] * fps) for t in turns if t["role"] == "assistant"}
+        knowledge = video_data.get("knowledge")
+        self.cache.drop_all()
+        if hasattr(self.strategy, "summaries"):
+            self.strategy.summaries.clear()
+        empty = torch.zeros(0, dtype=torch.long)
+        prompt_ids = self._ids(prompt.ASSISTANT_PROMPT)[0]
+        history = []  # the conversation so far as text, for the stateless baseline
+        last_msg, anchor_pinned, next_input = None, False, 0
+        for i, t, frame in self._frames(video_data, fps):
+            rec = {"frame_index": i, "time": t, "cache_len_before": self.cache.length, "strategy_applied": None}
+            pixel_values, mask, rows, cols = self.preprocess(frame, f"video_data['frames'][{i}]")
+            # Turns before this frame: ProAssist places a turn at frame floor(time * fps).
+            new_turns = []
+            while next_input < len(inputs) and math.floor(inputs[next_input]["time"] * fps) <= i:
+                new_turns.append(inputs[next_input])
+                next_input += 1
+            talk = self.talk_policy != "annotations" or i in talk_frames
+            frame_ids = self._ids(prompt.frame_turn(t, self.backend.image_seq_len, rows, cols))[0]
+
+            t0 = time.perf_counter()
+            features = self.backend.image_features(pixel_values, mask)
+            rec["vision_ms"] = (time.perf_counter() - t0) * 1e3
+
+            t0 = time.perf_counter()
+            if not self.use_kv_cache:
+                # Stateless: system prompt + the conversation so far as text + this frame, from scratch.
+                self.cache.drop_all()
+                history += [self._turn_text(x) for x in new_turns]
+                restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, knowledge)
+                budget = self.max_seq_len - self.cache.length - self.max_new_tokens - len(frame_ids) - len(prompt_ids)
+                kept = []
+                for h in reversed(history):  # the newest turns that fit
+                    n = len(self._ids(h)[0])
+                    if n > budget:
+                        break
+                    kept.insert(0, h)
+                    budget -= n
+                if kept:
+                    self._prefill_text("".join(kept), "user", i)
+            else:
+                turn_ids = [(x, self._ids(self._turn_text(x))[0]) for x in new_turns]
+                incoming = len(frame_ids) + len(prompt_ids) + sum(len(x) for _, x in turn_ids)
+                incoming += len(last_msg) if last_msg is not None else 0
+                need = incoming + self.max_new_tokens + self.strategy.overflow_headroom()
+                if self.cache.length > 0 and self.cache.length + need > self.max_seq_len:
+                    last_msg = self._compress(video_data, i, t, last_msg)
+                    rec["strategy_applied"] = self.strategy.name
+                if self.cache.length == 0:
+                    restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, knowledge)
+                    anchor_pinned = False
+                prefix = last_msg if last_msg is not None else empty
+                last_msg = None
+                for turn, ids in turn_ids:
+                    pin = turn["role"] == "user" and not anchor_pinned
+                    ids = torch.cat([prefix, ids]).unsqueeze(0)
+                    self.backend.prefill(self.backend.embed(ids), self.cache,
+                                         "user" if turn["role"] == "user" else "system", i)
+                    if pin:
+                        self.cache.pin(self.cache.spans[-1].id)
+                    anchor_pinned = anchor_pinned or pin
+                    prefix = empty
+                frame_ids = torch.cat([prefix, frame_ids])
+            prefill_ms = (time.perf_counter() - t0) * 1e3
+
+            ids = torch.cat([frame_ids, prompt_ids if talk else empty]).unsqueeze(0)
+            embeds = self.backend.embed(ids, features)
+            text = None
+            if talk:
+                silence = (self.eou_id, self.not_talk_threshold) if self.talk_policy == "silence_threshold" else None
+                room = self.cache.capacity - self.cache.length - ids.shape[1]
+                r = self.backend.generate(embeds, self.cache, max(0, min(self.max_new_tokens, room)), [self.eou_id],
+                                          silence=silence, kind="frame", frame_index=i,
+                                          temperature=self.temperature, seed=self.seed + i)
+                prefill_ms += r.prefill_ms
+                rec["decode_ms"], rec["silence_prob"] = r.decode_ms, r.silence_prob
+                if r.tokens:
+                    text = self.tokenizer.decode(r.tokens, skip_special_tokens=True).strip()
+                    last_msg = self._ids(prompt.AFTER_REPLY)[0]
+                    history.append(prompt.assistant_turn(text))
+                else:  # silent: take the "Assistant:" prompt back out of the cache
+                    self.cache.truncate(self.cache.length - len(prompt_ids))
+            else:
+                t0 = time.perf_counter()
+                self.backend.prefill(embeds, self.cache, "frame", i)
+                prefill_ms += (time.perf_counter() - t0) * 1e3
+                rec["decode_ms"], rec["silence_prob"] = 0.0, None
+            rec.update(prefill_ms=prefill_ms, talked=text is not None, text=text,
+                       cache_len_peak=self.cache.length, max_position=self.cache.next_position)
+
+            if self.use_kv_cache and self.strategy.should_reduce_cache(self.cache.length):
+                last_msg = self._compress(video_data, i, t, last_msg)
+                rec["strategy_applied"] = self.strategy.name
+            rec["cache_len_after"] = self.cache.length
+            yield rec
+
+    def run_inference_on_video(self, video_data):
+        """Runs the whole video; returns predictions, per-frame records, summaries and totals."""
+        t_start = time.perf_counter()
+        frames = list(self.stream(video_data))
+        elapsed = time.perf_counter() - t_start
+        n = len(frames)
+        lengths = [f["cache_len_after"] for f in frames]
+        summaries = list(getattr(self.strategy, "summaries", []))
+        return {
+            "video_id": video_data.get("video_id"),
+            "predictions": [{"time": f["time"], "frame_index": f["frame_index"], "text": f["text"]}
+                            for f in frames if f["talked"]],
+            "frames": frames,
+            "summaries": summaries,
+            "totals": {
+                "frames_processed": n,
+                "dialogues_generated": sum(f["talked"] for f in frames),
+                "cache_compressions": sum(f["strategy_applied"] is not None for f in frames),
+                "avg_cache_size": sum(lengths) / n if n else 0.0,
+                "peak_cache_size": max((f["cache_len_peak"] for f in frames), default=0),
+                "time_per_frame": elapsed / n if n else 0.0,
+                "peak_memory_mb": _peak_memory_mb(self.device),
+            },
+        }
