@@ -15,6 +15,11 @@ struct format_error : std::invalid_argument {
     using std::invalid_argument::invalid_argument;
 };
 
+// A path that does not exist. Reaches Python as FileNotFoundError.
+struct file_not_found_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
 struct safetensors_entry {
     std::string name;
     std::string dtype;  // "F32", "BF16", ...

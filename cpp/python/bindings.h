@@ -26,5 +26,7 @@ at::Device device_from_py(const py::handle& obj, const char* arg);
 void bind_cache_interop(py::module_& m, py::class_<KVCache>& kv_cache);
 // SmolVLM and greedy_generate.
 void bind_model(py::module_& m);
+// preprocess_frame, resize, and VideoReader where built with OpenCV.
+void bind_video(py::module_& m);
 
 }  // namespace prospect

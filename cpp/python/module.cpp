@@ -3,6 +3,7 @@
 #include "bindings.h"
 
 #include "joint_embed.h"
+#include "safetensors.h"  // format_error, file_not_found_error
 #include "rope.h"
 
 #include <sstream>
@@ -77,6 +78,8 @@ void translate_errors() {
             PyErr_SetString(PyExc_IndexError, e.what_without_backtrace());
         } catch (const c10::Error& e) {
             PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+        } catch (const file_not_found_error& e) {
+            PyErr_SetString(PyExc_FileNotFoundError, e.what());
         }
     });
 }
@@ -88,6 +91,7 @@ void translate_errors() {
 using namespace prospect;
 
 PYBIND11_MODULE(prospect_core, m) {
+    py::module_::import("torch");  // tensors cross through torch's Python types: load them first
     m.doc() = "prospect's C++ core: KV cache with span ledger and in-place surgery, RoPE shifts, joint_embed.";
     m.attr("__version__") = "0.1.0";
     m.attr("__torch_version__") = PROSPECT_TORCH_VERSION;  // the torch it was built against
@@ -193,6 +197,7 @@ positions as they were and the caller passes position ids.)doc");
 
     bind_cache_interop(m, kv);
     bind_model(m);
+    bind_video(m);
 
     m.def(
         "rope_shift_",

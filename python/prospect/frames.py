@@ -3,6 +3,8 @@
 import numpy as np
 import torch
 
+import prospect_core as core
+
 
 def to_hwc_uint8(frame, where: str) -> np.ndarray:
     """A PIL image, a numpy array or a tensor (HxWx3 or 3xHxW, uint8, or float in [0, 1]) -> HxWx3 uint8."""
@@ -30,15 +32,34 @@ def to_hwc_uint8(frame, where: str) -> np.ndarray:
 
 
 class FramePreprocessor:
-    """The checkpoint's own image processor, with tile splitting off by default (video mode)."""
+    """A frame as the checkpoint's SmolVLM2 video processor would make it, done in C++
+    (prospect_core.preprocess_frame). split_frames=True uses the image processor's tiles instead."""
 
     def __init__(self, processor, split_frames: bool = False):
         self.image_processor = processor.image_processor
         self.split = split_frames
+        vp = processor.video_processor
+        self.longest_edge = int(vp.size["longest_edge"])
+        self.image_size = int(vp.max_image_size["longest_edge"])
+        self.mean = [float(x) for x in vp.image_mean]
+        self.std = [float(x) for x in vp.image_std]
+        self.resample = _resample_name(vp.resample)
 
     def __call__(self, frame, where="frame"):
         img = to_hwc_uint8(frame, where)
-        out = self.image_processor(images=[[img]], do_image_splitting=self.split, return_tensors="pt",
-                                   return_row_col_info=True)
-        rows, cols = out["rows"][0][0], out["cols"][0][0]
-        return out["pixel_values"], out.get("pixel_attention_mask"), rows, cols
+        if self.split:
+            out = self.image_processor(images=[[img]], do_image_splitting=True, return_tensors="pt",
+                                       return_row_col_info=True)
+            return out["pixel_values"], out.get("pixel_attention_mask"), out["rows"][0][0], out["cols"][0][0]
+        pv = core.preprocess_frame(torch.from_numpy(img), self.longest_edge, self.image_size, self.mean, self.std,
+                                   self.resample)
+        return pv, None, 0, 0
+
+
+def _resample_name(resample) -> str:
+    """transformers resizes video frames with LANCZOS where torchvision >= 0.27 supports it, else BICUBIC."""
+    import torchvision
+
+    lanczos = int(resample) == 1
+    major, minor = (int(x) for x in torchvision.__version__.split("+")[0].split(".")[:2])
+    return "lanczos" if lanczos and (major, minor) >= (0, 27) else "bicubic"

@@ -1,0 +1,153 @@
+#include "frame_preprocess.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+namespace prospect {
+
+namespace {
+
+double bicubic(double x) {
+    constexpr double a = -0.5;
+    x = std::fabs(x);
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+    if (x < 2.0) return (((x - 5.0) * x + 8.0) * x - 4.0) * a;
+    return 0.0;
+}
+
+double sinc(double x) {
+    if (x == 0.0) return 1.0;
+    x *= M_PI;
+    return std::sin(x) / x;
+}
+
+double lanczos(double x) { return (x > -3.0 && x < 3.0) ? sinc(x) * sinc(x / 3.0) : 0.0; }
+
+// For each output index: the first input index and the normalised weights.
+struct taps {
+    std::vector<int64_t> first;
+    std::vector<int64_t> count;
+    std::vector<double> weights;  // [out, max_count]
+    int64_t max_count = 0;
+};
+
+taps make_taps(int64_t in, int64_t out, ResampleFilter filter) {
+    const double support_1 = filter == RESAMPLE_BICUBIC ? 2.0 : 3.0;
+    const double scale = static_cast<double>(in) / static_cast<double>(out);
+    const double filterscale = std::max(scale, 1.0);  // widen the kernel when shrinking: antialiasing
+    const double support = support_1 * filterscale;
+    taps t;
+    t.max_count = static_cast<int64_t>(std::ceil(support)) * 2 + 1;
+    t.first.resize(out);
+    t.count.resize(out);
+    t.weights.assign(out * t.max_count, 0.0);
+    for (int64_t i = 0; i < out; ++i) {
+        const double center = (i + 0.5) * scale;
+        int64_t lo = static_cast<int64_t>(center - support + 0.5);
+        int64_t hi = static_cast<int64_t>(center + support + 0.5);
+        lo = std::max<int64_t>(lo, 0);
+        hi = std::min<int64_t>(hi, in);
+        const int64_t n = std::min(hi - lo, t.max_count);
+        double total = 0;
+        for (int64_t k = 0; k < n; ++k) {
+            const double x = (k + lo - center + 0.5) / filterscale;
+            const double w = filter == RESAMPLE_BICUBIC ? bicubic(x) : lanczos(x);
+            t.weights[i * t.max_count + k] = w;
+            total += w;
+        }
+        if (total != 0) {
+            for (int64_t k = 0; k < n; ++k) t.weights[i * t.max_count + k] /= total;
+        }
+        t.first[i] = lo;
+        t.count[i] = n;
+    }
+    return t;
+}
+
+uint8_t clip8(double v) { return static_cast<uint8_t>(std::min(255.0, std::max(0.0, std::round(v)))); }
+
+// One separable pass along `axis` (0: rows/height, 1: columns/width) of an [H, W, C] uint8 image.
+at::Tensor pass(const at::Tensor& src, int64_t out_len, int axis, ResampleFilter filter) {
+    const int64_t H = src.size(0), W = src.size(1), C = src.size(2);
+    const int64_t in_len = axis == 0 ? H : W;
+    const auto t = make_taps(in_len, out_len, filter);
+    const int64_t oh = axis == 0 ? out_len : H, ow = axis == 0 ? W : out_len;
+    auto dst = at::empty({oh, ow, C}, src.options());
+    const uint8_t* s = src.data_ptr<uint8_t>();
+    uint8_t* d = dst.data_ptr<uint8_t>();
+    at::parallel_for(0, oh, 8, [&](int64_t y0, int64_t y1) {
+        for (int64_t y = y0; y < y1; ++y) {
+            for (int64_t x = 0; x < ow; ++x) {
+                const int64_t o = axis == 0 ? y : x;
+                const double* w = t.weights.data() + o * t.max_count;
+                for (int64_t c = 0; c < C; ++c) {
+                    double acc = 0;
+                    for (int64_t k = 0; k < t.count[o]; ++k) {
+                        const int64_t j = t.first[o] + k;
+                        acc += w[k] * s[axis == 0 ? (j * W + x) * C + c : (y * W + j) * C + c];
+                    }
+                    d[(y * ow + x) * C + c] = clip8(acc);
+                }
+            }
+        }
+    });
+    return dst;
+}
+
+}  // namespace
+
+ResampleFilter resample_filter_from_name(const std::string& name) {
+    if (name == "bicubic") return RESAMPLE_BICUBIC;
+    if (name == "lanczos") return RESAMPLE_LANCZOS;
+    TORCH_CHECK_VALUE(false, "resample expected 'lanczos' or 'bicubic', got '", name, "'");
+}
+
+at::Tensor resize_antialias(const at::Tensor& img, int64_t out_h, int64_t out_w, ResampleFilter filter) {
+    TORCH_CHECK_VALUE(img.dim() == 3 && img.size(0) > 0 && img.size(1) > 0 && img.size(2) > 0,
+                      "resize: image expected [H, W, C] with H, W, C > 0, got shape ", img.sizes());
+    TORCH_CHECK_TYPE(img.scalar_type() == at::kByte, "resize: image expected uint8, got ", img.scalar_type());
+    TORCH_CHECK_VALUE(out_h > 0 && out_w > 0, "resize: output size expected > 0, got ", out_h, "x", out_w);
+    auto x = img.cpu().contiguous();
+    // Horizontal first, then vertical, each rounding to uint8, as PIL does.
+    if (out_w != x.size(1)) x = pass(x, out_w, 1, filter);
+    if (out_h != x.size(0)) x = pass(x, out_h, 0, filter);
+    return x;
+}
+
+std::pair<int64_t, int64_t> longest_edge_size(int64_t h, int64_t w, int64_t longest_edge) {
+    const double aspect = static_cast<double>(w) / static_cast<double>(h);
+    int64_t oh, ow;
+    if (w >= h) {
+        ow = longest_edge;
+        oh = static_cast<int64_t>(ow / aspect);
+        if (oh % 2 != 0) ++oh;
+    } else {
+        oh = longest_edge;
+        ow = static_cast<int64_t>(oh * aspect);
+        if (ow % 2 != 0) ++ow;
+    }
+    return {std::max<int64_t>(oh, 1), std::max<int64_t>(ow, 1)};
+}
+
+at::Tensor preprocess_frame(const at::Tensor& img, int64_t longest_edge, int64_t image_size,
+                            std::array<double, 3> mean, std::array<double, 3> std, ResampleFilter filter) {
+    TORCH_CHECK_VALUE(img.dim() == 3 && img.size(2) == 3, "preprocess_frame: frame expected [H, W, 3], got shape ",
+                      img.sizes());
+    TORCH_CHECK_TYPE(img.scalar_type() == at::kByte, "preprocess_frame: frame expected uint8, got ", img.scalar_type());
+    TORCH_CHECK_VALUE(img.size(0) > 0 && img.size(1) > 0, "preprocess_frame: frame expected a non-empty image, got ",
+                      img.sizes());
+    TORCH_CHECK_VALUE(longest_edge > 0 && image_size > 0, "preprocess_frame: sizes expected > 0, got longest_edge ",
+                      longest_edge, ", image_size ", image_size);
+    for (int c = 0; c < 3; ++c) TORCH_CHECK_VALUE(std[c] != 0, "preprocess_frame: std expected non-zero values");
+    const auto [h1, w1] = longest_edge_size(img.size(0), img.size(1), longest_edge);
+    auto x = resize_antialias(img, h1, w1, filter);
+    x = resize_antialias(x, image_size, image_size, filter);
+    auto m = at::tensor({mean[0], mean[1], mean[2]}, at::kFloat).view({3, 1, 1});
+    auto s = at::tensor({std[0], std[1], std[2]}, at::kFloat).view({3, 1, 1});
+    auto out = (x.permute({2, 0, 1}).to(at::kFloat) / 255.0 - m) / s;  // [3, S, S]
+    return out.unsqueeze(0).unsqueeze(0).contiguous();
+}
+
+}  // namespace prospect
