@@ -6,6 +6,7 @@
 #include <opencv2/videoio.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 namespace prospect {
@@ -21,6 +22,8 @@ VideoReader::VideoReader(const std::string& path, double fps) : impl_(std::make_
     if (!fs::exists(path)) throw file_not_found_error("VideoReader: no such file: '" + path + "'");
     if (fs::is_directory(path)) throw format_error("VideoReader: '" + path + "' is a directory, not a video file");
     if (fs::file_size(path) == 0) throw format_error("VideoReader: '" + path + "' is empty");
+    // FFmpeg prints every slice error of a damaged stream; a broken stream is reported once, by next().
+    setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", 0);
     if (!impl_->cap.open(path, cv::CAP_ANY) || !impl_->cap.isOpened()) {
         throw format_error("VideoReader: '" + path + "' could not be opened as a video (damaged or not a video)");
     }

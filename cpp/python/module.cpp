@@ -3,6 +3,7 @@
 #include "bindings.h"
 
 #include "joint_embed.h"
+#include "matching.h"
 #include "safetensors.h"  // format_error, file_not_found_error
 #include "rope.h"
 
@@ -219,6 +220,24 @@ positions as they were and the caller passes position ids.)doc");
 
     m.def("rope_inv_freq", &rope_inv_freq, py::arg("head_dim"), py::arg("rope_theta"),
           "The fp32 inverse frequencies [head_dim / 2] the rotations use.");
+
+    m.def(
+        "min_weight_full_matching",
+        [](const at::Tensor& cost) {
+            TORCH_CHECK_VALUE(cost.dim() == 2, "min_weight_full_matching: cost expected [rows, cols], got shape ",
+                              cost.sizes());
+            TORCH_CHECK_TYPE(at::isFloatingType(cost.scalar_type()),
+                             "min_weight_full_matching: cost expected a floating dtype, got ", cost.scalar_type());
+            auto c = cost.to(at::kCPU, at::kDouble).contiguous();
+            // Row-major tensor -> column-major Eigen matrix through a row-major map.
+            Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> map(
+                c.data_ptr<double>(), c.size(0), c.size(1));
+            Eigen::MatrixXd mat = map;
+            py::gil_scoped_release nogil;
+            return min_weight_full_matching(mat);
+        },
+        py::arg("cost"),
+        "Column of each row in a minimum-weight full matching of cost [rows, cols] (rows <= cols, +inf forbids).");
 
     m.def("joint_embed", &joint_embed, py::arg("input_ids"), py::arg("text_embeds"), py::arg("image_features"),
           py::arg("image_token_id"),

@@ -27,6 +27,46 @@ def _verify(args):
     return 0 if ok else 1
 
 
+def _compare(args):
+    from prospect.compare import compare, summary_markdown
+
+    window = tuple(float(x) for x in args.window.split(",")) if args.window else None
+    if window is not None and len(window) != 2:
+        raise ValueError(f"--window expected LEFT,RIGHT seconds, got {args.window!r}")
+    results = compare(args.dataset, args.model, [s.strip() for s in args.strategies.split(",") if s.strip()],
+                      args.out, max_seq_len=args.max_seq_len, reserved_seq_len=args.reserved_seq_len,
+                      last_keep_len=args.last_keep_len, summary_max_length=args.summary_max_length,
+                      max_new_tokens=args.max_new_tokens, talk_policy=args.talk_policy,
+                      not_talk_threshold=args.threshold, window=window, eval_dataset=args.eval_dataset,
+                      oracle=args.oracle, device=args.device, dtype=args.dtype, backend=args.backend,
+                      seed=args.seed, max_frames=args.max_frames)
+    print(summary_markdown(results))
+    print(f"\nwrote {args.out}/summary.json, summary.md and plots")
+    return 0 if all("metrics" in r for r in results.values()) else 1
+
+
+def _run(args):
+    from prospect.runners import VLMStreamRunner
+
+    runner = VLMStreamRunner(args.model, device=args.device, torch_dtype=args.dtype,
+                             max_new_tokens=args.max_new_tokens, context_strategy_type=args.strategy,
+                             max_seq_len=args.max_seq_len, talk_policy=args.talk_policy,
+                             not_talk_threshold=args.threshold, backend=args.backend)
+    video = {"video_id": args.video, "video_path": args.video, "fps": args.fps, "conversation": []}
+    if args.ask:
+        video["conversation"] = [{"role": "user", "time": 0.0, "content": args.ask}]
+    n = 0
+    for rec in runner.stream(video):
+        n += 1
+        if rec["talked"]:
+            print(f"[{rec['time']:7.1f}s] assistant: {rec['text']}", flush=True)
+        if rec["strategy_applied"]:
+            print(f"[{rec['time']:7.1f}s] ({rec['strategy_applied']}: cache {rec['cache_len_peak']} -> "
+                  f"{rec['cache_len_after']} tokens)", flush=True)
+    print(f"{n} frames")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="prospect", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +94,44 @@ def main(argv=None) -> int:
     vf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     vf.add_argument("--tokens", type=int, default=32, help="greedy tokens to compare (default 32)")
     vf.set_defaults(func=_verify)
+
+    cp = sub.add_parser("compare", help="run context strategies over a dataset and compare them")
+    cp.add_argument("--dataset", default="sample", help="a ProAssist-format JSON/JSONL file, or 'sample'")
+    cp.add_argument("--model", required=True)
+    cp.add_argument("--strategies", default="none,drop_all,drop_middle,summarize_and_drop")
+    cp.add_argument("--out", default="outputs/compare")
+    cp.add_argument("--max-seq-len", type=int, default=4096)
+    cp.add_argument("--reserved-seq-len", type=int, default=128)
+    cp.add_argument("--last-keep-len", type=int, default=512)
+    cp.add_argument("--summary-max-length", type=int, default=512)
+    cp.add_argument("--max-new-tokens", type=int, default=100)
+    cp.add_argument("--talk-policy", default="silence_threshold",
+                    choices=["silence_threshold", "every_frame", "annotations"])
+    cp.add_argument("--threshold", type=float, default=0.5, help="not-talk threshold (silence_threshold policy)")
+    cp.add_argument("--window", help="matching window LEFT,RIGHT in seconds (default -2,4)")
+    cp.add_argument("--eval-dataset", help="use one of ProAssist's windows: ego4d, epickitchens, holoassist, ...")
+    cp.add_argument("--oracle", action="store_true", help="replay the reference turns as predictions")
+    cp.add_argument("--max-frames", type=int, help="stop each video after this many frames")
+    cp.add_argument("--device", default="cpu")
+    cp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    cp.add_argument("--backend", default="native", choices=["native", "hf"])
+    cp.add_argument("--seed", type=int, default=0)
+    cp.set_defaults(func=_compare)
+
+    rn = sub.add_parser("run", help="stream one video and print the dialogue as it happens")
+    rn.add_argument("--video", required=True)
+    rn.add_argument("--model", required=True)
+    rn.add_argument("--strategy", default="drop_middle")
+    rn.add_argument("--ask", help="a user question at time 0")
+    rn.add_argument("--fps", type=float, default=2.0)
+    rn.add_argument("--max-seq-len", type=int, default=4096)
+    rn.add_argument("--max-new-tokens", type=int, default=60)
+    rn.add_argument("--talk-policy", default="silence_threshold", choices=["silence_threshold", "every_frame"])
+    rn.add_argument("--threshold", type=float, default=0.5)
+    rn.add_argument("--device", default="cpu")
+    rn.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    rn.add_argument("--backend", default="native", choices=["native", "hf"])
+    rn.set_defaults(func=_run)
 
     args = parser.parse_args(argv)
     try:

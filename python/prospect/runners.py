@@ -114,19 +114,22 @@ class VLMStreamRunner:
         return float(fps), conv
 
     def _frames(self, video, fps):
+        limit = video.get("max_frames")
         if "frames" in video:
             frames = video["frames"]
             if not hasattr(frames, "__iter__"):
                 raise TypeError(f"video_data['frames'] expected a list of images, got {type(frames).__name__}")
-            for i, f in enumerate(frames):
-                yield i, (i + 1) / fps, f
         else:
             import prospect_core as core
 
-            if not hasattr(core, "VideoReader"):
-                raise RuntimeError("video_path needs prospect_core.VideoReader (built with OpenCV)")
-            for i, (_, frame) in enumerate(core.VideoReader(str(video["video_path"]), fps=fps)):
-                yield i, (i + 1) / fps, frame
+            if not getattr(core, "has_opencv", False):
+                raise RuntimeError("video_path needs prospect_core.VideoReader, which this build lacks "
+                                   "(rebuild with OpenCV: apt-get install libopencv-dev)")
+            frames = (f for _, f in core.VideoReader(str(video["video_path"]), fps=fps))
+        for i, f in enumerate(frames):
+            if limit is not None and i >= limit:
+                break
+            yield i, (i + 1) / fps, f
 
     # ---- the stream ------------------------------------------------------------------------
     def _turn_text(self, turn):

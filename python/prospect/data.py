@@ -1,0 +1,127 @@
+"""ProAssist-format datasets: per video an id, a video (file or frame folder), fps, optional task
+knowledge, and the conversation (role, time, content). A dataset is a JSON list or a JSONL file."""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+OPENCV_DOC = Path("/usr/share/doc/opencv-doc")
+SAMPLE = Path(__file__).parent / "data" / "sample.json"
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+class DatasetError(ValueError):
+    """A record of a dataset file is malformed; the message names the record and the field."""
+
+
+def _cache_dir():
+    d = Path.home() / ".cache" / "prospect" / "videos"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def resolve_video(spec: str, base: Path) -> Path:
+    """'opencv-doc:examples/data/vtest.avi', 'opencv-doc-gz:opencv4/html/box.mp4.gz' (unpacked once into
+    ~/.cache/prospect/videos), or a path relative to the dataset file."""
+    if spec.startswith("opencv-doc:"):
+        path = OPENCV_DOC / spec.split(":", 1)[1]
+    elif spec.startswith("opencv-doc-gz:"):
+        src = OPENCV_DOC / spec.split(":", 1)[1]
+        if not src.exists():
+            raise FileNotFoundError(f"{src} not found: the sample videos come from Debian's opencv-doc package "
+                                    "(apt-get install opencv-doc; scripts/setup.sh does it)")
+        path = _cache_dir() / src.name[:-3]
+        if not path.exists():
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            tmp.replace(path)
+    else:
+        path = Path(spec) if Path(spec).is_absolute() else base / spec
+    if not path.exists():
+        hint = " (apt-get install opencv-doc)" if str(path).startswith(str(OPENCV_DOC)) else ""
+        raise FileNotFoundError(f"video {path} not found{hint}")
+    return path
+
+
+def _check(cond, where, field, msg):
+    if not cond:
+        raise DatasetError(f"{where}: field '{field}' {msg}")
+
+
+def parse_record(rec, where: str, base: Path) -> dict:
+    _check(isinstance(rec, dict), where, "<record>", f"expected an object, got {type(rec).__name__}")
+    vid = rec.get("video_id", rec.get("video_uid"))
+    _check(isinstance(vid, str) and vid, where, "video_id", f"expected a non-empty string, got {vid!r}")
+    where = f"{where} ({vid})"
+    fps = rec.get("fps", 2.0)
+    _check(isinstance(fps, (int, float)) and fps > 0, where, "fps", f"expected a positive number, got {fps!r}")
+    out = {"video_id": vid, "fps": float(fps)}
+    if "frames_dir" in rec:
+        d = rec["frames_dir"]
+        _check(isinstance(d, str), where, "frames_dir", f"expected a folder path, got {d!r}")
+        folder = Path(d) if Path(d).is_absolute() else base / d
+        _check(folder.is_dir(), where, "frames_dir", f"expected an existing folder, got {str(folder)!r}")
+        out["frames_dir"] = str(folder)
+    else:
+        spec = rec.get("video", rec.get("video_path"))
+        _check(isinstance(spec, str) and spec, where, "video", f"expected a video path, got {spec!r}")
+        out["video_path"] = str(resolve_video(spec, base))
+    if "knowledge" in rec and rec["knowledge"] is not None:
+        _check(isinstance(rec["knowledge"], str), where, "knowledge", "expected a string")
+        out["knowledge"] = rec["knowledge"]
+    conv = rec.get("conversation")
+    _check(isinstance(conv, list), where, "conversation", f"expected a list of turns, got {type(conv).__name__}")
+    for i, t in enumerate(conv):
+        f = f"conversation[{i}]"
+        _check(isinstance(t, dict), where, f, "expected an object with role, time, content")
+        _check(t.get("role") in ("system", "user", "assistant"), where, f + ".role",
+               f"expected system, user or assistant, got {t.get('role')!r}")
+        _check(isinstance(t.get("time"), (int, float)) and t["time"] >= 0, where, f + ".time",
+               f"expected seconds >= 0, got {t.get('time')!r}")
+        _check(isinstance(t.get("content"), str), where, f + ".content", f"expected a string, got {t.get('content')!r}")
+    out["conversation"] = [{"role": t["role"], "time": float(t["time"]), "content": t["content"]} for t in conv]
+    return out
+
+
+def load_dataset(path) -> list:
+    """Records from a JSON list or JSONL file; 'sample' is the bundled sample over opencv-doc videos."""
+    path = SAMPLE if str(path) == "sample" else Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {path} not found")
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{path}: line {n} is not valid JSON ({e.msg})") from e
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+        if not isinstance(records, list):
+            raise DatasetError(f"{path}: expected a JSON list of video records, got {type(records).__name__}")
+    out = [parse_record(r, f"{path.name} record {i}", path.parent) for i, r in enumerate(records)]
+    ids = [r["video_id"] for r in out]
+    dup = {x for x in ids if ids.count(x) > 1}
+    if dup:
+        raise DatasetError(f"{path}: video_id {sorted(dup)[0]!r} appears more than once")
+    return out
+
+
+def frames_of(record, max_frames=None):
+    """The video_data the runner takes: a video_path, or the frames of a frame folder."""
+    data = {k: v for k, v in record.items() if k != "frames_dir"}
+    if "frames_dir" in record:
+        from PIL import Image
+
+        files = sorted(p for p in Path(record["frames_dir"]).iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+        data["frames"] = (Image.open(p) for p in files[:max_frames])
+    if max_frames is not None:
+        data["max_frames"] = max_frames
+    return data

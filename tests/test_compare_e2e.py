@@ -1,0 +1,80 @@
+"""End to end: every strategy over the bundled sample (real videos) with the tiny model.
+
+`pytest -m e2e` runs them all, `pytest -m drop_middle` one strategy."""
+
+import json
+import os
+
+import pytest
+
+from prospect.compare import compare
+
+STRATEGIES = ["none", "drop_all", "drop_middle", "summarize_and_drop"]
+SMALL = dict(max_seq_len=512, reserved_seq_len=64, last_keep_len=128, summary_max_length=24, max_new_tokens=12,
+             max_frames=24, window=(-2.0, 4.0), progress=False)
+FIELDS = ["frames_processed", "dialogues_generated", "dialogues_matched", "precision", "recall", "f1",
+          "cache_compressions", "avg_cache_size", "peak_cache_size", "time_per_frame", "peak_memory_mb",
+          "Bleu_1", "Bleu_4", "METEOR", "CIDEr"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=getattr(pytest.mark, s)) for s in STRATEGIES])
+def test_strategy_on_sample(tiny_model, tmp_path, strategy):
+    out = tmp_path / "out"
+    results = compare("sample", tiny_model, [strategy], out, **SMALL)
+    m = results[strategy]["metrics"]
+    sdir = out / strategy
+    for f in [f"{strategy}_predictions.json", f"{strategy}_metrics.json", f"{strategy}.log"]:
+        assert (sdir / f).exists(), f
+    assert (out / "summary.json").exists() and (out / "summary.md").read_text().startswith("| strategy |")
+    assert (out / "cache_length.png").stat().st_size > 1000
+    on_disk = json.loads((sdir / f"{strategy}_metrics.json").read_text())
+    for k in FIELDS:
+        assert k in on_disk, k
+    assert m["frames_processed"] == 24 + 17 + 24 + 23  # box, cup (17 frames), vtest, megamind, capped at 24
+    for k in ("precision", "recall", "f1"):
+        assert 0.0 <= m[k] <= 1.0
+    assert m["peak_cache_size"] <= 512 and m["peak_memory_mb"] > 0 and m["time_per_frame"] > 0
+    meta = on_disk["metadata"]
+    assert meta["strategy_config"]["strategy"] == strategy and len(meta["weights_sha256_16"]) == 16
+    assert "torch" in meta["versions"] and meta["embedder"]
+    if strategy == "none":
+        assert m["cache_compressions"] == 0
+    else:
+        assert m["cache_compressions"] > 0
+    videos = json.loads((sdir / f"{strategy}_predictions.json").read_text())
+    assert set(videos) == {"box", "cup", "vtest", "megamind"}
+
+
+@pytest.mark.e2e
+def test_oracle_scores_one(tiny_model, tmp_path):
+    results = compare("sample", tiny_model, ["drop_middle"], tmp_path, oracle=True, **dict(SMALL, max_frames=None))
+    m = results["drop_middle"]["metrics"]
+    assert m["precision"] == m["recall"] == m["f1"] == 1.0
+    assert m["dialogues_matched"] == 4 + 4 + 5 + 3
+
+
+@pytest.mark.e2e
+def test_resume_does_not_redo_finished_videos(tiny_model, tmp_path):
+    first = compare("sample", tiny_model, ["drop_middle"], tmp_path, text_metrics=False, **SMALL)
+    vdir = tmp_path / "drop_middle" / "videos"
+    stamps = {p.name: p.stat().st_mtime_ns for p in vdir.glob("*.json")}
+    (vdir / "vtest.json").unlink()  # as if the run had been interrupted before vtest finished
+    second = compare("sample", tiny_model, ["drop_middle"], tmp_path, text_metrics=False, **SMALL)
+    after = {p.name: p.stat().st_mtime_ns for p in vdir.glob("*.json")}
+    assert all(after[n] == stamps[n] for n in stamps if n != "vtest.json")
+    assert after["vtest.json"] != stamps["vtest.json"]
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("metadata", "peak_memory_mb", "time_per_frame")}  # noqa
+    assert strip(first["drop_middle"]["metrics"]) == strip(second["drop_middle"]["metrics"])
+    assert not list(tmp_path.rglob("*.tmp*"))  # no half-written file left behind
+
+
+def test_baseline_generator(tiny_model, tmp_path):
+    from prospect.compare import BaselineGenerator
+    from prospect.runners import VLMStreamRunner
+
+    runner = VLMStreamRunner(tiny_model, context_strategy_type="drop_all", max_seq_len=512, reserved_seq_len=64,
+                             max_new_tokens=8)
+    records = [r for r in __import__("prospect.data", fromlist=["x"]).load_dataset("sample") if r["video_id"] == "cup"]
+    m = BaselineGenerator(runner=runner, dataset=records, output_dir=tmp_path, text_metrics=False).run()
+    assert m["frames_processed"] == 17 and (tmp_path / "drop_all" / "drop_all_metrics.json").exists()
