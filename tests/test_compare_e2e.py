@@ -78,3 +78,21 @@ def test_baseline_generator(tiny_model, tmp_path):
     records = [r for r in __import__("prospect.data", fromlist=["x"]).load_dataset("sample") if r["video_id"] == "cup"]
     m = BaselineGenerator(runner=runner, dataset=records, output_dir=tmp_path, text_metrics=False).run()
     assert m["frames_processed"] == 17 and (tmp_path / "drop_all" / "drop_all_metrics.json").exists()
+
+
+def test_run_cli_streams_the_dialogue(tiny_model):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "prospect", "run", "--video",
+                        "/usr/share/doc/opencv-doc/examples/data/tree.avi", "--model", str(tiny_model),
+                        "--talk-policy", "every_frame", "--max-new-tokens", "4", "--ask", "What grows here?"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1] == "9 frames" and sum("assistant:" in x for x in lines) == 9
+    assert lines[0].startswith("[    0.5s] assistant:")
+    assert "stopped decoding after 68" in r.stderr
+    bad = subprocess.run([sys.executable, "-m", "prospect", "run", "--video", "/nope.avi", "--model",
+                          str(tiny_model)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no such file: '/nope.avi'" in bad.stderr
