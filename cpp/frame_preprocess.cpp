@@ -66,29 +66,67 @@ taps make_taps(int64_t in, int64_t out, ResampleFilter filter) {
     return t;
 }
 
-uint8_t clip8(double v) { return static_cast<uint8_t>(std::min(255.0, std::max(0.0, std::round(v)))); }
+inline uint8_t clip8(float v) {
+    v = v < 0.f ? 0.f : (v > 255.f ? 255.f : v);
+    return static_cast<uint8_t>(v + 0.5f);
+}
 
-// One separable pass along `axis` (0: rows/height, 1: columns/width) of an [H, W, C] uint8 image.
-at::Tensor pass(const at::Tensor& src, int64_t out_len, int axis, ResampleFilter filter) {
-    const int64_t H = src.size(0), W = src.size(1), C = src.size(2);
-    const int64_t in_len = axis == 0 ? H : W;
-    const auto t = make_taps(in_len, out_len, filter);
-    const int64_t oh = axis == 0 ? out_len : H, ow = axis == 0 ? W : out_len;
-    auto dst = at::empty({oh, ow, C}, src.options());
+// Vertical pass: each output row is a weighted sum of whole input rows (contiguous, vectorisable).
+at::Tensor pass_vertical(const at::Tensor& src, int64_t out_h, ResampleFilter filter) {
+    const int64_t H = src.size(0), W = src.size(1), C = src.size(2), rowlen = W * C;
+    const auto t = make_taps(H, out_h, filter);
+    const std::vector<float> wf(t.weights.begin(), t.weights.end());
+    auto dst = at::empty({out_h, W, C}, src.options());
     const uint8_t* s = src.data_ptr<uint8_t>();
     uint8_t* d = dst.data_ptr<uint8_t>();
-    at::parallel_for(0, oh, 8, [&](int64_t y0, int64_t y1) {
+    at::parallel_for(0, out_h, 8, [&](int64_t y0, int64_t y1) {
+        std::vector<float> acc(rowlen);
         for (int64_t y = y0; y < y1; ++y) {
-            for (int64_t x = 0; x < ow; ++x) {
-                const int64_t o = axis == 0 ? y : x;
-                const double* w = t.weights.data() + o * t.max_count;
-                for (int64_t c = 0; c < C; ++c) {
-                    double acc = 0;
-                    for (int64_t k = 0; k < t.count[o]; ++k) {
-                        const int64_t j = t.first[o] + k;
-                        acc += w[k] * s[axis == 0 ? (j * W + x) * C + c : (y * W + j) * C + c];
+            std::fill(acc.begin(), acc.end(), 0.f);
+            const float* w = wf.data() + y * t.max_count;
+            for (int64_t k = 0; k < t.count[y]; ++k) {
+                const uint8_t* row = s + (t.first[y] + k) * rowlen;
+                const float wk = w[k];
+                float* a = acc.data();
+                for (int64_t i = 0; i < rowlen; ++i) a[i] += wk * row[i];
+            }
+            uint8_t* o = d + y * rowlen;
+            for (int64_t i = 0; i < rowlen; ++i) o[i] = clip8(acc[i]);
+        }
+    });
+    return dst;
+}
+
+// Horizontal pass: each row is unpacked into one float plane per channel, so every output
+// pixel is a dot product over contiguous floats.
+at::Tensor pass_horizontal(const at::Tensor& src, int64_t out_w, ResampleFilter filter) {
+    const int64_t H = src.size(0), W = src.size(1), C = src.size(2);
+    const auto t = make_taps(W, out_w, filter);
+    const std::vector<float> wf(t.weights.begin(), t.weights.end());
+    auto dst = at::empty({H, out_w, C}, src.options());
+    const uint8_t* s = src.data_ptr<uint8_t>();
+    uint8_t* d = dst.data_ptr<uint8_t>();
+    at::parallel_for(0, H, 16, [&](int64_t y0, int64_t y1) {
+        std::vector<float> plane(C * W);
+        for (int64_t y = y0; y < y1; ++y) {
+            const uint8_t* row = s + y * W * C;
+            for (int64_t x = 0; x < W; ++x)
+                for (int64_t c = 0; c < C; ++c) plane[c * W + x] = row[x * C + c];
+            for (int64_t c = 0; c < C; ++c) {
+                const float* pc = plane.data() + c * W;
+                for (int64_t xo = 0; xo < out_w; ++xo) {
+                    const float* w = wf.data() + xo * t.max_count;
+                    const float* p = pc + t.first[xo];
+                    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;  // four partial sums: lets the loop vectorise
+                    int64_t k = 0, n = t.count[xo];
+                    for (; k + 4 <= n; k += 4) {
+                        a0 += w[k] * p[k];
+                        a1 += w[k + 1] * p[k + 1];
+                        a2 += w[k + 2] * p[k + 2];
+                        a3 += w[k + 3] * p[k + 3];
                     }
-                    d[(y * ow + x) * C + c] = clip8(acc);
+                    for (; k < n; ++k) a0 += w[k] * p[k];
+                    d[(y * out_w + xo) * C + c] = clip8((a0 + a1) + (a2 + a3));
                 }
             }
         }
@@ -110,9 +148,9 @@ at::Tensor resize_antialias(const at::Tensor& img, int64_t out_h, int64_t out_w,
     TORCH_CHECK_TYPE(img.scalar_type() == at::kByte, "resize: image expected uint8, got ", img.scalar_type());
     TORCH_CHECK_VALUE(out_h > 0 && out_w > 0, "resize: output size expected > 0, got ", out_h, "x", out_w);
     auto x = img.cpu().contiguous();
-    // Horizontal first, then vertical, each rounding to uint8, as PIL does.
-    if (out_w != x.size(1)) x = pass(x, out_w, 1, filter);
-    if (out_h != x.size(0)) x = pass(x, out_h, 0, filter);
+    // Horizontal first, then vertical, each rounding to uint8, as PIL and torchvision do.
+    if (out_w != x.size(1)) x = pass_horizontal(x, out_w, filter);
+    if (out_h != x.size(0)) x = pass_vertical(x, out_h, filter);
     return x;
 }
 
@@ -144,10 +182,17 @@ at::Tensor preprocess_frame(const at::Tensor& img, int64_t longest_edge, int64_t
     const auto [h1, w1] = longest_edge_size(img.size(0), img.size(1), longest_edge);
     auto x = resize_antialias(img, h1, w1, filter);
     x = resize_antialias(x, image_size, image_size, filter);
-    auto m = at::tensor({mean[0], mean[1], mean[2]}, at::kFloat).view({3, 1, 1});
-    auto s = at::tensor({std[0], std[1], std[2]}, at::kFloat).view({3, 1, 1});
-    auto out = (x.permute({2, 0, 1}).to(at::kFloat) / 255.0 - m) / s;  // [3, S, S]
-    return out.unsqueeze(0).unsqueeze(0).contiguous();
+    // Rescale and normalise in one pass, HWC uint8 -> CHW float.
+    auto out = at::empty({1, 1, 3, image_size, image_size}, at::kFloat);
+    const int64_t n = image_size * image_size;
+    const uint8_t* src = x.data_ptr<uint8_t>();
+    float* dst = out.data_ptr<float>();
+    for (int c = 0; c < 3; ++c) {
+        const float scale = static_cast<float>(1.0 / (255.0 * std[c])), bias = static_cast<float>(-mean[c] / std[c]);
+        float* o = dst + c * n;
+        for (int64_t i = 0; i < n; ++i) o[i] = src[i * 3 + c] * scale + bias;
+    }
+    return out;
 }
 
 }  // namespace prospect

@@ -1,6 +1,7 @@
 #include "smolvlm.h"
 
 #include "joint_embed.h"
+#include "matvec.h"
 #include "model_loader.h"
 #include "rope.h"
 
@@ -71,14 +72,14 @@ SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device
         const auto n = [&](const char* rest) { return layer_name((tm + "layers.").c_str(), i, rest); };
         text_layer l;
         l.input_norm = w.take(n("input_layernorm.weight"), {H});
-        l.q = w.take(n("self_attn.q_proj.weight"), {t.num_attention_heads * hd, H});
-        l.k = w.take(n("self_attn.k_proj.weight"), {t.num_key_value_heads * hd, H});
-        l.v = w.take(n("self_attn.v_proj.weight"), {t.num_key_value_heads * hd, H});
-        l.o = w.take(n("self_attn.o_proj.weight"), {H, t.num_attention_heads * hd});
+        l.qkv = at::cat({w.take(n("self_attn.q_proj.weight"), {t.num_attention_heads * hd, H}),
+                         w.take(n("self_attn.k_proj.weight"), {t.num_key_value_heads * hd, H}),
+                         w.take(n("self_attn.v_proj.weight"), {t.num_key_value_heads * hd, H})});
+        l.o = w.take(n("self_attn.o_proj.weight"), {H, t.num_attention_heads * hd}).contiguous();
         l.post_norm = w.take(n("post_attention_layernorm.weight"), {H});
-        l.gate = w.take(n("mlp.gate_proj.weight"), {t.intermediate_size, H});
-        l.up = w.take(n("mlp.up_proj.weight"), {t.intermediate_size, H});
-        l.down = w.take(n("mlp.down_proj.weight"), {H, t.intermediate_size});
+        l.gate_up = at::cat({w.take(n("mlp.gate_proj.weight"), {t.intermediate_size, H}),
+                             w.take(n("mlp.up_proj.weight"), {t.intermediate_size, H})});
+        l.down = w.take(n("mlp.down_proj.weight"), {H, t.intermediate_size}).contiguous();
         text_layers_.push_back(std::move(l));
     }
     final_norm_ = w.take(tm + "norm.weight", {H});
@@ -87,7 +88,7 @@ SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device
                           "not set tie_word_embeddings");
         lm_head_ = embed_;
     } else {
-        lm_head_ = w.take("lm_head.weight", {t.vocab_size, H});
+        lm_head_ = w.take("lm_head.weight", {t.vocab_size, H}).contiguous();
     }
     inv_freq_ = rope_inv_freq(hd, t.rope_theta).to(device);
 
@@ -99,7 +100,7 @@ SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device
                               &l.ln2_w, &l.ln2_b, &l.fc1_w, &l.fc1_b, &l.fc2_w, &l.fc2_b})
             all.push_back(x);
     for (const auto& l : text_layers_)
-        for (const auto* x : {&l.input_norm, &l.q, &l.k, &l.v, &l.o, &l.post_norm, &l.gate, &l.up, &l.down})
+        for (const auto* x : {&l.input_norm, &l.qkv, &l.o, &l.post_norm, &l.gate_up, &l.down})
             all.push_back(x);
     for (const auto* x : all) weight_bytes_ += x->numel() * x->element_size();
 }
@@ -255,18 +256,22 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
         for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
             const auto& l = text_layers_[i];
             auto h = rms_norm(x, l.input_norm, t.rms_norm_eps);
-            auto q = at::linear(h, l.q).view({B, T, t.num_attention_heads, hd}).transpose(1, 2);
-            auto k = at::linear(h, l.k).view({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
-            auto v = at::linear(h, l.v).view({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
+            const int64_t nq = t.num_attention_heads * hd, nkv = t.num_key_value_heads * hd;
+            auto qkv = prospect::linear(h, l.qkv);  // [B, T, nq + 2 nkv]
+            auto q = qkv.narrow(-1, 0, nq).view({B, T, t.num_attention_heads, hd}).transpose(1, 2);
+            auto k = qkv.narrow(-1, nq, nkv).reshape({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
+            auto v = qkv.narrow(-1, nq + nkv, nkv).reshape({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
             q = q * cos + rotate_half(q) * sin;
             k = k * cos + rotate_half(k) * sin;
             cache.write(i, k, v);
             auto K = cache.key_buffer(i).narrow(2, 0, L0 + T), V = cache.value_buffer(i).narrow(2, 0, L0 + T);
             auto a = at::scaled_dot_product_attention(q, K, V, mask, 0.0, causal, scale,
                                                       t.num_key_value_heads != t.num_attention_heads);
-            x = x + at::linear(a.transpose(1, 2).reshape({B, T, t.num_attention_heads * hd}), l.o);
+            x = x + prospect::linear(a.transpose(1, 2).reshape({B, T, t.num_attention_heads * hd}), l.o);
             h = rms_norm(x, l.post_norm, t.rms_norm_eps);
-            x = x + at::linear(at::silu(at::linear(h, l.gate)) * at::linear(h, l.up), l.down);
+            auto gu = prospect::linear(h, l.gate_up);  // [B, T, 2 I]
+            const int64_t I = t.intermediate_size;
+            x = x + prospect::linear(at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I), l.down);
         }
     } catch (...) {
         cache.discard_pending();
@@ -278,7 +283,7 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
         cache.commit(T, kind, frame_index);
     }
     x = rms_norm(all_logits ? x : x.select(1, T - 1), final_norm_, t.rms_norm_eps);
-    return at::linear(x, lm_head_);
+    return prospect::linear(x, lm_head_);
 }
 
 }  // namespace prospect

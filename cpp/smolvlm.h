@@ -19,7 +19,7 @@ struct vision_layer {
 };
 
 struct text_layer {
-    at::Tensor input_norm, q, k, v, o, post_norm, gate, up, down;
+    at::Tensor input_norm, qkv, o, post_norm, gate_up, down;  // q|k|v and gate|up fused at load: fewer reads
 };
 
 class SmolVLM {

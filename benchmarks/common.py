@@ -1,0 +1,55 @@
+"""Shared pieces of the benchmarks: timing, the memory-bandwidth and matmul roofs, machine info."""
+
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def median_ms(fn, repeats, warmup=1):
+    """Median wall time of fn() in ms, after warm-up runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def memory_bandwidth_gbs(mib=1024, tries=5):
+    """Best of several full reads of a large fp32 tensor (a sum), at the current thread count."""
+    x = torch.ones(mib * 2**20 // 4)
+    x.sum()
+    best = min(_time(lambda: x.sum()) for _ in range(tries))
+    return x.numel() * 4 / best / 1e9
+
+
+def matmul_gflops(n=3072, tries=5):
+    """Best fp32 matrix-multiply rate: the compute roof for the vision encoder."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_time(lambda: a @ b) for _ in range(tries))
+    return 2 * n**3 / best / 1e9
+
+
+def _time(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -1,0 +1,156 @@
+"""All of prospect's benchmarks in one run: decode, the bandwidth floor, the streaming step, cache
+surgery and long streams. Every comparison is measured in this run, next to its baseline.
+
+usage: python benchmarks/run.py [--presets tiny,256m] [--dtypes float32] [--repeats 5] [--quick]
+Writes benchmarks/results/<host>-<date>.json and .md, and the long-stream plot.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from common import machine, matmul_gflops, memory_bandwidth_gbs  # noqa: E402
+
+
+def model_dir(preset, root):
+    import prospect
+
+    d = Path(root) / preset
+    if not (d / "config.json").exists():
+        prospect.make_model(d, preset)
+    return d
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", default="tiny,256m")
+    ap.add_argument("--dtypes", default="float32")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, one repetition")
+    ap.add_argument("--models", default=str(HERE.parent / "build" / "models"))
+    ap.add_argument("--out", default=str(HERE / "results"))
+    a = ap.parse_args()
+    if a.quick:
+        a.presets, a.repeats = "tiny", 1
+
+    from decode import bench_decode
+    from long_stream import bench_long_stream, plot_long_stream
+    from streaming import bench_streaming
+
+    date = datetime.date.today().isoformat()
+    m = machine()
+    res = {"date": date, "machine": m, "command": " ".join(["python benchmarks/run.py"] + sys.argv[1:])}
+    bw = memory_bandwidth_gbs(64 if a.quick else 1024)
+    roof = matmul_gflops(512 if a.quick else 3072)
+    res["memory_bandwidth_gbs"], res["matmul_gflops"] = bw, roof
+    print(f"machine: {m['cpu']}, {m['threads']} threads; bandwidth {bw:.1f} GB/s; matmul {roof:.1f} GFLOP/s")
+
+    res["decode"] = []
+    for preset in a.presets.split(","):
+        path = model_dir(preset, a.models)
+        for dtype in a.dtypes.split(","):
+            row = bench_decode(path, dtype, a.repeats, new_tokens=8 if a.quick else 32)
+            row.update(preset=preset, dtype=dtype)
+            row["floor_ms_per_token"] = row["weight_bytes_per_token"] / (bw * 1e9) * 1e3
+            row["prospect_fraction_of_floor"] = row["floor_ms_per_token"] / row["prospect_ms_per_token"]
+            row["speedup_vs_generate"] = row["transformers_generate_ms_per_token"] / row["prospect_ms_per_token"]
+            row["speedup_vs_original_loop"] = row["original_loop_ms_per_token"] / row["prospect_ms_per_token"]
+            res["decode"].append(row)
+            print(f"decode {preset} {dtype}: prospect {row['prospect_ms_per_token']:.2f} ms/token "
+                  f"({1e3 / row['prospect_ms_per_token']:.0f} tok/s), generate() "
+                  f"{row['transformers_generate_ms_per_token']:.2f}, original loop "
+                  f"{row['original_loop_ms_per_token']:.2f}; floor {row['floor_ms_per_token']:.2f} ms "
+                  f"({100 * row['prospect_fraction_of_floor']:.0f}% of it)")
+
+    video = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+    res["streaming"] = []
+    for preset in a.presets.split(","):
+        # The 256m vision tower costs ~1.7 s a frame here: few frames, few repeats.
+        big = preset != "tiny"
+        row = bench_streaming(model_dir(preset, a.models), video, frames=4 if a.quick or big else 12,
+                              repeats=min(a.repeats, 2) if big else a.repeats)
+        row["preset"] = preset
+        row["speedup"] = row["transformers_ms_per_frame"] / row["prospect_ms_per_frame"]
+        row["vision_gflops"] = row["vision_gflop_per_frame"] / (row["prospect_vision_ms"] / 1e3)
+        row["vision_fraction_of_matmul_roof"] = row["vision_gflops"] / roof
+        res["streaming"].append(row)
+        print(f"streaming {preset}: prospect {row['prospect_ms_per_frame']:.1f} ms/frame, transformers "
+              f"{row['transformers_ms_per_frame']:.1f} ({row['speedup']:.2f}x); vision "
+              f"{row['vision_gflops']:.1f} GFLOP/s = {100 * row['vision_fraction_of_matmul_roof']:.0f}% of the roof")
+
+    surgery_args = ["--repeats", str(a.repeats if not a.quick else 1), "--out", a.out]
+    if a.quick:
+        surgery_args += ["--layers", "2", "--kv-heads", "2", "--tokens", "1024"]
+    subprocess.run([sys.executable, str(HERE / "surgery.py")] + surgery_args, check=True, capture_output=True)
+    sfile = sorted(Path(a.out).glob(f"surgery-*-{date}.json"))[-1]
+    res["surgery"] = json.loads(sfile.read_text())
+    for r in res["surgery"]["rows"]:
+        print(f"surgery {r['variant']}: {r['median_ms']:.1f} ms, extra peak {r['median_extra_peak_mb']:.1f} MiB "
+              f"({100 * r['extra_peak_fraction']:.2f}% of the cache)")
+
+    ls = bench_long_stream(model_dir("tiny", a.models), frames=60 if a.quick else 1000)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{m['host']}-{date}" + ("-quick" if a.quick else "")
+    plot_long_stream(ls, out / f"{stem}-long-stream.png")
+    res["long_stream"] = {k: {"frames": v["frames"], "median_ms": sorted(v["ms"])[len(v["ms"]) // 2],
+                              "max_cache_len": max(v["cache_len"]), "last_100_median_ms":
+                              sorted(v["ms"][-100:])[len(v["ms"][-100:]) // 2]} for k, v in ls.items()}
+    for k, v in res["long_stream"].items():
+        print(f"long stream {k}: {v['frames']} frames, median {v['median_ms']:.1f} ms/frame, "
+              f"last 100 {v['last_100_median_ms']:.1f}, max cache {v['max_cache_len']}")
+
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    (out / f"{stem}.md").write_text(markdown(res))
+    print(f"wrote {out / (stem + '.json')} and .md")
+
+
+def markdown(res):
+    m = res["machine"]
+    lines = [f"# prospect benchmarks, {res['date']}", "",
+             f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}. `{res['command']}`", "",
+             f"Memory bandwidth (best of 5 reductions): {res['memory_bandwidth_gbs']:.1f} GB/s; "
+             f"fp32 matmul roof: {res['matmul_gflops']:.1f} GFLOP/s.", "",
+             "## Decode (batch 1, greedy)", "",
+             "| preset | dtype | prospect ms/tok | tok/s | generate() ms/tok | original loop ms/tok | "
+             "vs generate | vs original | floor ms/tok | % of floor |", "|---" * 10 + "|"]
+    for r in res["decode"]:
+        lines.append(f"| {r['preset']} | {r['dtype']} | {r['prospect_ms_per_token']:.2f} | "
+                     f"{1e3 / r['prospect_ms_per_token']:.0f} | {r['transformers_generate_ms_per_token']:.2f} | "
+                     f"{r['original_loop_ms_per_token']:.2f} | {r['speedup_vs_generate']:.2f}x | "
+                     f"{r['speedup_vs_original_loop']:.2f}x | {r['floor_ms_per_token']:.2f} | "
+                     f"{100 * r['prospect_fraction_of_floor']:.0f}% |")
+    lines += ["", "## Streaming step (preprocess + vision + prefill + talk decision, vtest.avi)", "",
+              "| preset | tokens/frame | prospect ms/frame | transformers ms/frame | speed-up | preprocess ms "
+              "(ours / theirs) | vision ms (ours / theirs) | vision GFLOP/s | % of matmul roof |", "|---" * 9 + "|"]
+    for r in res["streaming"]:
+        lines.append(f"| {r['preset']} | {r['tokens_per_frame']} | {r['prospect_ms_per_frame']:.1f} | "
+                     f"{r['transformers_ms_per_frame']:.1f} | {r['speedup']:.2f}x | "
+                     f"{r['prospect_preprocess_ms']:.1f} / {r['transformers_preprocess_ms']:.1f} | "
+                     f"{r['prospect_vision_ms']:.1f} / {r['transformers_vision_ms']:.1f} | {r['vision_gflops']:.1f} | "
+                     f"{100 * r['vision_fraction_of_matmul_roof']:.0f}% |")
+    s = res["surgery"]
+    lines += ["", f"## Cache surgery: drop_middle on {s['shape']}", "",
+              "| variant | ms | extra peak MiB | extra peak / cache |", "|---|---|---|---|"]
+    for r in s["rows"]:
+        lines.append(f"| {r['variant']} | {r['median_ms']:.1f} | {r['median_extra_peak_mb']:.1f} | "
+                     f"{100 * r['extra_peak_fraction']:.2f}% |")
+    lines += ["", "## Long stream (tiny preset)", "", "| strategy | frames | median ms/frame | last 100 median | "
+              "max cache |", "|---|---|---|---|---|"]
+    for k, v in res["long_stream"].items():
+        lines.append(f"| {k} | {v['frames']} | {v['median_ms']:.1f} | {v['last_100_median_ms']:.1f} | "
+                     f"{v['max_cache_len']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

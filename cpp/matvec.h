@@ -1,0 +1,13 @@
+// Decode-time linear layers: one token, so each weight is read once and used once. The
+// matrix-vector product is memory-bound; this kernel streams each weight row exactly once
+// with wide independent accumulators, which BLAS's gemm/gemv paths do not reach at batch 1.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace prospect {
+
+// x [..., I] (one row in total), w [O, I] fp32 on the CPU -> [..., O]. Anything else: at::linear.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w);
+
+}  // namespace prospect
