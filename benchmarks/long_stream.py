@@ -33,10 +33,10 @@ def bench_long_stream(path, frames=1000, max_seq_len=1024):
         t0 = time.perf_counter()
         try:
             for rec in runner.stream(video):
-                ms.append(rec["vision_ms"] + rec["prefill_ms"] + rec["decode_ms"])
-                lengths.append(rec["cache_len_peak"])
                 if msl is None and rec["strategy_applied"]:
                     break  # the unbounded cache would have to be shrunk here: out of context
+                ms.append(rec["vision_ms"] + rec["prefill_ms"] + rec["decode_ms"])
+                lengths.append(rec["cache_len_peak"])
         except ValueError:
             pass  # out of room
         out[name] = {"frames": len(ms), "ms": ms, "cache_len": lengths, "seconds": time.perf_counter() - t0}
