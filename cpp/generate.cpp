@@ -44,6 +44,7 @@ generate_result greedy_generate(const SmolVLM& model, const at::Tensor& embeds, 
                           "greedy_generate: silence threshold expected in [0, 1], got ", o.silence->second);
     }
     auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed.value_or(at::default_rng_seed_val));
+    KVCache::use_guard guard(cache);  // prefill, decode steps and rollback, as one use
 
     generate_result r;
     auto t0 = std::chrono::steady_clock::now();

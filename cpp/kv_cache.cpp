@@ -43,6 +43,25 @@ KVCache::KVCache(int64_t num_layers, int64_t num_kv_heads, int64_t head_dim, int
     storage_ = at::zeros({L_, 2, B_, H_, capacity_, D_}, at::TensorOptions().dtype(dtype).device(device));
 }
 
+KVCache::use_guard::use_guard(const KVCache& c) : c_(c) {
+    std::thread::id expected{};
+    const auto me = std::this_thread::get_id();
+    if (!c.owner_.compare_exchange_strong(expected, me)) {
+        TORCH_CHECK(expected == me, "KVCache is in use by another thread: one stream per cache at a time "
+                    "(give each thread its own cache)");
+        nested_ = true;
+    }
+}
+
+KVCache::use_guard::~use_guard() {
+    if (!nested_) c_.owner_.store(std::thread::id{});
+}
+
+KVCache::KVCache(KVCache&& o) noexcept
+    : L_(o.L_), H_(o.H_), D_(o.D_), B_(o.B_), capacity_(o.capacity_), rope_theta_(o.rope_theta_),
+      storage_(std::move(o.storage_)), spans_(std::move(o.spans_)), length_(o.length_), written_(o.written_),
+      next_position_(o.next_position_), next_span_id_(o.next_span_id_) {}
+
 void KVCache::check_layer(int64_t layer, const char* who) const {
     TORCH_CHECK_INDEX(layer >= 0 && layer < L_, who, ": layer expected in [0, ", L_, "), got ", layer);
 }
@@ -59,6 +78,7 @@ void KVCache::check_kv(const at::Tensor& t, const char* who, const char* arg, in
 
 int64_t KVCache::append(const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values, SpanKind kind,
                         std::optional<int64_t> frame_index) {
+    use_guard g(*this);
     TORCH_CHECK_VALUE(static_cast<int64_t>(keys.size()) == L_, "KVCache.append: keys expected one tensor per layer (",
                       L_, "), got ", keys.size());
     TORCH_CHECK_VALUE(static_cast<int64_t>(values.size()) == L_,
@@ -78,6 +98,7 @@ int64_t KVCache::append(const std::vector<at::Tensor>& keys, const std::vector<a
 }
 
 void KVCache::write(int64_t layer, const at::Tensor& keys, const at::Tensor& values) {
+    use_guard g(*this);
     check_layer(layer, "KVCache.write");
     check_kv(keys, "KVCache.write", "keys", -1);
     check_kv(values, "KVCache.write", "values", keys.size(2));
@@ -93,6 +114,7 @@ void KVCache::write(int64_t layer, const at::Tensor& keys, const at::Tensor& val
 }
 
 int64_t KVCache::commit(int64_t tokens, SpanKind kind, std::optional<int64_t> frame_index) {
+    use_guard g(*this);
     TORCH_CHECK_VALUE(tokens > 0 && length_ + tokens <= capacity_, "KVCache.commit: tokens expected in [1, ",
                       capacity_ - length_, "], got ", tokens);
     spans_.push_back({next_span_id_++, kind, frame_index, length_, length_ + tokens, next_position_, false});
@@ -103,6 +125,7 @@ int64_t KVCache::commit(int64_t tokens, SpanKind kind, std::optional<int64_t> fr
 }
 
 void KVCache::commit_extend(int64_t tokens) {
+    use_guard g(*this);
     TORCH_CHECK_VALUE(!spans_.empty(), "KVCache.commit_extend: the cache has no span to extend");
     TORCH_CHECK_VALUE(tokens > 0 && length_ + tokens <= capacity_, "KVCache.commit_extend: tokens expected in [1, ",
                       capacity_ - length_, "], got ", tokens);
@@ -132,9 +155,10 @@ const Span& KVCache::span(int64_t span_id) const {
     TORCH_CHECK_INDEX(false, "span_id ", span_id, " is not a live span of this cache");
 }
 
-void KVCache::pin(int64_t span_id, bool pinned) { const_cast<Span&>(span(span_id)).pinned = pinned; }
+void KVCache::pin(int64_t span_id, bool pinned) { use_guard g(*this); const_cast<Span&>(span(span_id)).pinned = pinned; }
 
 int64_t KVCache::keep_only(const std::vector<size_t>& keep, PositionMode mode) {
+    use_guard g(*this);
     c10::InferenceMode guard;
     const int64_t before = length_;
     std::vector<std::pair<int64_t, int64_t>> ranges;
@@ -221,6 +245,7 @@ int64_t KVCache::drop_spans(const std::vector<int64_t>& span_ids, PositionMode m
 }
 
 int64_t KVCache::truncate(int64_t length) {
+    use_guard g(*this);
     TORCH_CHECK_VALUE(length >= 0 && length <= length_, "KVCache.truncate: length expected in [0, ", length_,
                       "], got ", length);
     const int64_t dropped = length_ - length;

@@ -9,8 +9,10 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace prospect {
@@ -49,6 +51,21 @@ struct Span {
 
 class KVCache {
 public:
+    // A cache serves one stream at a time. A thread that is running the model on it (which
+    // releases the GIL) holds it; any call from another thread meanwhile raises RuntimeError
+    // instead of racing. Different caches may be used from different threads at once.
+    class use_guard {
+    public:
+        explicit use_guard(const KVCache& c);
+        ~use_guard();
+        use_guard(const use_guard&) = delete;
+        use_guard& operator=(const use_guard&) = delete;
+
+    private:
+        const KVCache& c_;
+        bool nested_ = false;
+    };
+
     KVCache(int64_t num_layers, int64_t num_kv_heads, int64_t head_dim, int64_t capacity,
             at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU, int64_t batch = 1,
             double rope_theta = 10000.0);
@@ -98,6 +115,10 @@ public:
     at::Device device() const { return storage_.device(); }
     const at::Tensor& storage() const { return storage_; }  // [L, 2, B, Hkv, capacity, D]
 
+    KVCache(KVCache&& o) noexcept;
+    KVCache(const KVCache&) = delete;
+    KVCache& operator=(const KVCache&) = delete;
+
     int64_t nbytes() const;           // bytes of the filled part
     int64_t capacity_bytes() const;   // bytes allocated
 
@@ -115,6 +136,7 @@ private:
     int64_t written_ = 0;  // tokens written past length_ by write(), not yet committed
     int64_t next_position_ = 0;
     int64_t next_span_id_ = 0;
+    mutable std::atomic<std::thread::id> owner_{};
 };
 
 }  // namespace prospect

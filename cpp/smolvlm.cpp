@@ -232,6 +232,7 @@ at::Tensor SmolVLM::check_embeds(const at::Tensor& embeds, const KVCache& cache)
 
 at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKind kind,
                             std::optional<int64_t> frame_index, bool extend_last_span, bool all_logits) const {
+    KVCache::use_guard guard(cache);  // the whole forward owns the cache
     auto x = check_embeds(embeds_in, cache);
     const auto& t = cfg_.text;
     const int64_t B = x.size(0), T = x.size(1), hd = t.head_dim;

@@ -147,9 +147,13 @@ positions as they were and the caller passes position ids.)doc");
         .def("discard_pending", &KVCache::discard_pending, "Forgets tokens written but not committed.")
         .def("key_buffer", &KVCache::key_buffer, py::arg("layer"), "View [B, Hkv, capacity, D] of layer's keys.")
         .def("value_buffer", &KVCache::value_buffer, py::arg("layer"), "View [B, Hkv, capacity, D] of layer's values.")
-        .def("keys", &KVCache::keys, py::arg("layer"), "View [B, Hkv, length, D] of layer's keys.")
-        .def("values", &KVCache::values, py::arg("layer"), "View [B, Hkv, length, D] of layer's values.")
-        .def_property_readonly("spans", [](const KVCache& c) { return c.spans(); })
+        .def(
+            "keys", [](const KVCache& c, int64_t l) { KVCache::use_guard g(c); return c.keys(l); }, py::arg("layer"),
+            "View [B, Hkv, length, D] of layer's keys.")
+        .def(
+            "values", [](const KVCache& c, int64_t l) { KVCache::use_guard g(c); return c.values(l); },
+            py::arg("layer"), "View [B, Hkv, length, D] of layer's values.")
+        .def_property_readonly("spans", [](const KVCache& c) { KVCache::use_guard g(c); return c.spans(); })
         .def("span", &KVCache::span, py::arg("span_id"))
         .def("pin", &KVCache::pin, py::arg("span_id"), py::arg("pinned") = true,
              "Marks a span as anchor: drop_middle keeps it; drop_all keeps it with keep_pinned=True.")

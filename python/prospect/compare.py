@@ -257,6 +257,8 @@ def compare(dataset, model, strategies=None, out="outputs/compare", *, max_seq_l
     records = load_dataset(dataset) if isinstance(dataset, (str, Path)) else dataset
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.rglob("*.json.tmp*"):  # left by a run that was killed while writing
+        stale.unlink()
     model = resolve_model_path(model)
     cfg = dict(model=str(model), out=str(out), max_seq_len=max_seq_len, reserved_seq_len=reserved_seq_len,
                max_new_tokens=max_new_tokens, talk_policy=talk_policy, not_talk_threshold=not_talk_threshold,

@@ -221,7 +221,8 @@ class VLMStreamRunner:
                 if r.tokens:
                     text = self.tokenizer.decode(r.tokens, skip_special_tokens=True).strip()
                     last_msg = self._ids(prompt.AFTER_REPLY)[0]
-                    history.append(prompt.assistant_turn(text))
+                    if not self.use_kv_cache:  # only the stateless baseline re-reads the conversation
+                        history.append(prompt.assistant_turn(text))
                 else:  # silent: take the "Assistant:" prompt back out of the cache
                     self.cache.truncate(self.cache.length - len(prompt_ids))
             else:
