@@ -172,3 +172,12 @@ def test_bad_arguments(good, tmp_path):
         m.greedy_generate(m.embed_tokens(torch.tensor([[1]])), m.make_cache(8), 2, [10**6])
     with pytest.raises(TypeError, match="on_token expected a callable"):
         m.greedy_generate(m.embed_tokens(torch.tensor([[1]])), m.make_cache(8), 2, [], on_token=5)
+
+
+def test_tokenizer_files_missing(good, tmp_path):
+    from prospect.runners import VLMStreamRunner
+
+    d = copy_with(good, tmp_path)
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no tokenizer files"):
+        VLMStreamRunner(d)

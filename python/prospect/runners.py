@@ -58,6 +58,9 @@ class VLMStreamRunner:
         from prospect.model import resolve_model_path
 
         path = resolve_model_path(model_name)
+        if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+            raise FileNotFoundError(f"model_name: {path} has no tokenizer files (expected tokenizer.json, "
+                                    "tokenizer.model or vocab.json next to config.json)")
         self.model_path = path
         self.backend = make_backend(backend, path, torch_dtype, device)
         self.processor = AutoProcessor.from_pretrained(path)
