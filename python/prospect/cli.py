@@ -39,7 +39,9 @@ def _compare(args):
                       max_new_tokens=args.max_new_tokens, talk_policy=args.talk_policy,
                       not_talk_threshold=args.threshold, window=window, eval_dataset=args.eval_dataset,
                       oracle=args.oracle, device=args.device, dtype=args.dtype, backend=args.backend,
-                      seed=args.seed, max_frames=args.max_frames)
+                      seed=args.seed, max_frames=args.max_frames, launcher=args.launcher)
+    if not results:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     print(summary_markdown(results))
     print(f"\nwrote {args.out}/summary.json, summary.md and plots")
     return 0 if all("metrics" in r for r in results.values()) else 1
@@ -116,6 +118,8 @@ def main(argv=None) -> int:
     cp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     cp.add_argument("--backend", default="native", choices=["native", "hf"])
     cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--launcher", choices=["torchrun"],
+                    help="share the work across the ranks torchrun started (detected automatically under torchrun)")
     cp.set_defaults(func=_compare)
 
     rn = sub.add_parser("run", help="stream one video and print the dialogue as it happens")

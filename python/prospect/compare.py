@@ -241,8 +241,12 @@ def summary_markdown(results):
 def compare(dataset, model, strategies=None, out="outputs/compare", *, max_seq_len=4096, reserved_seq_len=128,
             last_keep_len=512, summary_max_length=512, max_new_tokens=100, talk_policy="silence_threshold",
             not_talk_threshold=0.5, window=None, eval_dataset=None, oracle=False, device="cpu", dtype="float32",
-            backend="native", seed=0, max_frames=None, text_metrics=True, progress=True, workers=True):
-    """Runs the comparison and returns {strategy: {"metrics": ..., "files": ...} or {"error": ...}}."""
+            backend="native", seed=0, max_frames=None, text_metrics=True, progress=True, workers=True,
+            launcher=None):
+    """Runs the comparison and returns {strategy: {"metrics": ...} or {"error": ...}}.
+
+    launcher="torchrun" (or a run under torchrun, detected from its environment) shares the (strategy, video)
+    units across the ranks; rank 0 evaluates and returns the results, the other ranks return {}."""
     from prospect.context_strategies import ContextStrategyFactory
     from prospect.data import load_dataset
     from prospect.evaluation.embedder import default_embedder
@@ -267,19 +271,35 @@ def compare(dataset, model, strategies=None, out="outputs/compare", *, max_seq_l
                progress=progress, weights_hash=_weights_hash(model),
                strategy_config={"drop_middle": {"last_keep_len": last_keep_len},
                                 "summarize_and_drop": {"summary_max_length": summary_max_length}})
+    from prospect import distributed
+
+    if launcher not in (None, "torchrun"):
+        raise ValueError(f"launcher expected None or 'torchrun', got {launcher!r}")
+    failed = {}
+    if launcher == "torchrun" or distributed.launched_by_torchrun():
+        rank, world, cfg["device"] = distributed.init(device)
+        for f in distributed.run_units(strategies, records, cfg, rank, world):
+            failed.setdefault(f["strategy"], []).append(f)
+        if rank != 0:
+            return {}
+        workers = None  # units are done; rank 0 only evaluates
     embedder = default_embedder()
     results = {}
     for s in strategies:
         sdir = out / s
         sdir.mkdir(parents=True, exist_ok=True)
-        if workers:
+        if s in failed:
+            results[s] = {"error": "; ".join(f"{f['video_id']} on rank {f['rank']}: {f['error']}"
+                                             for f in failed[s]), "failed_units": failed[s]}
+            continue
+        if workers:  # one process per strategy: its peak memory is its own, its crash too
             p = mp.get_context("spawn").Process(target=_worker, args=(s, records, cfg), name=f"prospect-{s}")
             p.start()
             p.join()
             if p.exitcode != 0:
                 results[s] = {"error": f"worker exited with code {p.exitcode}; see {sdir / (s + '.log')}"}
                 continue
-        else:
+        elif workers is not None:
             _worker(s, records, cfg)
         metrics, predictions = evaluate_strategy(sdir, s, records, cfg, embedder)
         metrics["metadata"] = _metadata(cfg, s, embedder)
