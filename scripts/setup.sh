@@ -11,7 +11,7 @@ SUDO=""
 # System libraries: compilers (clang and its sanitizer/fuzzer runtime for CI), GoogleTest, OpenCV, Eigen, nlohmann-json, opencv-doc for its sample
 # videos, and Java for pycocoevalcap (PTB tokenizer, METEOR).
 APT_PACKAGES=(g++ clang libclang-rt-14-dev cmake ninja-build ccache git libgtest-dev libopencv-dev libeigen3-dev
-  nlohmann-json3-dev opencv-doc
+  nlohmann-json3-dev opencv-doc procps
   default-jre-headless)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
