@@ -26,7 +26,7 @@ fi
 PY=${PYTHON:-python3}
 export PIP_ROOT_USER_ACTION=ignore
 # Python packages, versions from pyproject.toml; pip skips what is already satisfied.
-mapfile -t reqs < <("$PY" scripts/requirements.py test)
+mapfile -t reqs < <("$PY" scripts/requirements.py hf serve test)
 "$PY" -m pip install -q --disable-pip-version-check "${reqs[@]}"
 
 # ccache hits across clones: paths relative to the checkout, cwd not hashed.

@@ -16,10 +16,11 @@ if core.__torch_version__ != torch.__version__.split("+")[0]:
         f"{torch.__version__} is installed; rebuild with `pip install --no-build-isolation .`"
     )
 
+from prospect.engine import Engine  # noqa: E402
 from prospect.make_model import make_model  # noqa: E402
 from prospect.model import load_model  # noqa: E402
 
 KVCache = core.KVCache
 
 __version__ = core.__version__
-__all__ = ["KVCache", "core", "load_model", "make_model", "__version__"]
+__all__ = ["Engine", "KVCache", "core", "load_model", "make_model", "__version__"]

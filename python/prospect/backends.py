@@ -53,15 +53,15 @@ class NativeBackend:
         return self.model.prefill(embeds, cache, kind, frame_index)
 
     def generate(self, embeds, cache, max_new_tokens, stop_token_ids, silence=None, kind="user", frame_index=None,
-                 keep_generated_in_cache=True, temperature=0.0, seed=None):
+                 keep_generated_in_cache=True, temperature=0.0, seed=None, on_token=None):
         return self.model.greedy_generate(embeds, cache, max_new_tokens, list(stop_token_ids),
                                           keep_generated_in_cache=keep_generated_in_cache, silence=silence,
                                           span_kind=kind, frame_index=frame_index, temperature=temperature,
-                                          seed=seed)
+                                          seed=seed, on_token=on_token)
 
 
 def python_generate(backend, embeds, cache, max_new_tokens, stop_token_ids, silence=None, kind="user",
-                    frame_index=None, keep_generated_in_cache=True, temperature=0.0, seed=None):
+                    frame_index=None, keep_generated_in_cache=True, temperature=0.0, seed=None, on_token=None):
     """The same loop as the C++ greedy_generate, in Python over backend.prefill (the hf backend)."""
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     t0 = time.perf_counter()
@@ -86,11 +86,13 @@ def python_generate(backend, embeds, cache, max_new_tokens, stop_token_ids, sile
         if tok in stop_token_ids:
             break
         tokens.append(tok)
+        answer = on_token(tok) if on_token is not None else None
+        go_on = answer is None or bool(answer)  # as the C++ loop: None or True goes on
         if cache.length >= cache.capacity:
             break
         ids = torch.tensor([[tok]], device=embeds.device)
         logits = backend.prefill(backend.embed(ids), cache, "assistant", frame_index, extend=step > 0)
-        if step + 1 == max_new_tokens:
+        if not go_on or step + 1 == max_new_tokens:
             break
         tok = pick(logits)
     decode_ms = (time.perf_counter() - t0) * 1e3

@@ -69,6 +69,22 @@ def _run(args):
     return 0
 
 
+def _serve(args):
+    from prospect.engine import Engine
+    from prospect.server import ServerLimits, serve
+
+    limits = ServerLimits(max_sessions=args.max_sessions, max_cache_mb=args.max_cache_mb,
+                          session_ttl_s=args.session_ttl, session_max_seq_len=args.max_seq_len,
+                          max_body_mb=args.max_body_mb, max_tokens=args.max_tokens,
+                          allow_local_images=args.allow_local_images)
+    engine = Engine(args.model, args.backend, args.dtype, args.device)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"prospect serve: listening on {args.host}, reachable from other machines; there is no "
+              "authentication", file=sys.stderr)
+    serve(engine, args.host, args.port, limits)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="prospect", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +152,22 @@ def main(argv=None) -> int:
     rn.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     rn.add_argument("--backend", default="native", choices=["native", "hf"])
     rn.set_defaults(func=_run)
+
+    sv = sub.add_parser("serve", help="serve the model over HTTP: OpenAI chat completions + video sessions")
+    sv.add_argument("--model", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--device", default="cpu")
+    sv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    sv.add_argument("--backend", default="native", choices=["native", "hf"])
+    sv.add_argument("--max-sessions", type=int, default=16)
+    sv.add_argument("--max-cache-mb", type=float, default=2048, help="KV cache memory for all sessions together")
+    sv.add_argument("--session-ttl", type=float, default=600, help="seconds idle before a session expires")
+    sv.add_argument("--max-seq-len", type=int, default=4096, help="a session's context unless it asks for less")
+    sv.add_argument("--max-body-mb", type=float, default=32)
+    sv.add_argument("--max-tokens", type=int, default=1024, help="the most max_tokens a request may ask for")
+    sv.add_argument("--allow-local-images", metavar="DIR", help="accept image paths under DIR (default: none)")
+    sv.set_defaults(func=_serve)
 
     args = parser.parse_args(argv)
     try:

@@ -170,7 +170,7 @@ class HFBackend:
         return out.logits[:, -1]
 
     def generate(self, embeds, cache, max_new_tokens, stop_token_ids, silence=None, kind="user", frame_index=None,
-                 keep_generated_in_cache=True, temperature=0.0, seed=None):
+                 keep_generated_in_cache=True, temperature=0.0, seed=None, on_token=None):
         with torch.no_grad():
             return python_generate(self, embeds, cache, max_new_tokens, stop_token_ids, silence, kind, frame_index,
-                                   keep_generated_in_cache, temperature, seed)
+                                   keep_generated_in_cache, temperature, seed, on_token)

@@ -11,12 +11,13 @@ import time
 import torch
 
 from prospect import prompt
-from prospect.backends import BACKENDS, make_backend
+from prospect.backends import BACKENDS
 from prospect.context_strategies import ContextStrategyFactory, restart_context
+from prospect.engine import Engine
 from prospect.frames import FramePreprocessor
+from prospect.model import DTYPES
 
 TALK_POLICIES = ("silence_threshold", "every_frame", "annotations")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _peak_memory_mb(device):
@@ -26,6 +27,9 @@ def _peak_memory_mb(device):
 
 
 class VLMStreamRunner:
+    """model_name: a checkpoint folder, a Hugging Face id in the local cache, or a loaded
+    prospect.Engine to share its weights (then backend, torch_dtype and device come from it)."""
+
     def __init__(self, model_name, device="cpu", torch_dtype="float32", max_new_tokens=100, temperature=0.0,
                  use_kv_cache=True, context_strategy_type="drop_middle", context_strategy_config=None,
                  max_seq_len=4096, reserved_seq_len=128, backend="native", talk_policy="silence_threshold",
@@ -53,44 +57,82 @@ class VLMStreamRunner:
         if max_new_tokens >= max_seq_len:
             raise ValueError(f"max_new_tokens expected < max_seq_len ({max_seq_len}), got {max_new_tokens}")
 
-        from transformers import AutoProcessor
-
-        from prospect.model import resolve_model_path
-
-        path = resolve_model_path(model_name)
-        if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-            raise FileNotFoundError(f"model_name: {path} has no tokenizer files (expected tokenizer.json, "
-                                    "tokenizer.model or vocab.json next to config.json)")
-        self.model_path = path
-        self.backend = make_backend(backend, path, torch_dtype, device)
-        self.processor = AutoProcessor.from_pretrained(path)
-        self.tokenizer = self.processor.tokenizer
+        engine = model_name if isinstance(model_name, Engine) else Engine(model_name, backend, torch_dtype, device)
+        self.engine = engine
+        self.model_path, self.backend, self.processor = engine.path, engine.backend, engine.processor
+        self.tokenizer, self.eou_id, self.device = engine.tokenizer, engine.eou_id, engine.device
         self.preprocess = FramePreprocessor(self.processor, split_frames)
-        self.eou_id = self.tokenizer.convert_tokens_to_ids(prompt.EOU)
-        self.device = torch.device(device)
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, float(temperature), seed
         self.max_seq_len, self.reserved_seq_len = max_seq_len, reserved_seq_len
         self.talk_policy, self.not_talk_threshold = talk_policy, float(not_talk_threshold)
         self.system_prompt = system_prompt or prompt.DEFAULT_SYSTEM_PROMPT
         self.use_kv_cache = self.strategy.name != "none"
         self.cache = self.backend.make_cache(max_seq_len)
+        self._prompt_ids = self._ids(prompt.ASSISTANT_PROMPT)[0]
+        self.reset()
 
     # ---- helpers -------------------------------------------------------------------------
     def _ids(self, text):
-        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        return self.engine.ids(text)
 
-    def _context(self, video, frame_index, t):
-        return {"model": self.backend, "tokenizer": self.tokenizer, "system_prompt": self.system_prompt,
-                "knowledge": video.get("knowledge"), "frame_index": frame_index, "time": t,
-                "rope_theta": self.cache.rope_theta, "runner": self}
+    def _compress(self, frame_index, t):
+        ctx = {"model": self.backend, "tokenizer": self.tokenizer, "system_prompt": self.system_prompt,
+               "knowledge": self._knowledge, "frame_index": frame_index, "time": t,
+               "rope_theta": self.cache.rope_theta, "runner": self}
+        self.cache, self._last_msg = self.strategy.handle_overflow(self.cache, self._last_msg, **ctx)
+        return self.strategy.name
 
-    def _compress(self, video, frame_index, t, last_msg):
-        self.cache, last_msg = self.strategy.handle_overflow(self.cache, last_msg,
-                                                             **self._context(video, frame_index, t))
-        return last_msg
+    def _make_room(self, incoming, frame_index, t):
+        """Compresses first if `incoming` tokens and a reply would not fit; refills an empty cache with the
+        anchor. Returns the strategy's name if it ran."""
+        applied = None
+        need = incoming + self.max_new_tokens + self.strategy.overflow_headroom()
+        need += len(self._last_msg) if self._last_msg is not None else 0
+        if self.cache.length > 0 and self.cache.length + need > self.max_seq_len:
+            applied = self._compress(frame_index, t)
+        self.ensure_context()
+        return applied
+
+    def _take_last_msg(self):
+        """The close of the last reply, owed in front of whatever comes next."""
+        prefix = self._last_msg if self._last_msg is not None else self._empty
+        self._last_msg = None
+        return prefix
+
+    def _prefill_turns(self, turns, frame_index):
+        """Appends turns (system or user) as spans; pins the first user turn as the anchor.
+        Returns the ids still owed in front of the next input."""
+        prefix = self._take_last_msg()
+        for turn in turns:
+            ids = torch.cat([prefix, self._ids(self._turn_text(turn))[0]]).unsqueeze(0)
+            kind = "user" if turn["role"] == "user" else "system"
+            self.backend.prefill(self.backend.embed(ids), self.cache, kind, frame_index)
+            if kind == "user" and not self._anchor_pinned:
+                self.cache.pin(self.cache.spans[-1].id)
+                self._anchor_pinned = True
+            prefix = self._empty
+        return prefix
+
+    def _stateless_context(self, reserve, frame_index):
+        """Stateless: system prompt + the newest turns of the conversation that fit, from scratch."""
+        self.cache.drop_all()
+        restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, self._knowledge)
+        budget = self.max_seq_len - self.cache.length - self.max_new_tokens - reserve
+        kept = []
+        for h in reversed(self._history):
+            n = len(self._ids(h)[0])
+            if n > budget:
+                break
+            kept.insert(0, h)
+            budget -= n
+        if kept:
+            self._prefill_text("".join(kept), "user", frame_index)
 
     def _prefill_text(self, text, kind, frame_index=None):
         self.backend.prefill(self.backend.embed(self._ids(text)), self.cache, kind, frame_index)
+
+    def _decode(self, tokens):
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     @staticmethod
     def _validate(video):
@@ -134,113 +176,156 @@ class VLMStreamRunner:
                 break
             yield i, (i + 1) / fps, f
 
-    # ---- the stream ------------------------------------------------------------------------
     def _turn_text(self, turn):
         return (prompt.user_turn(turn["content"]) if turn["role"] == "user"
                 else prompt.system_turn(turn["content"], first=False))
 
+    # ---- one step at a time (what stream() and server sessions call) --------------------------
+    def reset(self, knowledge=None):
+        """Starts a new stream: an empty cache, no summaries, nothing owed from a last reply."""
+        self.cache.drop_all()
+        if hasattr(self.strategy, "summaries"):
+            self.strategy.summaries.clear()
+        self._knowledge = knowledge
+        self._empty = torch.zeros(0, dtype=torch.long)
+        self._last_msg, self._anchor_pinned = None, False
+        self._history = []  # the conversation so far as text, for the stateless baseline
+
+    def ensure_context(self):
+        """Prefills the anchor (system prompt, task knowledge) if the cache is empty."""
+        if self.cache.length == 0:
+            restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, self._knowledge)
+            self._anchor_pinned = False
+
+    def add_frame(self, frame, frame_index, t, turns=(), talk=True, where="frame"):
+        """One frame at time t (seconds), after the system/user turns placed before it. talk=False only
+        watches; otherwise the talk policy decides. Returns the frame's record: time, frame_index, text
+        (or None), talked, cache lengths, strategy_applied, and vision/prefill/decode times in ms."""
+        rec = {"frame_index": frame_index, "time": t, "cache_len_before": self.cache.length,
+               "strategy_applied": None}
+        pixel_values, mask, rows, cols = self.preprocess(frame, where)
+        frame_ids = self._ids(prompt.frame_turn(t, self.backend.image_seq_len, rows, cols))[0]
+        prompt_ids = self._prompt_ids if talk else self._empty
+
+        t0 = time.perf_counter()
+        features = self.backend.image_features(pixel_values, mask)
+        rec["vision_ms"] = (time.perf_counter() - t0) * 1e3
+
+        t0 = time.perf_counter()
+        if not self.use_kv_cache:
+            self._history += [self._turn_text(x) for x in turns]
+            self._stateless_context(len(frame_ids) + len(prompt_ids), frame_index)
+        else:
+            incoming = len(frame_ids) + len(prompt_ids) + sum(len(self._ids(self._turn_text(x))[0]) for x in turns)
+            rec["strategy_applied"] = self._make_room(incoming, frame_index, t)
+            frame_ids = torch.cat([self._prefill_turns(turns, frame_index), frame_ids])
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+
+        ids = torch.cat([frame_ids, prompt_ids]).unsqueeze(0)
+        embeds = self.backend.embed(ids, features)
+        text = None
+        if talk:
+            silence = (self.eou_id, self.not_talk_threshold) if self.talk_policy == "silence_threshold" else None
+            room = self.cache.capacity - self.cache.length - ids.shape[1]
+            r = self.backend.generate(embeds, self.cache, max(0, min(self.max_new_tokens, room)), [self.eou_id],
+                                      silence=silence, kind="frame", frame_index=frame_index,
+                                      temperature=self.temperature, seed=self.seed + frame_index)
+            prefill_ms += r.prefill_ms
+            rec["decode_ms"], rec["silence_prob"] = r.decode_ms, r.silence_prob
+            if r.tokens:
+                text = self._decode(r.tokens)
+                self._last_msg = self._ids(prompt.AFTER_REPLY)[0]
+                if not self.use_kv_cache:  # only the stateless baseline re-reads the conversation
+                    self._history.append(prompt.assistant_turn(text))
+            else:  # silent: take the "Assistant:" prompt back out of the cache
+                self.cache.truncate(self.cache.length - len(prompt_ids))
+        else:
+            t0 = time.perf_counter()
+            self.backend.prefill(embeds, self.cache, "frame", frame_index)
+            prefill_ms += (time.perf_counter() - t0) * 1e3
+            rec["decode_ms"], rec["silence_prob"] = 0.0, None
+        rec.update(prefill_ms=prefill_ms, talked=text is not None, text=text,
+                   cache_len_peak=self.cache.length, max_position=self.cache.next_position)
+        self._after_step(rec, frame_index, t)
+        return rec
+
+    def add_user_turn(self, text, frame_index=None, t=None, respond=False, max_new_tokens=None, on_token=None):
+        """A user turn between frames. respond=True: the assistant answers at once (no silence rule);
+        returns the record with the reply's text (None when not asked to respond)."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"text expected a non-empty string, got {text!r}")
+        turn = {"role": "user", "content": text}
+        rec = {"frame_index": frame_index, "time": t, "cache_len_before": self.cache.length,
+               "strategy_applied": None}
+        prompt_ids = self._prompt_ids if respond else self._empty
+        t0 = time.perf_counter()
+        if not self.use_kv_cache:
+            self._history.append(self._turn_text(turn))
+            if respond:
+                self._stateless_context(len(prompt_ids), frame_index)
+        else:
+            rec["strategy_applied"] = self._make_room(len(self._ids(self._turn_text(turn))[0]) + len(prompt_ids),
+                                                      frame_index, t)
+            self._prefill_turns([turn], frame_index)  # takes the owed close of the last reply with it
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+        reply, decode_ms = None, 0.0
+        if respond:
+            limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+            room = self.cache.capacity - self.cache.length - len(prompt_ids)
+            r = self.backend.generate(self.backend.embed(prompt_ids.unsqueeze(0)), self.cache,
+                                      max(0, min(limit, room)), [self.eou_id], kind="assistant",
+                                      frame_index=frame_index, temperature=self.temperature,
+                                      seed=self.seed + (frame_index or 0), on_token=on_token)
+            prefill_ms += r.prefill_ms
+            decode_ms = r.decode_ms
+            reply = self._decode(r.tokens)
+            rec["tokens"] = list(r.tokens)
+            self._last_msg = self._ids(prompt.AFTER_REPLY)[0]  # even an empty reply is closed
+            if not self.use_kv_cache:
+                self._history.append(prompt.assistant_turn(reply))
+        rec.update(prefill_ms=prefill_ms, decode_ms=decode_ms, talked=reply is not None, text=reply,
+                   cache_len_peak=self.cache.length, max_position=self.cache.next_position)
+        self._after_step(rec, frame_index, t)
+        return rec
+
+    def next_reply_logits(self, text):
+        """Logits [1, V] of the first reply token after a user turn `text`, as add_user_turn(text,
+        respond=True) would see them without a compression; the cache is left as it was."""
+        if not self.use_kv_cache:
+            raise ValueError("next_reply_logits reads the kept cache; the stateless 'none' strategy keeps none")
+        owed = self._last_msg if self._last_msg is not None else self._empty
+        ids = torch.cat([owed, self._ids(prompt.user_turn(text))[0], self._prompt_ids]).unsqueeze(0)
+        if self.cache.length + ids.shape[1] > self.cache.capacity:
+            raise ValueError(f"text: {ids.shape[1]} tokens do not fit in the {self.cache.capacity - self.cache.length} "
+                             "left in the cache")
+        start = self.cache.length
+        try:
+            return self.backend.prefill(self.backend.embed(ids), self.cache, "user")
+        finally:
+            self.cache.truncate(start)
+
+    def _after_step(self, rec, frame_index, t):
+        if self.use_kv_cache and self.strategy.should_reduce_cache(self.cache.length):
+            rec["strategy_applied"] = self._compress(frame_index, t)
+        rec["cache_len_after"] = self.cache.length
+
+    # ---- the stream ------------------------------------------------------------------------
     def stream(self, video_data):
-        """Yields one record per frame: time, frame_index, text (or None), talked, cache lengths,
-        strategy_applied, and vision/prefill/decode times in ms."""
+        """Yields one record per frame (see add_frame)."""
         fps, conv = self._validate(video_data)
         turns = sorted(conv, key=lambda t: t["time"])
         inputs = [t for t in turns if t["role"] in ("system", "user")]
         talk_frames = {math.floor(t["time"] * fps) for t in turns if t["role"] == "assistant"}
-        knowledge = video_data.get("knowledge")
-        self.cache.drop_all()
-        if hasattr(self.strategy, "summaries"):
-            self.strategy.summaries.clear()
-        empty = torch.zeros(0, dtype=torch.long)
-        prompt_ids = self._ids(prompt.ASSISTANT_PROMPT)[0]
-        history = []  # the conversation so far as text, for the stateless baseline
-        last_msg, anchor_pinned, next_input = None, False, 0
+        self.reset(video_data.get("knowledge"))
+        next_input = 0
         for i, t, frame in self._frames(video_data, fps):
-            rec = {"frame_index": i, "time": t, "cache_len_before": self.cache.length, "strategy_applied": None}
-            pixel_values, mask, rows, cols = self.preprocess(frame, f"video_data['frames'][{i}]")
             # Turns before this frame: ProAssist places a turn at frame floor(time * fps).
             new_turns = []
             while next_input < len(inputs) and math.floor(inputs[next_input]["time"] * fps) <= i:
                 new_turns.append(inputs[next_input])
                 next_input += 1
             talk = self.talk_policy != "annotations" or i in talk_frames
-            frame_ids = self._ids(prompt.frame_turn(t, self.backend.image_seq_len, rows, cols))[0]
-
-            t0 = time.perf_counter()
-            features = self.backend.image_features(pixel_values, mask)
-            rec["vision_ms"] = (time.perf_counter() - t0) * 1e3
-
-            t0 = time.perf_counter()
-            if not self.use_kv_cache:
-                # Stateless: system prompt + the conversation so far as text + this frame, from scratch.
-                self.cache.drop_all()
-                history += [self._turn_text(x) for x in new_turns]
-                restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, knowledge)
-                budget = self.max_seq_len - self.cache.length - self.max_new_tokens - len(frame_ids) - len(prompt_ids)
-                kept = []
-                for h in reversed(history):  # the newest turns that fit
-                    n = len(self._ids(h)[0])
-                    if n > budget:
-                        break
-                    kept.insert(0, h)
-                    budget -= n
-                if kept:
-                    self._prefill_text("".join(kept), "user", i)
-            else:
-                turn_ids = [(x, self._ids(self._turn_text(x))[0]) for x in new_turns]
-                incoming = len(frame_ids) + len(prompt_ids) + sum(len(x) for _, x in turn_ids)
-                incoming += len(last_msg) if last_msg is not None else 0
-                need = incoming + self.max_new_tokens + self.strategy.overflow_headroom()
-                if self.cache.length > 0 and self.cache.length + need > self.max_seq_len:
-                    last_msg = self._compress(video_data, i, t, last_msg)
-                    rec["strategy_applied"] = self.strategy.name
-                if self.cache.length == 0:
-                    restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, knowledge)
-                    anchor_pinned = False
-                prefix = last_msg if last_msg is not None else empty
-                last_msg = None
-                for turn, ids in turn_ids:
-                    pin = turn["role"] == "user" and not anchor_pinned
-                    ids = torch.cat([prefix, ids]).unsqueeze(0)
-                    self.backend.prefill(self.backend.embed(ids), self.cache,
-                                         "user" if turn["role"] == "user" else "system", i)
-                    if pin:
-                        self.cache.pin(self.cache.spans[-1].id)
-                    anchor_pinned = anchor_pinned or pin
-                    prefix = empty
-                frame_ids = torch.cat([prefix, frame_ids])
-            prefill_ms = (time.perf_counter() - t0) * 1e3
-
-            ids = torch.cat([frame_ids, prompt_ids if talk else empty]).unsqueeze(0)
-            embeds = self.backend.embed(ids, features)
-            text = None
-            if talk:
-                silence = (self.eou_id, self.not_talk_threshold) if self.talk_policy == "silence_threshold" else None
-                room = self.cache.capacity - self.cache.length - ids.shape[1]
-                r = self.backend.generate(embeds, self.cache, max(0, min(self.max_new_tokens, room)), [self.eou_id],
-                                          silence=silence, kind="frame", frame_index=i,
-                                          temperature=self.temperature, seed=self.seed + i)
-                prefill_ms += r.prefill_ms
-                rec["decode_ms"], rec["silence_prob"] = r.decode_ms, r.silence_prob
-                if r.tokens:
-                    text = self.tokenizer.decode(r.tokens, skip_special_tokens=True).strip()
-                    last_msg = self._ids(prompt.AFTER_REPLY)[0]
-                    if not self.use_kv_cache:  # only the stateless baseline re-reads the conversation
-                        history.append(prompt.assistant_turn(text))
-                else:  # silent: take the "Assistant:" prompt back out of the cache
-                    self.cache.truncate(self.cache.length - len(prompt_ids))
-            else:
-                t0 = time.perf_counter()
-                self.backend.prefill(embeds, self.cache, "frame", i)
-                prefill_ms += (time.perf_counter() - t0) * 1e3
-                rec["decode_ms"], rec["silence_prob"] = 0.0, None
-            rec.update(prefill_ms=prefill_ms, talked=text is not None, text=text,
-                       cache_len_peak=self.cache.length, max_position=self.cache.next_position)
-
-            if self.use_kv_cache and self.strategy.should_reduce_cache(self.cache.length):
-                last_msg = self._compress(video_data, i, t, last_msg)
-                rec["strategy_applied"] = self.strategy.name
-            rec["cache_len_after"] = self.cache.length
-            yield rec
+            yield self.add_frame(frame, i, t, new_turns, talk, where=f"video_data['frames'][{i}]")
 
     def run_inference_on_video(self, video_data):
         """Runs the whole video; returns predictions, per-frame records, summaries and totals."""
