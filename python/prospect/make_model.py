@@ -4,7 +4,9 @@
 BPE tokenizer that holds the SmolVLM2 special tokens, and the processor files,
 so that both transformers (AutoModelForImageTextToText, AutoProcessor) and
 prospect load the same folder. The tiny preset is for tests; the others have
-the real SmolVLM2 shapes, for benchmarks. The words are noise: weights are random.
+the real SmolVLM2 shapes, for benchmarks. Their words are noise: weights are random.
+The 256m-smollm2 preset is the exception: its text model and tokenizer are
+SmolLM2-135M-Instruct's (see prospect.smollm2), only its vision side is random.
 """
 
 import copy
@@ -42,6 +44,9 @@ PRESETS = {
                            image_size=384, patch_size=14),
         scale_factor=3),
 }
+
+SMOLLM2 = "256m-smollm2"  # the 256m shape with real SmolLM2-135M-Instruct text weights (prospect.smollm2)
+PRESET_NAMES = list(PRESETS) + [SMOLLM2]
 
 SPECIAL_TOKENS = (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<fake_token_around_image>",
                    "<global-img>", "<image>", "<video>"]
@@ -121,16 +126,23 @@ def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = "float32",
     from transformers import (SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor,
                               SmolVLMProcessor, SmolVLMVideoProcessor)
 
-    if preset not in PRESETS:
-        raise ValueError(f"preset expected one of {', '.join(PRESETS)}, got '{preset}'")
+    if preset not in PRESETS and preset != SMOLLM2:
+        raise ValueError(f"preset expected one of {', '.join(PRESET_NAMES)}, got '{preset}'")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ValueError(f"dtype expected float32, bfloat16 or float16, got '{dtype}'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = build_tokenizer()
-    cfg = copy.deepcopy(PRESETS[preset])
+    text_weights = None
+    if preset == SMOLLM2:
+        from prospect import smollm2
+
+        meta, text_weights = smollm2.read()
+        tokenizer = smollm2.build_tokenizer(meta, SPECIAL_TOKENS)
+    else:
+        tokenizer = build_tokenizer()
+    cfg = copy.deepcopy(PRESETS["256m" if preset == SMOLLM2 else preset])
     cfg["text_config"].setdefault("vocab_size", len(tokenizer))
     for k, v in (overrides or {}).items():
         _set(cfg, k, v)
@@ -149,6 +161,13 @@ def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = "float32",
     with torch.no_grad():
         h = config.text_config.hidden_size
         model.lm_head.weight.normal_(0.0, lm_head_scale / h**0.5)
+        if text_weights is not None:
+            state = smollm2.text_state(text_weights, tokenizer, text["vocab_size"])
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            text_missing = [k for k in missing if k.startswith(("model.text_model.", "lm_head"))]
+            if unexpected or text_missing:
+                raise ValueError(f"SmolLM2 weights do not fit the text model: missing {text_missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}")
     model.to(torch_dtype).save_pretrained(out, safe_serialization=True)
 
     v = config.vision_config

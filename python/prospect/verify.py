@@ -13,8 +13,9 @@ def _margin_agreement(ours, ref_tokens, ref_scores):
 
 
 @torch.no_grad()
-def verify(path, dtype="float32", device="cpu", new_tokens=32, seed=0) -> dict:
-    """Runs the same inputs through transformers and prospect; returns the errors measured."""
+def verify(path, dtype="float32", device="cpu", new_tokens=32, seed=0, prompt=None) -> dict:
+    """Runs the same inputs through transformers and prospect; returns the errors measured.
+    prompt: a user message for the text-only part (in the chat format); default random token ids."""
     from transformers import AutoModelForImageTextToText
 
     from prospect.model import load_model, resolve_model_path
@@ -31,6 +32,15 @@ def verify(path, dtype="float32", device="cpu", new_tokens=32, seed=0) -> dict:
     text_ids = torch.randint(0, min(vocab, 4000), (1, 12), generator=g)
     text_ids[text_ids == cfg["image_token_id"]] = 0
     ids = torch.cat([text_ids[:, :4], torch.full((1, L), cfg["image_token_id"]), text_ids[:, 4:]], 1)
+    tokenizer = None
+    if prompt is not None:
+        from transformers import AutoTokenizer
+
+        from prospect import prompt as fmt
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        text = fmt.system_turn("You are a helpful assistant.", first=True) + fmt.user_turn(prompt) + fmt.ASSISTANT_PROMPT
+        text_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
 
     feats = ours.image_features(pv.to(device)).float().cpu()
     feats_ref = torch.cat(list(ref.model.get_image_features(pv.to(device, torch_dtype)).pooler_output)).float().cpu()
@@ -40,6 +50,11 @@ def verify(path, dtype="float32", device="cpu", new_tokens=32, seed=0) -> dict:
     logits_ref = ref(input_ids=ids.to(device), pixel_values=pv.to(device, torch_dtype)).logits
     logit_err = (logits.float() - logits_ref.float()).abs().max().item()
 
+    # Text only: the prompt the greedy comparison starts from.
+    text_logits = ours.prefill(ours.embed_tokens(text_ids.to(device)), ours.make_cache(text_ids.shape[1])).float()
+    text_ref = ref(input_ids=text_ids.to(device)).logits[:, -1].float()
+    text_err = ((text_logits - text_ref).abs().max() / text_ref.abs().max()).item()
+
     out = ref.generate(input_ids=text_ids.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                        do_sample=False, output_scores=True, return_dict_in_generate=True)
     ref_tokens = out.sequences[0, text_ids.shape[1]:].tolist()
@@ -47,7 +62,9 @@ def verify(path, dtype="float32", device="cpu", new_tokens=32, seed=0) -> dict:
     mine = ours.greedy_generate(ours.embed_tokens(text_ids.to(device)), cache, new_tokens, []).tokens
     agree, explained = _margin_agreement(mine, ref_tokens, [s[0] for s in out.scores])
     return {"model": str(path), "dtype": dtype, "device": device, "vision_feature_rel_err": vision_err,
-            "max_logit_err": logit_err, "logit_scale": logits_ref.abs().max().item(),
+            "max_logit_err": logit_err, "logit_scale": logits_ref.abs().max().item(), "text_logit_rel_err": text_err,
+            "prompt": prompt, "reply": tokenizer.decode(mine, skip_special_tokens=True).strip() if tokenizer else None,
+            "reply_ref": tokenizer.decode(ref_tokens, skip_special_tokens=True).strip() if tokenizer else None,
             "greedy_tokens": new_tokens, "greedy_agree": agree,
             "divergence_within_rounding": explained if agree < new_tokens else None}
 
@@ -57,7 +74,10 @@ def report(r: dict) -> str:
              f"  vision features: max error {r['vision_feature_rel_err']:.2e} relative to their scale",
              f"  logits (one-image prompt): max abs error {r['max_logit_err']:.2e} (logits up to "
              f"{r['logit_scale']:.1f})",
+             f"  logits (text only): max error {r['text_logit_rel_err']:.2e} relative to their scale",
              f"  greedy: {r['greedy_agree']}/{r['greedy_tokens']} tokens identical to transformers generate()"]
+    if r.get("prompt"):
+        lines += [f"  prompt: {r['prompt']}", f"  prospect:     {r['reply']!r}", f"  transformers: {r['reply_ref']!r}"]
     if r["divergence_within_rounding"] is not None:
         why = ("where transformers' own top-2 margin is < 1e-4 (a near-tie)" if r["divergence_within_rounding"]
                else "with a clear margin: a real difference")
