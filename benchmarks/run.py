@@ -1,7 +1,7 @@
 """All of prospect's benchmarks in one run: decode, the bandwidth floor, the streaming step, cache
 surgery and long streams. Every comparison is measured in this run, next to its baseline.
 
-usage: python benchmarks/run.py [--presets tiny,256m] [--dtypes float32] [--repeats 5] [--quick]
+usage: python benchmarks/run.py [--presets tiny,256m,256m-smollm2] [--dtypes float32] [--repeats 5] [--quick]
 Writes benchmarks/results/<host>-<date>.json and .md, and the long-stream plot.
 """
 
@@ -21,6 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from common import machine, matmul_gflops, memory_bandwidth_gbs  # noqa: E402
 
 
+PARTS = ["decode", "streaming", "surgery", "long_stream"]
+
+
 def model_dir(preset, root):
     import prospect
 
@@ -32,15 +35,19 @@ def model_dir(preset, root):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", default="tiny,256m")
+    ap.add_argument("--presets", default="tiny,256m,256m-smollm2")
     ap.add_argument("--dtypes", default="float32")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, one repetition")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"which benchmarks (default all: {','.join(PARTS)})")
     ap.add_argument("--models", default=str(HERE.parent / "build" / "models"))
     ap.add_argument("--out", default=str(HERE / "results"))
     a = ap.parse_args()
     if a.quick:
         a.presets, a.repeats = "tiny", 1
+    parts = a.parts.split(",")
+    if not set(parts) <= set(PARTS):
+        ap.error(f"--parts expected names from {','.join(PARTS)}, got {a.parts}")
 
     from decode import bench_decode
     from long_stream import bench_long_stream, plot_long_stream
@@ -55,7 +62,7 @@ def main():
     print(f"machine: {m['cpu']}, {m['threads']} threads; bandwidth {bw:.1f} GB/s; matmul {roof:.1f} GFLOP/s")
 
     res["decode"] = []
-    for preset in a.presets.split(","):
+    for preset in a.presets.split(",") if "decode" in parts else []:
         path = model_dir(preset, a.models)
         for dtype in a.dtypes.split(","):
             row = bench_decode(path, dtype, a.repeats, new_tokens=8 if a.quick else 32)
@@ -71,9 +78,32 @@ def main():
                   f"{row['original_loop_ms_per_token']:.2f}; floor {row['floor_ms_per_token']:.2f} ms "
                   f"({100 * row['prospect_fraction_of_floor']:.0f}% of it)")
 
+    if "decode" in parts and "256m-smollm2" in a.presets.split(","):
+        # llama.cpp on the Q4_1 file the 256m-smollm2 text weights came from, at the same thread count.
+        import torch
+
+        from llama_cpp_ref import bench_llama_cpp
+        from prospect import smollm2
+
+        ref = bench_llama_cpp(smollm2.gguf_path(), torch.get_num_threads(), a.repeats,
+                              new_tokens=8 if a.quick else 32)
+        ours = next(r for r in res["decode"] if r["preset"] == "256m-smollm2" and r["dtype"] == "float32")
+        if "skipped" not in ref:
+            ref["llama_cpp_fraction_of_floor"] = (ref["llama_cpp_bytes_per_token"] / (bw * 1e9) * 1e3
+                                                  / ref["llama_cpp_ms_per_token"])
+            ref["prospect_fp32_vs_llama_cpp"] = ref["llama_cpp_ms_per_token"] / ours["prospect_ms_per_token"]
+            print(f"decode reference: llama.cpp Q4_1 {ref['llama_cpp_ms_per_token']:.2f} ms/token, "
+                  f"{ref['llama_cpp_bytes_per_token'] / 1e6:.0f} MB/token vs prospect fp32 "
+                  f"{ours['prospect_ms_per_token']:.2f} ms/token, {ours['weight_bytes_per_token'] / 1e6:.0f} MB/token")
+        else:
+            print(f"decode reference: {ref['skipped']}")
+        res["decode_reference"] = ref
+
     video = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
     res["streaming"] = []
-    for preset in a.presets.split(","):
+    for preset in a.presets.split(",") if "streaming" in parts else []:
+        if preset == "256m-smollm2":
+            continue  # its vision side is the 256m preset's, measured already
         # The 256m vision tower costs ~1.7 s a frame here: few frames, few repeats.
         big = preset != "tiny"
         row = bench_streaming(model_dir(preset, a.models), video, frames=4 if a.quick or big else 12,
@@ -87,27 +117,29 @@ def main():
               f"{row['transformers_ms_per_frame']:.1f} ({row['speedup']:.2f}x); vision "
               f"{row['vision_gflops']:.1f} GFLOP/s = {100 * row['vision_fraction_of_matmul_roof']:.0f}% of the roof")
 
-    surgery_args = ["--repeats", str(a.repeats if not a.quick else 1), "--out", a.out]
-    if a.quick:
-        surgery_args += ["--layers", "2", "--kv-heads", "2", "--tokens", "1024"]
-    subprocess.run([sys.executable, str(HERE / "surgery.py")] + surgery_args, check=True, capture_output=True)
-    sfile = sorted(Path(a.out).glob(f"surgery-*-{date}.json"))[-1]
-    res["surgery"] = json.loads(sfile.read_text())
-    for r in res["surgery"]["rows"]:
-        print(f"surgery {r['variant']}: {r['median_ms']:.1f} ms, extra peak {r['median_extra_peak_mb']:.1f} MiB "
-              f"({100 * r['extra_peak_fraction']:.2f}% of the cache)")
+    if "surgery" in parts:
+        surgery_args = ["--repeats", str(a.repeats if not a.quick else 1), "--out", a.out]
+        if a.quick:
+            surgery_args += ["--layers", "2", "--kv-heads", "2", "--tokens", "1024"]
+        subprocess.run([sys.executable, str(HERE / "surgery.py")] + surgery_args, check=True, capture_output=True)
+        sfile = sorted(Path(a.out).glob(f"surgery-*-{date}.json"))[-1]
+        res["surgery"] = json.loads(sfile.read_text())
+        for r in res["surgery"]["rows"]:
+            print(f"surgery {r['variant']}: {r['median_ms']:.1f} ms, extra peak {r['median_extra_peak_mb']:.1f} MiB "
+                  f"({100 * r['extra_peak_fraction']:.2f}% of the cache)")
 
-    ls = bench_long_stream(model_dir("tiny", a.models), frames=60 if a.quick else 1000)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{m['host']}-{date}" + ("-quick" if a.quick else "")
-    plot_long_stream(ls, out / f"{stem}-long-stream.png")
-    res["long_stream"] = {k: {"frames": v["frames"], "median_ms": sorted(v["ms"])[len(v["ms"]) // 2],
-                              "max_cache_len": max(v["cache_len"]), "last_100_median_ms":
-                              sorted(v["ms"][-100:])[len(v["ms"][-100:]) // 2]} for k, v in ls.items()}
-    for k, v in res["long_stream"].items():
-        print(f"long stream {k}: {v['frames']} frames, median {v['median_ms']:.1f} ms/frame, "
-              f"last 100 {v['last_100_median_ms']:.1f}, max cache {v['max_cache_len']}")
+    stem = f"{m['host']}-{date}" + ("-quick" if a.quick else "") + ("" if parts == PARTS else "-" + "-".join(parts))
+    if "long_stream" in parts:
+        ls = bench_long_stream(model_dir("tiny", a.models), frames=60 if a.quick else 1000)
+        plot_long_stream(ls, out / f"{stem}-long-stream.png")
+        res["long_stream"] = {k: {"frames": v["frames"], "median_ms": sorted(v["ms"])[len(v["ms"]) // 2],
+                                  "max_cache_len": max(v["cache_len"]), "last_100_median_ms":
+                                  sorted(v["ms"][-100:])[len(v["ms"][-100:]) // 2]} for k, v in ls.items()}
+        for k, v in res["long_stream"].items():
+            print(f"long stream {k}: {v['frames']} frames, median {v['median_ms']:.1f} ms/frame, "
+                  f"last 100 {v['last_100_median_ms']:.1f}, max cache {v['max_cache_len']}")
 
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
     (out / f"{stem}.md").write_text(markdown(res))
@@ -129,26 +161,40 @@ def markdown(res):
                      f"{r['original_loop_ms_per_token']:.2f} | {r['speedup_vs_generate']:.2f}x | "
                      f"{r['speedup_vs_original_loop']:.2f}x | {r['floor_ms_per_token']:.2f} | "
                      f"{100 * r['prospect_fraction_of_floor']:.0f}% |")
-    lines += ["", "## Streaming step (preprocess + vision + prefill + talk decision, vtest.avi)", "",
-              "| preset | tokens/frame | prospect ms/frame | transformers ms/frame | speed-up | preprocess ms "
-              "(ours / theirs) | vision ms (ours / theirs) | vision GFLOP/s | % of matmul roof |", "|---" * 9 + "|"]
+    ref = res.get("decode_reference")
+    if ref and "skipped" not in ref:
+        ours = next(r for r in res["decode"] if r["preset"] == "256m-smollm2" and r["dtype"] == "float32")
+        lines += ["", "## Outside reference: llama.cpp on the same weights (256m-smollm2's GGUF)", "",
+                  "| engine | weights | MB read/token | ms/token | tok/s | % of floor |", "|---" * 6 + "|",
+                  f"| prospect | fp32 (dequantised) | {ours['weight_bytes_per_token'] / 1e6:.0f} | "
+                  f"{ours['prospect_ms_per_token']:.2f} | {1e3 / ours['prospect_ms_per_token']:.0f} | "
+                  f"{100 * ours['prospect_fraction_of_floor']:.0f}% |",
+                  f"| llama.cpp {ref['llama_cpp_version']} | {ref['quantisation']} | "
+                  f"{ref['llama_cpp_bytes_per_token'] / 1e6:.0f} | {ref['llama_cpp_ms_per_token']:.2f} | "
+                  f"{1e3 / ref['llama_cpp_ms_per_token']:.0f} | {100 * ref['llama_cpp_fraction_of_floor']:.0f}% |"]
+    if res["streaming"]:
+        lines += ["", "## Streaming step (preprocess + vision + prefill + talk decision, vtest.avi)", "",
+                  "| preset | tokens/frame | prospect ms/frame | transformers ms/frame | speed-up | preprocess ms "
+                  "(ours / theirs) | vision ms (ours / theirs) | vision GFLOP/s | % of matmul roof |", "|---" * 9 + "|"]
     for r in res["streaming"]:
         lines.append(f"| {r['preset']} | {r['tokens_per_frame']} | {r['prospect_ms_per_frame']:.1f} | "
                      f"{r['transformers_ms_per_frame']:.1f} | {r['speedup']:.2f}x | "
                      f"{r['prospect_preprocess_ms']:.1f} / {r['transformers_preprocess_ms']:.1f} | "
                      f"{r['prospect_vision_ms']:.1f} / {r['transformers_vision_ms']:.1f} | {r['vision_gflops']:.1f} | "
                      f"{100 * r['vision_fraction_of_matmul_roof']:.0f}% |")
-    s = res["surgery"]
-    lines += ["", f"## Cache surgery: drop_middle on {s['shape']}", "",
-              "| variant | ms | extra peak MiB | extra peak / cache |", "|---|---|---|---|"]
-    for r in s["rows"]:
-        lines.append(f"| {r['variant']} | {r['median_ms']:.1f} | {r['median_extra_peak_mb']:.1f} | "
-                     f"{100 * r['extra_peak_fraction']:.2f}% |")
-    lines += ["", "## Long stream (tiny preset)", "", "| strategy | frames | median ms/frame | last 100 median | "
-              "max cache |", "|---|---|---|---|---|"]
-    for k, v in res["long_stream"].items():
-        lines.append(f"| {k} | {v['frames']} | {v['median_ms']:.1f} | {v['last_100_median_ms']:.1f} | "
-                     f"{v['max_cache_len']} |")
+    if "surgery" in res:
+        s = res["surgery"]
+        lines += ["", f"## Cache surgery: drop_middle on {s['shape']}", "",
+                  "| variant | ms | extra peak MiB | extra peak / cache |", "|---|---|---|---|"]
+        for r in s["rows"]:
+            lines.append(f"| {r['variant']} | {r['median_ms']:.1f} | {r['median_extra_peak_mb']:.1f} | "
+                         f"{100 * r['extra_peak_fraction']:.2f}% |")
+    if "long_stream" in res:
+        lines += ["", "## Long stream (tiny preset)", "", "| strategy | frames | median ms/frame | last 100 median | "
+                  "max cache |", "|---|---|---|---|---|"]
+        for k, v in res["long_stream"].items():
+            lines.append(f"| {k} | {v['frames']} | {v['median_ms']:.1f} | {v['last_100_median_ms']:.1f} | "
+                         f"{v['max_cache_len']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -10,26 +10,55 @@ namespace {
 
 typedef float v8 __attribute__((vector_size(32), aligned(4)));  // unaligned loads are fine
 
-// Built twice, for AVX2 + FMA and for the baseline ISA; the loader picks one at run time.
-__attribute__((target_clones("arch=haswell", "default"))) void rows_dot(const float* w, const float* x, float* y,
-                                                                        int64_t rows, int64_t n) {
-    for (int64_t r = 0; r < rows; ++r) {
-        const float* a = w + r * n;
-        v8 s0 = {}, s1 = {}, s2 = {}, s3 = {};
-        int64_t i = 0;
-        for (; i + 32 <= n; i += 32) {
-            s0 += *reinterpret_cast<const v8*>(a + i) * *reinterpret_cast<const v8*>(x + i);
-            s1 += *reinterpret_cast<const v8*>(a + i + 8) * *reinterpret_cast<const v8*>(x + i + 8);
-            s2 += *reinterpret_cast<const v8*>(a + i + 16) * *reinterpret_cast<const v8*>(x + i + 16);
-            s3 += *reinterpret_cast<const v8*>(a + i + 24) * *reinterpret_cast<const v8*>(x + i + 24);
+// R rows at once: R independent weight streams keep the memory system busier than one (a
+// micro-benchmark here: 1 row 9.6 GB/s, 4 rows 18 GB/s on one core).
+template <int R>
+inline __attribute__((always_inline)) void rows_block(const float* w, const float* x, float* y, int64_t n) {
+    v8 s[R][2] = {};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v8 x0 = *reinterpret_cast<const v8*>(x + i), x1 = *reinterpret_cast<const v8*>(x + i + 8);
+        for (int k = 0; k < R; ++k) {
+            const float* a = w + k * n + i;
+            s[k][0] += *reinterpret_cast<const v8*>(a) * x0;
+            s[k][1] += *reinterpret_cast<const v8*>(a + 8) * x1;
         }
-        v8 s = (s0 + s1) + (s2 + s3);
+    }
+    for (int k = 0; k < R; ++k) {
+        const v8 t = s[k][0] + s[k][1];
         float acc = 0;
-        for (int k = 0; k < 8; ++k) acc += s[k];
-        for (; i < n; ++i) acc += a[i] * x[i];
-        y[r] = acc;
+        for (int j = 0; j < 8; ++j) acc += t[j];
+        for (int64_t j = i; j < n; ++j) acc += w[k * n + j] * x[j];
+        y[k] = acc;
     }
 }
+
+inline __attribute__((always_inline)) void rows_dot_body(const float* w, const float* x, float* y, int64_t rows,
+                                                         int64_t n) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) rows_block<4>(w + r * n, x, y + r, n);
+    for (; r < rows; ++r) rows_block<1>(w + r * n, x, y + r, n);
+}
+
+// The same loop built for AVX2 + FMA and for the baseline ISA, picked once by what the CPU supports.
+// (target_clones("arch=haswell") dispatches on the CPU model, so other AVX2 CPUs got the baseline.)
+__attribute__((target("avx2,fma"))) void rows_dot_avx2(const float* w, const float* x, float* y, int64_t rows,
+                                                       int64_t n) {
+    rows_dot_body(w, x, y, rows, n);
+}
+
+void rows_dot_base(const float* w, const float* x, float* y, int64_t rows, int64_t n) {
+    rows_dot_body(w, x, y, rows, n);
+}
+
+using rows_dot_fn = void (*)(const float*, const float*, float*, int64_t, int64_t);
+
+rows_dot_fn pick_rows_dot() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? rows_dot_avx2 : rows_dot_base;
+}
+
+const rows_dot_fn rows_dot = pick_rows_dot();
 
 }  // namespace
 

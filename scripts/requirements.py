@@ -1,7 +1,8 @@
 """Prints the Python requirements named in pyproject.toml, one per line.
 
-usage: python scripts/requirements.py [extra ...]
-Build requirements, the CI pins, the runtime dependencies and the given extras:
+usage: python scripts/requirements.py [extra ...] | --no-deps
+Build requirements, the CI pins, the runtime dependencies and the given extras
+(or, with --no-deps, the packages to install without their dependencies):
 pyproject.toml stays the one place where versions are pinned or bounded.
 """
 
@@ -10,6 +11,9 @@ import tomllib
 from pathlib import Path
 
 meta = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+if sys.argv[1:] == ["--no-deps"]:
+    print("\n".join(meta["tool"]["prospect"]["no-deps"]))
+    sys.exit(0)
 reqs = list(meta["build-system"]["requires"]) + list(meta["tool"]["prospect"]["ci-pins"])
 reqs += meta["project"]["dependencies"]
 for extra in sys.argv[1:]:

@@ -28,6 +28,8 @@ export PIP_ROOT_USER_ACTION=ignore
 # Python packages, versions from pyproject.toml; pip skips what is already satisfied.
 mapfile -t reqs < <("$PY" scripts/requirements.py hf serve test)
 "$PY" -m pip install -q --disable-pip-version-check "${reqs[@]}"
+mapfile -t bare < <("$PY" scripts/requirements.py --no-deps)
+"$PY" -m pip install -q --disable-pip-version-check --no-deps "${bare[@]}"
 
 # ccache hits across clones: paths relative to the checkout, cwd not hashed.
 export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1

@@ -28,7 +28,7 @@ def _verify(args):
 
 
 def _compare(args):
-    from prospect.compare import compare, summary_markdown
+    from prospect.compare import compare, dialogue_excerpt, summary_markdown
 
     window = tuple(float(x) for x in args.window.split(",")) if args.window else None
     if window is not None and len(window) != 2:
@@ -43,6 +43,8 @@ def _compare(args):
     if not results:  # a rank other than 0 under torchrun: rank 0 reports
         return 0
     print(summary_markdown(results))
+    if args.show:
+        print("\n" + dialogue_excerpt(args.out, list(results), args.show))
     print(f"\nwrote {args.out}/summary.json, summary.md and plots")
     return 0 if all("metrics" in r for r in results.values()) else 1
 
@@ -132,6 +134,8 @@ def main(argv=None) -> int:
     cp.add_argument("--eval-dataset", help="use one of ProAssist's windows: ego4d, epickitchens, holoassist, ...")
     cp.add_argument("--oracle", action="store_true", help="replay the reference turns as predictions")
     cp.add_argument("--max-frames", type=int, help="stop each video after this many frames")
+    cp.add_argument("--show", type=int, default=0, metavar="N",
+                    help="print each strategy's first N turns and its summaries on the first video")
     cp.add_argument("--device", default="cpu")
     cp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     cp.add_argument("--backend", default="native", choices=["native", "hf"])

@@ -238,6 +238,23 @@ def summary_markdown(results):
     return "\n".join(lines)
 
 
+def dialogue_excerpt(out, strategies, turns=4):
+    """The first turns each strategy said on the first video, and its summaries: what the table
+    cannot show."""
+    lines = []
+    for s in strategies:
+        videos = sorted((Path(out) / s / "videos").glob("*.json"))
+        if not videos:
+            continue
+        v = json.loads(videos[0].read_text())
+        lines.append(f"{s} on {v.get('video_id')}:")
+        for p in v.get("predictions", [])[:turns]:
+            lines.append(f"  [{p['time']:5.1f}s] assistant: {' '.join(p['text'].split())}")
+        for m in v.get("summaries", [])[:2]:
+            lines.append(f"  [{m['time']:5.1f}s] summary: {' '.join(m['text'].split())}")
+    return "\n".join(lines)
+
+
 def compare(dataset, model, strategies=None, out="outputs/compare", *, max_seq_len=4096, reserved_seq_len=128,
             last_keep_len=512, summary_max_length=512, max_new_tokens=100, talk_policy="silence_threshold",
             not_talk_threshold=0.5, window=None, eval_dataset=None, oracle=False, device="cpu", dtype="float32",

@@ -87,7 +87,7 @@ def read(path=None):
             elif kind == "attn_k":
                 w = _unpermute(w, kv_heads)
             weights[f"layers.{index}.{LAYER_NAMES[kind]}.weight"] = w
-    return meta, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    return meta, {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}  # writable copies
 
 
 def build_tokenizer(meta, special_tokens):

@@ -55,18 +55,31 @@ def verify(path, dtype="float32", device="cpu", new_tokens=32, seed=0, prompt=No
     text_ref = ref(input_ids=text_ids.to(device)).logits[:, -1].float()
     text_err = ((text_logits - text_ref).abs().max() / text_ref.abs().max()).item()
 
-    out = ref.generate(input_ids=text_ids.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       do_sample=False, output_scores=True, return_dict_in_generate=True)
+    # No end-of-sequence on either side: both run new_tokens steps through whatever they emit (a
+    # min_new_tokens would instead mask the end token in transformers alone).
+    ref.generation_config.eos_token_id = None
+    out = ref.generate(input_ids=text_ids.to(device), max_new_tokens=new_tokens, do_sample=False,
+                       pad_token_id=cfg["text_config"].get("pad_token_id") or 0, output_scores=True,
+                       return_dict_in_generate=True)
     ref_tokens = out.sequences[0, text_ids.shape[1]:].tolist()
     cache = ours.make_cache(text_ids.shape[1] + new_tokens + 1)
     mine = ours.greedy_generate(ours.embed_tokens(text_ids.to(device)), cache, new_tokens, []).tokens
     agree, explained = _margin_agreement(mine, ref_tokens, [s[0] for s in out.scores])
+    vs_fp32 = None
+    if dtype != "float32":  # what the lower precision itself costs, on the same engine
+        full = load_model(path, "float32", device)
+        full_logits = full.prefill(full.embed_tokens(text_ids.to(device)), full.make_cache(text_ids.shape[1])).float()
+        full_mine = full.greedy_generate(full.embed_tokens(text_ids.to(device)),
+                                         full.make_cache(text_ids.shape[1] + new_tokens + 1), new_tokens, []).tokens
+        same = next((i for i, (a, b) in enumerate(zip(mine, full_mine)) if a != b), min(len(mine), len(full_mine)))
+        vs_fp32 = {"text_logit_rel_err": ((text_logits - full_logits).abs().max() / full_logits.abs().max()).item(),
+                   "top1_equal": bool(text_logits.argmax() == full_logits.argmax()), "greedy_agree": same}
     return {"model": str(path), "dtype": dtype, "device": device, "vision_feature_rel_err": vision_err,
             "max_logit_err": logit_err, "logit_scale": logits_ref.abs().max().item(), "text_logit_rel_err": text_err,
             "prompt": prompt, "reply": tokenizer.decode(mine, skip_special_tokens=True).strip() if tokenizer else None,
             "reply_ref": tokenizer.decode(ref_tokens, skip_special_tokens=True).strip() if tokenizer else None,
             "greedy_tokens": new_tokens, "greedy_agree": agree,
-            "divergence_within_rounding": explained if agree < new_tokens else None}
+            "divergence_within_rounding": explained if agree < new_tokens else None, "vs_float32": vs_fp32}
 
 
 def report(r: dict) -> str:
@@ -76,6 +89,10 @@ def report(r: dict) -> str:
              f"{r['logit_scale']:.1f})",
              f"  logits (text only): max error {r['text_logit_rel_err']:.2e} relative to their scale",
              f"  greedy: {r['greedy_agree']}/{r['greedy_tokens']} tokens identical to transformers generate()"]
+    if r.get("vs_float32"):
+        v = r["vs_float32"]
+        lines.append(f"  vs prospect float32: text logits max error {v['text_logit_rel_err']:.2e} relative, same top-1 "
+                     f"{v['top1_equal']}, greedy {v['greedy_agree']}/{r['greedy_tokens']} tokens identical")
     if r.get("prompt"):
         lines += [f"  prompt: {r['prompt']}", f"  prospect:     {r['reply']!r}", f"  transformers: {r['reply_ref']!r}"]
     if r["divergence_within_rounding"] is not None:
