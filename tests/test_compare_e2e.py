@@ -67,6 +67,10 @@ def test_resume_does_not_redo_finished_videos(tiny_model, tmp_path):
     strip = lambda m: {k: v for k, v in m.items() if k not in ("metadata", "peak_memory_mb", "time_per_frame")}  # noqa
     assert strip(first["drop_middle"]["metrics"]) == strip(second["drop_middle"]["metrics"])
     assert not list(tmp_path.rglob("*.tmp*"))  # no half-written file left behind
+    # Resuming with other settings would mix two runs in one table: refused, naming what changed.
+    with pytest.raises(ValueError, match="max_frames, max_new_tokens differ"):
+        compare("sample", tiny_model, ["drop_middle"], tmp_path, text_metrics=False,
+                **dict(SMALL, max_frames=8, max_new_tokens=6))
 
 
 def test_baseline_generator(tiny_model, tmp_path):

@@ -57,6 +57,23 @@ def _runner_kwargs(cfg, strategy):
                 not_talk_threshold=cfg["not_talk_threshold"], seed=cfg["seed"])
 
 
+def check_resume(sdir, strategy, cfg):
+    """A strategy's folder remembers what made its results; resuming with other settings would mix
+    two runs in one table, so it is refused."""
+    run = {"weights_hash": cfg["weights_hash"], "max_frames": cfg.get("max_frames"), "oracle": cfg["oracle"],
+           **{k: v for k, v in _runner_kwargs(cfg, strategy).items() if k != "device"}}
+    path = Path(sdir) / "run.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(run) | set(before) if run.get(k) != before.get(k))
+        if changed:
+            raise ValueError(f"out: {sdir} holds results made with other settings ({', '.join(changed)} differ); "
+                             f"pass another --out, or delete that folder to start over")
+    else:
+        write_json(path, run)
+
+
 def _oracle_predictions(frames, conversation, fps):
     """The reference turns, replayed at the times the pipeline gave their frames."""
     times = {f["frame_index"]: f["time"] for f in frames}
@@ -288,6 +305,8 @@ def compare(dataset, model, strategies=None, out="outputs/compare", *, max_seq_l
                progress=progress, weights_hash=_weights_hash(model),
                strategy_config={"drop_middle": {"last_keep_len": last_keep_len},
                                 "summarize_and_drop": {"summary_max_length": summary_max_length}})
+    for s in strategies:
+        check_resume(out / s, s, cfg)
     from prospect import distributed
 
     if launcher not in (None, "torchrun"):
