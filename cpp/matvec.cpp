@@ -72,13 +72,14 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w) {
     auto sizes = x.sizes().vec();
     sizes.back() = w.size(0);
     auto y = at::empty(sizes, x.options());
-    const float* wp = w.data_ptr<float>();
-    const float* xp = xc.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
+    matvec(w.data_ptr<float>(), xc.data_ptr<float>(), y.data_ptr<float>(), w.size(0), n);
+    return y;
+}
+
+void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t n) {
     // Threads only pay off once a chunk holds enough bytes to amortise waking them.
     const int64_t grain = std::max<int64_t>(64, (1 << 16) / std::max<int64_t>(n, 1));
-    at::parallel_for(0, w.size(0), grain, [&](int64_t r0, int64_t r1) { rows_dot(wp + r0 * n, xp, yp + r0, r1 - r0, n); });
-    return y;
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) { rows_dot(w + r0 * n, x, y + r0, r1 - r0, n); });
 }
 
 }  // namespace prospect

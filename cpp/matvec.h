@@ -10,4 +10,7 @@ namespace prospect {
 // x [..., I] (one row in total), w [O, I] fp32 on the CPU -> [..., O]. Anything else: at::linear.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w);
 
+// y[rows] = w[rows, n] x[n], fp32, spread over ATen's threads.
+void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t n);
+
 }  // namespace prospect

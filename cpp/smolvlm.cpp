@@ -3,6 +3,7 @@
 #include "joint_embed.h"
 #include "matvec.h"
 #include "model_loader.h"
+#include "decode_step.h"
 #include "rope.h"
 
 namespace prospect {
@@ -244,6 +245,10 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
     auto emb = at::cat({freqs, freqs}, -1);
     auto cos = emb.cos().to(dtype_), sin = emb.sin().to(dtype_);  // [T, hd]
 
+    if (T == 1 && B == 1 && !all_logits && decode_step_applies(cache)) {
+        return decode_step(x, cache, kind, frame_index, extend_last_span, cos, sin);
+    }
+
     std::optional<at::Tensor> mask;
     bool causal = false;
     if (T > 1 && L0 == 0) {
@@ -285,6 +290,53 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
     }
     x = rms_norm(all_logits ? x : x.select(1, T - 1), final_norm_, t.rms_norm_eps);
     return prospect::linear(x, lm_head_);
+}
+
+bool SmolVLM::decode_step_applies(const KVCache& cache) const {
+    if (device_.type() != at::kCPU || dtype_ != at::kFloat) return false;
+    const auto storage = cache.storage();
+    if (!storage.is_contiguous() || storage.scalar_type() != at::kFloat || cache.batch() != 1) return false;
+    for (const auto& l : text_layers_) {
+        for (const auto* w : {&l.input_norm, &l.qkv, &l.o, &l.post_norm, &l.gate_up, &l.down}) {
+            if (!w->is_contiguous() || w->scalar_type() != at::kFloat) return false;
+        }
+    }
+    return final_norm_.is_contiguous() && lm_head_.is_contiguous() && lm_head_.scalar_type() == at::kFloat;
+}
+
+at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind kind,
+                                std::optional<int64_t> frame_index, bool extend_last_span, const at::Tensor& cos,
+                                const at::Tensor& sin) const {
+    const auto& t = cfg_.text;
+    const int64_t L0 = cache.length(), H = t.hidden_size, hd = t.head_dim;
+    TORCH_CHECK_VALUE(L0 + 1 <= cache.capacity(), "KVCache.write: 1 tokens at length ", L0, " exceed capacity ",
+                      cache.capacity());
+    const decode_shape shape{H, t.num_attention_heads, t.num_key_value_heads, hd, t.intermediate_size,
+                             static_cast<float>(t.rms_norm_eps)};
+    auto x = x_in.reshape({H}).clone();  // the residual stream, updated in place
+    auto scratch = at::empty({decode_scratch_size(shape, L0 + 1)}, x.options());
+    auto c = cos.contiguous(), s = sin.contiguous();
+    auto storage = cache.storage();  // [layers, 2, 1, kv_heads, capacity, head_dim]
+    float* kv = storage.data_ptr<float>();
+    const int64_t per_layer = 2 * t.num_key_value_heads * cache.capacity() * hd;
+    for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
+        const auto& l = text_layers_[i];
+        const decode_weights w{l.input_norm.data_ptr<float>(), l.qkv.data_ptr<float>(),     l.o.data_ptr<float>(),
+                               l.post_norm.data_ptr<float>(),  l.gate_up.data_ptr<float>(), l.down.data_ptr<float>()};
+        decode_layer(x.data_ptr<float>(), w, shape, kv + i * per_layer, cache.capacity(), L0, c.data_ptr<float>(),
+                     s.data_ptr<float>(), scratch.data_ptr<float>());
+    }
+    if (extend_last_span) {
+        cache.commit_extend(1);
+    } else {
+        cache.commit(1, kind, frame_index);
+    }
+    auto normed = at::empty({1, H}, x.options());
+    rms_norm_row(x.data_ptr<float>(), final_norm_.data_ptr<float>(), normed.data_ptr<float>(), H, shape.eps);
+    const int64_t V = lm_head_.size(0);
+    auto logits = at::empty({1, V}, x.options());
+    matvec(lm_head_.data_ptr<float>(), normed.data_ptr<float>(), logits.data_ptr<float>(), V, H);
+    return logits;
 }
 
 }  // namespace prospect

@@ -70,6 +70,11 @@ private:
     at::Tensor patch_w_, patch_b_, pos_emb_, post_ln_w_, post_ln_b_, connector_w_;
     std::vector<vision_layer> vision_layers_;
     at::Tensor embed_, final_norm_, lm_head_;
+
+    // The batch-1 fp32 CPU decode step in plain loops (decode_step.h), when the cache and weights allow.
+    bool decode_step_applies(const KVCache& cache) const;
+    at::Tensor decode_step(const at::Tensor& x, KVCache& cache, SpanKind kind, std::optional<int64_t> frame_index,
+                           bool extend_last_span, const at::Tensor& cos, const at::Tensor& sin) const;
     std::vector<text_layer> text_layers_;
     at::Tensor inv_freq_;  // [head_dim / 2] fp32 on device
 };

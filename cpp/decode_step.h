@@ -1,0 +1,32 @@
+// The decode step on the CPU, batch 1, fp32: one token through a decoder layer in plain loops over
+// raw memory. Between its matrix products a step is ~30 small tensor ops per layer, each a dispatcher
+// round trip; here they are a few loops. Same math as SmolVLM::forward (fp32 RMSNorm, RoPE from the
+// given cos/sin, softmax attention over the cached keys), summed in another order.
+#pragma once
+
+#include <cstdint>
+
+namespace prospect {
+
+struct decode_shape {
+    int64_t hidden, heads, kv_heads, head_dim, intermediate;
+    float eps;
+};
+
+struct decode_weights {
+    const float *input_norm, *qkv, *o, *post_norm, *gate_up, *down;
+};
+
+// Floats of scratch decode_layer needs for a context of `keys` tokens.
+int64_t decode_scratch_size(const decode_shape& s, int64_t keys);
+
+// x [hidden] is updated in place. kv: this layer's cache storage [2, kv_heads, capacity, head_dim]
+// (keys then values); the token's key and value are written at `slot` and attention reads
+// slots [0, slot]. cos/sin [head_dim] for the token's position.
+void decode_layer(float* x, const decode_weights& w, const decode_shape& s, float* kv, int64_t capacity, int64_t slot,
+                  const float* cos, const float* sin, float* scratch);
+
+// out [n] = w * x / rms(x), as Llama's RMSNorm in fp32.
+void rms_norm_row(const float* x, const float* w, float* out, int64_t n, float eps);
+
+}  // namespace prospect
