@@ -151,10 +151,11 @@ def markdown(res):
     lines = [f"# prospect benchmarks, {res['date']}", "",
              f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}. `{res['command']}`", "",
              f"Memory bandwidth (best of 5 reductions): {res['memory_bandwidth_gbs']:.1f} GB/s; "
-             f"fp32 matmul roof: {res['matmul_gflops']:.1f} GFLOP/s.", "",
-             "## Decode (batch 1, greedy)", "",
-             "| preset | dtype | prospect ms/tok | tok/s | generate() ms/tok | original loop ms/tok | "
-             "vs generate | vs original | floor ms/tok | % of floor |", "|---" * 10 + "|"]
+             f"fp32 matmul roof: {res['matmul_gflops']:.1f} GFLOP/s."]
+    if res["decode"]:
+        lines += ["", "## Decode (batch 1, greedy)", "",
+                  "| preset | dtype | prospect ms/tok | tok/s | generate() ms/tok | original loop ms/tok | "
+                  "vs generate | vs original | floor ms/tok | % of floor |", "|---" * 10 + "|"]
     for r in res["decode"]:
         lines.append(f"| {r['preset']} | {r['dtype']} | {r['prospect_ms_per_token']:.2f} | "
                      f"{1e3 / r['prospect_ms_per_token']:.0f} | {r['transformers_generate_ms_per_token']:.2f} | "

@@ -68,8 +68,7 @@ generate_result greedy_generate(const SmolVLM& model, const at::Tensor& embeds, 
         r.tokens.push_back(tok);
         const bool go_on = !o.on_token || o.on_token(tok);
         if (cache.length() >= cache.capacity()) break;  // the reply fills the cache: keep what fits
-        auto ids = at::full({1, 1}, tok, at::TensorOptions().dtype(at::kLong).device(model.device()));
-        logits = model.forward(model.embed_tokens(ids), cache, SPAN_ASSISTANT, o.frame_index, step > 0);
+        logits = model.forward(model.embed_sampled(tok), cache, SPAN_ASSISTANT, o.frame_index, step > 0);
         if (!go_on || step + 1 == o.max_new_tokens) break;
         tok = pick(logits, o, gen);
     }

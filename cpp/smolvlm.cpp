@@ -104,6 +104,17 @@ SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device
         for (const auto* x : {&l.input_norm, &l.qkv, &l.o, &l.post_norm, &l.gate_up, &l.down})
             all.push_back(x);
     for (const auto* x : all) weight_bytes_ += x->numel() * x->element_size();
+
+    // Whether the weights suit decode_step's raw loops: fixed at load, so checked once here.
+    decode_loops_ = device_.type() == at::kCPU && dtype_ == at::kFloat && final_norm_.is_contiguous() &&
+                    lm_head_.is_contiguous();
+    for (const auto& l : text_layers_)
+        for (const auto* x : {&l.input_norm, &l.qkv, &l.o, &l.post_norm, &l.gate_up, &l.down})
+            decode_loops_ = decode_loops_ && x->is_contiguous();
+}
+
+at::Tensor SmolVLM::embed_sampled(int64_t token) const {
+    return at::embedding(embed_, at::full({1, 1}, token, at::TensorOptions().dtype(at::kLong).device(device_)));
 }
 
 at::Tensor SmolVLM::embed_tokens(const at::Tensor& input_ids) const {
@@ -293,15 +304,9 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
 }
 
 bool SmolVLM::decode_step_applies(const KVCache& cache) const {
-    if (device_.type() != at::kCPU || dtype_ != at::kFloat) return false;
-    const auto storage = cache.storage();
-    if (!storage.is_contiguous() || storage.scalar_type() != at::kFloat || cache.batch() != 1) return false;
-    for (const auto& l : text_layers_) {
-        for (const auto* w : {&l.input_norm, &l.qkv, &l.o, &l.post_norm, &l.gate_up, &l.down}) {
-            if (!w->is_contiguous() || w->scalar_type() != at::kFloat) return false;
-        }
-    }
-    return final_norm_.is_contiguous() && lm_head_.is_contiguous() && lm_head_.scalar_type() == at::kFloat;
+    if (!decode_loops_) return false;
+    const auto& storage = cache.storage();
+    return storage.is_contiguous() && storage.scalar_type() == at::kFloat && cache.batch() == 1;
 }
 
 at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind kind,

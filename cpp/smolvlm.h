@@ -34,6 +34,8 @@ public:
 
     // input_ids [B, T] -> [B, T, H].
     at::Tensor embed_tokens(const at::Tensor& input_ids) const;
+    // One token this model just produced (so inside the vocabulary: no range check, no host sync) -> [1, 1, H].
+    at::Tensor embed_sampled(int64_t token) const;
     // pixel_values [N, C, S, S] or [B, N, C, S, S], optional pixel_attention_mask
     // [N, S, S] / [B, N, S, S] -> vision features after the connector [N', L, H]
     // (all-zero padding images dropped).
@@ -72,6 +74,7 @@ private:
     at::Tensor embed_, final_norm_, lm_head_;
 
     // The batch-1 fp32 CPU decode step in plain loops (decode_step.h), when the cache and weights allow.
+    bool decode_loops_ = false;
     bool decode_step_applies(const KVCache& cache) const;
     at::Tensor decode_step(const at::Tensor& x, KVCache& cache, SpanKind kind, std::optional<int64_t> frame_index,
                            bool extend_last_span, const at::Tensor& cos, const at::Tensor& sin) const;

@@ -11,11 +11,9 @@ import time
 import torch
 
 from prospect import prompt
-from prospect.backends import BACKENDS
 from prospect.context_strategies import ContextStrategyFactory, restart_context
 from prospect.engine import Engine
 from prospect.frames import FramePreprocessor
-from prospect.model import DTYPES
 
 TALK_POLICIES = ("silence_threshold", "every_frame", "annotations")
 
@@ -34,10 +32,6 @@ class VLMStreamRunner:
                  use_kv_cache=True, context_strategy_type="drop_middle", context_strategy_config=None,
                  max_seq_len=4096, reserved_seq_len=128, backend="native", talk_policy="silence_threshold",
                  not_talk_threshold=0.5, system_prompt=None, split_frames=False, seed=0):
-        if torch_dtype not in DTYPES:
-            raise ValueError(f"torch_dtype expected one of {', '.join(DTYPES)}, got {torch_dtype!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend expected one of {', '.join(BACKENDS)}, got {backend!r}")
         if talk_policy not in TALK_POLICIES:
             raise ValueError(f"talk_policy expected one of {', '.join(TALK_POLICIES)}, got {talk_policy!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -69,6 +63,7 @@ class VLMStreamRunner:
         self.use_kv_cache = self.strategy.name != "none"
         self.cache = self.backend.make_cache(max_seq_len)
         self._prompt_ids = self._ids(prompt.ASSISTANT_PROMPT)[0]
+        self._empty = torch.zeros(0, dtype=torch.long)
         self.reset()
 
     # ---- helpers -------------------------------------------------------------------------
@@ -99,12 +94,15 @@ class VLMStreamRunner:
         self._last_msg = None
         return prefix
 
-    def _prefill_turns(self, turns, frame_index):
-        """Appends turns (system or user) as spans; pins the first user turn as the anchor.
+    def _turn_ids(self, turns):
+        return [(turn, self._ids(self._turn_text(turn))[0]) for turn in turns]
+
+    def _prefill_turns(self, turn_ids, frame_index):
+        """Appends [(turn, ids)] (system or user) as spans; pins the first user turn as the anchor.
         Returns the ids still owed in front of the next input."""
         prefix = self._take_last_msg()
-        for turn in turns:
-            ids = torch.cat([prefix, self._ids(self._turn_text(turn))[0]]).unsqueeze(0)
+        for turn, own in turn_ids:
+            ids = torch.cat([prefix, own]).unsqueeze(0)
             kind = "user" if turn["role"] == "user" else "system"
             self.backend.prefill(self.backend.embed(ids), self.cache, kind, frame_index)
             if kind == "user" and not self._anchor_pinned:
@@ -187,7 +185,6 @@ class VLMStreamRunner:
         if hasattr(self.strategy, "summaries"):
             self.strategy.summaries.clear()
         self._knowledge = knowledge
-        self._empty = torch.zeros(0, dtype=torch.long)
         self._last_msg, self._anchor_pinned = None, False
         self._history = []  # the conversation so far as text, for the stateless baseline
 
@@ -216,9 +213,10 @@ class VLMStreamRunner:
             self._history += [self._turn_text(x) for x in turns]
             self._stateless_context(len(frame_ids) + len(prompt_ids), frame_index)
         else:
-            incoming = len(frame_ids) + len(prompt_ids) + sum(len(self._ids(self._turn_text(x))[0]) for x in turns)
+            turn_ids = self._turn_ids(turns)
+            incoming = len(frame_ids) + len(prompt_ids) + sum(len(ids) for _, ids in turn_ids)
             rec["strategy_applied"] = self._make_room(incoming, frame_index, t)
-            frame_ids = torch.cat([self._prefill_turns(turns, frame_index), frame_ids])
+            frame_ids = torch.cat([self._prefill_turns(turn_ids, frame_index), frame_ids])
         prefill_ms = (time.perf_counter() - t0) * 1e3
 
         ids = torch.cat([frame_ids, prompt_ids]).unsqueeze(0)
@@ -264,9 +262,9 @@ class VLMStreamRunner:
             if respond:
                 self._stateless_context(len(prompt_ids), frame_index)
         else:
-            rec["strategy_applied"] = self._make_room(len(self._ids(self._turn_text(turn))[0]) + len(prompt_ids),
-                                                      frame_index, t)
-            self._prefill_turns([turn], frame_index)  # takes the owed close of the last reply with it
+            turn_ids = self._turn_ids([turn])
+            rec["strategy_applied"] = self._make_room(len(turn_ids[0][1]) + len(prompt_ids), frame_index, t)
+            self._prefill_turns(turn_ids, frame_index)  # takes the owed close of the last reply with it
         prefill_ms = (time.perf_counter() - t0) * 1e3
         reply, decode_ms = None, 0.0
         if respond:

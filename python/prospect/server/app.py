@@ -133,9 +133,9 @@ def create_app(engine, limits: ServerLimits | None = None, model_id: str | None 
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
-        _, pairs = render(req.messages, engine.backend.image_seq_len)
+        text, pairs = render(req.messages, engine.backend.image_seq_len)
         imgs = await images(pairs)
-        job = await on_engine(Completion, engine, preprocess, req, imgs, limits.max_tokens)
+        job = await on_engine(Completion, engine, preprocess, req, text, imgs, limits.max_tokens)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         usage = lambda n: {"prompt_tokens": job.prompt_tokens, "completion_tokens": n,  # noqa: E731
                            "total_tokens": job.prompt_tokens + n}
@@ -151,9 +151,11 @@ def create_app(engine, limits: ServerLimits | None = None, model_id: str | None 
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         gone = False
 
-        def chunk(delta, finish=None, **extra):
+        def chunk(delta=None, finish=None, **extra):
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish,
+                                                  "logprobs": None}]
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+                    "choices": choices, **extra}
             return f"data: {json.dumps(body)}\n\n"
 
         run = loop.run_in_executor(pool, lambda: job.run(lambda d: loop.call_soon_threadsafe(queue.put_nowait, d),
@@ -166,9 +168,7 @@ def create_app(engine, limits: ServerLimits | None = None, model_id: str | None 
             text, finish, n = await run
             yield chunk({}, finish)
             if req.stream_options is not None and req.stream_options.include_usage:
-                body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                        "choices": [], "usage": usage(n)}
-                yield f"data: {json.dumps(body)}\n\n"
+                yield chunk(usage=usage(n))
             yield "data: [DONE]\n\n"
         finally:
             gone = True  # a client that hung up stops the decode at the next token

@@ -34,27 +34,37 @@ def render(messages, image_seq_len):
 
 class TextStream:
     """The reply's text as tokens arrive, released only where no stop string can still begin and no
-    multi-byte character is half decoded."""
+    multi-byte character is half decoded. Each token decodes a short window (the tokens since the
+    last whole character), not the whole reply."""
 
     def __init__(self, tokenizer, stops):
         self.tokenizer, self.stops = tokenizer, [s for s in stops if s]
         self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.tokens, self.text, self.sent, self.stopped = [], "", 0, False
+        self.tokens, self.raw, self.text, self.sent, self.stopped = [], "", "", 0, False
+        self.prefix, self.read = 0, 0  # tokens[prefix:read] decode to the end of self.raw
+
+    def _decode(self, a, b=None):
+        return self.tokenizer.decode(self.tokens[a:b], skip_special_tokens=True)
 
     def push(self, tok) -> str:
         self.tokens.append(tok)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+        before, after = self._decode(self.prefix, self.read), self._decode(self.prefix)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # nothing whole yet: a character split across tokens, or a special token
+        self.raw += after[len(before):]
+        self.prefix, self.read = self.read, len(self.tokens)
+        text = self.raw.lstrip()
         cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if cuts:
             self.text, self.stopped = text[:min(cuts)], True
             return self._release(len(self.text))
         self.text = text
-        safe = len(text) - self.hold
-        while safe > 0 and text[safe - 1] == "\ufffd":
-            safe -= 1
-        return self._release(safe)
+        return self._release(len(text) - self.hold)
 
     def finish(self) -> str:
+        if not self.stopped and self.read < len(self.tokens):  # a last, incomplete character
+            self.raw += self._decode(self.read)
+            self.text = self.raw.lstrip()
         return self._release(len(self.text))
 
     def _release(self, upto) -> str:
@@ -66,10 +76,10 @@ class TextStream:
 class Completion:
     """One request's prompt, checked against the limits before any token is generated."""
 
-    def __init__(self, engine, preprocess, req, images, max_tokens_cap):
+    def __init__(self, engine, preprocess, req, text, images, max_tokens_cap):
+        """text: the prompt render() made of req.messages; images: [(param, HxWx3 array)] in its order."""
         backend = engine.backend
         self.engine, self.req = engine, req
-        text, _ = render(req.messages, backend.image_seq_len)
         self.ids = engine.ids(text)
         self.prompt_tokens = self.ids.shape[1]
         context = backend.max_position_embeddings
