@@ -2,6 +2,7 @@
 
 import os
 import platform
+import re
 import statistics
 import time
 
@@ -18,6 +19,21 @@ def median_ms(fn, repeats, warmup=1):
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def median_ms_pair(fa, fb, repeats, warmup=1):
+    """Median wall times of fa() and fb() in ms, run in turn, so a slow spell of a shared machine
+    falls on both sides of a comparison rather than on one."""
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, times in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def memory_bandwidth_gbs(mib=1024, tries=5):
@@ -51,5 +67,7 @@ def machine():
                 break
     except OSError:
         pass
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    # Results are named by this: hosts here are all called "vm", the CPUs behind them differ.
+    slug = "-".join([platform.node() or "host"] + re.sub(r"\(.*?\)", "", cpu).lower().split()[:2])
+    return {"host": platform.node(), "slug": re.sub(r"[^a-z0-9.-]", "", slug.lower()), "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

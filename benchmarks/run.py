@@ -2,7 +2,8 @@
 surgery and long streams. Every comparison is measured in this run, next to its baseline.
 
 usage: python benchmarks/run.py [--presets tiny,256m,256m-smollm2] [--dtypes float32] [--repeats 5] [--quick]
-Writes benchmarks/results/<host>-<date>.json and .md, and the long-stream plot.
+Writes benchmarks/results/<host>-<cpu>-<date>.json and .md (e.g. vm-intel-xeon-2026-11-23), and the
+long-stream plot.
 """
 
 import argparse
@@ -104,10 +105,10 @@ def main():
     for preset in a.presets.split(",") if "streaming" in parts else []:
         if preset == "256m-smollm2":
             continue  # its vision side is the 256m preset's, measured already
-        # The 256m vision tower costs ~1.7 s a frame here: few frames, few repeats.
+        # The 256m vision tower costs about a second a frame here: fewer frames and repeats.
         big = preset != "tiny"
-        row = bench_streaming(model_dir(preset, a.models), video, frames=4 if a.quick or big else 12,
-                              repeats=min(a.repeats, 2) if big else a.repeats)
+        row = bench_streaming(model_dir(preset, a.models), video, frames=4 if a.quick else 8 if big else 12,
+                              repeats=min(a.repeats, 3) if big else a.repeats)
         row["preset"] = preset
         row["speedup"] = row["transformers_ms_per_frame"] / row["prospect_ms_per_frame"]
         row["vision_gflops"] = row["vision_gflop_per_frame"] / (row["prospect_vision_ms"] / 1e3)
@@ -122,7 +123,7 @@ def main():
         if a.quick:
             surgery_args += ["--layers", "2", "--kv-heads", "2", "--tokens", "1024"]
         subprocess.run([sys.executable, str(HERE / "surgery.py")] + surgery_args, check=True, capture_output=True)
-        sfile = sorted(Path(a.out).glob(f"surgery-*-{date}.json"))[-1]
+        sfile = Path(a.out) / f"surgery-{m['slug']}-{date}.json"
         res["surgery"] = json.loads(sfile.read_text())
         for r in res["surgery"]["rows"]:
             print(f"surgery {r['variant']}: {r['median_ms']:.1f} ms, extra peak {r['median_extra_peak_mb']:.1f} MiB "
@@ -130,7 +131,7 @@ def main():
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{m['host']}-{date}" + ("-quick" if a.quick else "") + ("" if parts == PARTS else "-" + "-".join(parts))
+    stem = f"{m['slug']}-{date}" + ("-quick" if a.quick else "") + ("" if parts == PARTS else "-" + "-".join(parts))
     if "long_stream" in parts:
         ls = bench_long_stream(model_dir("tiny", a.models), frames=60 if a.quick else 1000)
         plot_long_stream(ls, out / f"{stem}-long-stream.png")
@@ -185,7 +186,9 @@ def markdown(res):
                      f"{100 * r['vision_fraction_of_matmul_roof']:.0f}% |")
     if "surgery" in res:
         s = res["surgery"]
-        lines += ["", f"## Cache surgery: drop_middle on {s['shape']}", "",
+        sh = s["shape"]
+        lines += ["", f"## Cache surgery: drop_middle on {sh['layers']} layers x {sh['kv_heads']} kv heads x "
+                  f"{sh['tokens']} tokens x {sh['head_dim']} (fp32), keeping {sh['keep_first']} + {sh['keep_last']}", "",
                   "| variant | ms | extra peak MiB | extra peak / cache |", "|---|---|---|---|"]
         for r in s["rows"]:
             lines.append(f"| {r['variant']} | {r['median_ms']:.1f} | {r['median_extra_peak_mb']:.1f} | "

@@ -4,7 +4,7 @@ own video session.
 usage: python benchmarks/server_load.py [--model DIR | --preset tiny] [--clients 8] [--requests 50] [--out DIR]
 The server runs as its own process on a free loopback port. After the timed run, every client's calls
 are replayed one at a time on fresh sessions: the same replies mean no crosstalk between sessions.
-Writes server-load-<model>-<host>-<date>.json to --out and prints throughput and p50/p95 latency.
+Writes server-load-<model>-<host>-<cpu>-<date>.json to --out and prints throughput and p50/p95 latency.
 """
 
 import argparse
@@ -186,7 +186,7 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(a.model).name if a.model else a.preset
-    path = out / f"server-load-{name}-{m['host']}-{res['date']}.json"
+    path = out / f"server-load-{name}-{m['slug']}-{res['date']}.json"
     path.write_text(json.dumps(res, indent=1))
     print(f"{res['clients']} clients x {res['requests_per_client']} requests: {res['requests']} requests in "
           f"{res['wall_s']:.1f} s = {res['throughput_rps']:.1f} req/s; latency p50 {res['latency_ms']['p50']:.1f} ms, "

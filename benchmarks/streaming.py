@@ -1,10 +1,8 @@
 """The streaming step per frame: preprocessing + vision encoder + prefill + the talk decision."""
 
-import time
-
 import torch
 
-from common import median_ms
+from common import median_ms_pair
 
 
 def vision_flops(cfg):
@@ -55,13 +53,15 @@ def bench_streaming(path, video, frames=12, repeats=3):
             logits = ref(input_ids=i, pixel_values=pv, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
             torch.softmax(logits[0, -1].float(), -1)[eou].item()
 
-    ours_ms = median_ms(ours_stream, repeats) / len(clips)
-    ref_ms = median_ms(ref_stream, repeats) / len(clips)
-    pre_ms = median_ms(lambda: [pre(f) for f in clips], repeats) / len(clips)
-    ref_pre_ms = median_ms(lambda: [proc.video_processor(videos=[f.permute(2, 0, 1)[None]], do_sample_frames=False,
-                                                           return_tensors="pt") for f in clips], repeats) / len(clips)
-    vis_ms = median_ms(lambda: [ours.image_features(pv) for pv in pvs], repeats) / len(clips)
-    ref_vis_ms = median_ms(lambda: [ref.model.get_image_features(pv) for pv in pvs], repeats) / len(clips)
+    # Each comparison in turns (ours, theirs, ours, ...): this machine's speed drifts over minutes.
+    ours_ms, ref_ms = (t / len(clips) for t in median_ms_pair(ours_stream, ref_stream, repeats))
+    pre_ms, ref_pre_ms = (t / len(clips) for t in median_ms_pair(
+        lambda: [pre(f) for f in clips],
+        lambda: [proc.video_processor(videos=[f.permute(2, 0, 1)[None]], do_sample_frames=False, return_tensors="pt")
+                 for f in clips], repeats))
+    vis_ms, ref_vis_ms = (t / len(clips) for t in median_ms_pair(
+        lambda: [ours.image_features(pv) for pv in pvs], lambda: [ref.model.get_image_features(pv) for pv in pvs],
+        repeats))
     return {"frames": len(clips), "tokens_per_frame": int(ids[0].shape[1]),
             "prospect_ms_per_frame": ours_ms, "transformers_ms_per_frame": ref_ms,
             "prospect_preprocess_ms": pre_ms, "transformers_preprocess_ms": ref_pre_ms,

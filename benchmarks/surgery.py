@@ -12,8 +12,6 @@ usage: python benchmarks/surgery.py [--repeats 3] [--layers 24 --kv-heads 32 --t
 import argparse
 import datetime
 import json
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -108,12 +106,13 @@ def main():
 
     import torch
 
-    host = socket.gethostname()
-    result = {"benchmark": "surgery", "date": datetime.date.today().isoformat(), "machine": platform.machine(),
-              "host": host, "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__,
+    from common import machine
+
+    m = machine()
+    result = {"benchmark": "surgery", "date": datetime.date.today().isoformat(), "machine": m,
               "shape": dict(zip(["layers", "kv_heads", "tokens", "head_dim", "keep_first", "keep_last"], shape)),
               "rows": rows}
-    out = Path(a.out) / f"surgery-{platform.node() or host}-{result['date']}.json"
+    out = Path(a.out) / f"surgery-{m['slug']}-{result['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")

@@ -4,6 +4,7 @@
 #include "matvec.h"
 #include "model_loader.h"
 #include "decode_step.h"
+#include "gelu.h"
 #include "rope.h"
 
 namespace prospect {
@@ -47,12 +48,10 @@ SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device
         vision_layer l;
         l.ln1_w = w.take(n("layer_norm1.weight"), {Dv});
         l.ln1_b = w.take(n("layer_norm1.bias"), {Dv});
-        l.q_w = w.take(n("self_attn.q_proj.weight"), {Dv, Dv});
-        l.q_b = w.take(n("self_attn.q_proj.bias"), {Dv});
-        l.k_w = w.take(n("self_attn.k_proj.weight"), {Dv, Dv});
-        l.k_b = w.take(n("self_attn.k_proj.bias"), {Dv});
-        l.v_w = w.take(n("self_attn.v_proj.weight"), {Dv, Dv});
-        l.v_b = w.take(n("self_attn.v_proj.bias"), {Dv});
+        l.qkv_w = at::cat({w.take(n("self_attn.q_proj.weight"), {Dv, Dv}), w.take(n("self_attn.k_proj.weight"), {Dv, Dv}),
+                           w.take(n("self_attn.v_proj.weight"), {Dv, Dv})});
+        l.qkv_b = at::cat({w.take(n("self_attn.q_proj.bias"), {Dv}), w.take(n("self_attn.k_proj.bias"), {Dv}),
+                           w.take(n("self_attn.v_proj.bias"), {Dv})});
         l.o_w = w.take(n("self_attn.out_proj.weight"), {Dv, Dv});
         l.o_b = w.take(n("self_attn.out_proj.bias"), {Dv});
         l.ln2_w = w.take(n("layer_norm2.weight"), {Dv});
@@ -97,8 +96,8 @@ SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device
                                           &embed_, &final_norm_};
     if (!lm_head_.is_same(embed_)) all.push_back(&lm_head_);
     for (const auto& l : vision_layers_)
-        for (const auto* x : {&l.ln1_w, &l.ln1_b, &l.q_w, &l.q_b, &l.k_w, &l.k_b, &l.v_w, &l.v_b, &l.o_w, &l.o_b,
-                              &l.ln2_w, &l.ln2_b, &l.fc1_w, &l.fc1_b, &l.fc2_w, &l.fc2_b})
+        for (const auto* x : {&l.ln1_w, &l.ln1_b, &l.qkv_w, &l.qkv_b, &l.o_w, &l.o_b, &l.ln2_w, &l.ln2_b, &l.fc1_w,
+                              &l.fc1_b, &l.fc2_w, &l.fc2_b})
             all.push_back(x);
     for (const auto& l : text_layers_)
         for (const auto* x : {&l.input_norm, &l.qkv, &l.o, &l.post_norm, &l.gate_up, &l.down})
@@ -134,7 +133,8 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
     const int64_t N = pixels.size(0), p = v.patch_size, side = cfg_.patches_per_side();
     auto x = at::conv2d(pixels, patch_w_, patch_b_, {p, p});  // [N, Dv, h, w]
     const int64_t h = x.size(2), w = x.size(3);
-    x = x.flatten(2).transpose(1, 2);  // [N, h*w, Dv]
+    // [N, h*w, Dv] in row-major order: left transposed, every later add and norm would walk it strided.
+    x = x.flatten(2).transpose(1, 2).contiguous();
 
     // Bucketed position ids, op for op as transformers computes them (fp32).
     auto boundaries = at::arange(1.0 / side, 1.0, 1.0 / side, at::TensorOptions().dtype(at::kFloat).device(device_));
@@ -145,21 +145,37 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
     auto bw = at::bucketize(at::clamp_max(fw, 1.0 - 1e-6), boundaries, false, true);
     auto pos = (bh.unsqueeze(2) * side + bw.unsqueeze(1)).reshape({N, -1});
     pos = at::where(patch_mask.view({N, -1}), pos, at::zeros_like(pos));
-    x = x + at::embedding(pos_emb_, pos);
+    x.add_(at::embedding(pos_emb_, pos));
 
     std::optional<at::Tensor> mask;
     if (!patch_mask.all().item<bool>()) mask = patch_mask.view({N, 1, 1, -1});  // keys that are real patches
-    const int64_t heads = v.num_attention_heads, hd = v.hidden_size / heads, S = x.size(1);
+    const int64_t D = v.hidden_size, heads = v.num_attention_heads, hd = D / heads, S = x.size(1);
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    auto rows = x.view({N * S, D});  // the residual stream: each block adds into it in place
+    // fp32: biases and residual adds folded into the products' passes. Other dtypes keep transformers'
+    // roundings (product + bias rounded, then the residual add), so bf16 stays equal to it.
+    const bool fp32 = rows.scalar_type() == at::kFloat;
+    const auto add_linear = [&](const at::Tensor& in, const at::Tensor& w, const at::Tensor& b) {
+        if (fp32) {
+            rows.addmm_(in, w.t()).add_(b);
+        } else {
+            rows.add_(at::addmm(b, in, w.t()));
+        }
+    };
     for (const auto& l : vision_layers_) {
-        auto r = at::layer_norm(x, {v.hidden_size}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
-        auto q = at::linear(r, l.q_w, l.q_b).view({N, S, heads, hd}).transpose(1, 2);
-        auto k = at::linear(r, l.k_w, l.k_b).view({N, S, heads, hd}).transpose(1, 2);
-        auto vv = at::linear(r, l.v_w, l.v_b).view({N, S, heads, hd}).transpose(1, 2);
-        auto a = at::scaled_dot_product_attention(q, k, vv, mask, 0.0, false, scale);
-        x = x + at::linear(a.transpose(1, 2).reshape({N, S, v.hidden_size}), l.o_w, l.o_b);
-        r = at::layer_norm(x, {v.hidden_size}, l.ln2_w, l.ln2_b, v.layer_norm_eps);
-        x = x + at::linear(at::gelu(at::linear(r, l.fc1_w, l.fc1_b), "tanh"), l.fc2_w, l.fc2_b);
+        auto r = at::layer_norm(rows, {D}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
+        auto qkv = at::addmm(l.qkv_b, r, l.qkv_w.t()).view({N, S, 3, heads, hd}).permute({2, 0, 3, 1, 4});
+        auto a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0, false, scale);
+        add_linear(a.transpose(1, 2).reshape({N * S, D}), l.o_w, l.o_b);
+        r = at::layer_norm(rows, {D}, l.ln2_w, l.ln2_b, v.layer_norm_eps);
+        at::Tensor mid;  // [N*S, I]
+        if (fp32 && rows.is_cpu() && l.fc1_b.is_contiguous()) {
+            mid = at::mm(r, l.fc1_w.t());
+            bias_gelu_tanh(mid.data_ptr<float>(), l.fc1_b.data_ptr<float>(), mid.size(0), mid.size(1));
+        } else {
+            mid = at::gelu(at::addmm(l.fc1_b, r, l.fc1_w.t()), "tanh");
+        }
+        add_linear(mid, l.fc2_w, l.fc2_b);
     }
     return at::layer_norm(x, {v.hidden_size}, post_ln_w_, post_ln_b_, v.layer_norm_eps);
 }
