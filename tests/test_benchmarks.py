@@ -33,3 +33,12 @@ def test_harness_quick_smoke(tmp_path):
     assert set(res["long_stream"]) == {"none", "drop_all", "drop_middle", "summarize_and_drop", "unbounded"}
     assert (tmp_path / js.name.replace(".json", ".md")).read_text().startswith("# prospect benchmarks")
     assert list(tmp_path.glob("*-long-stream.png"))
+
+
+def test_profile_vision_smoke(tiny_model):
+    """The vision profile prints a table of ATen ops for both encoders."""
+    for extra in ([], ["--transformers"]):
+        r = subprocess.run([sys.executable, str(ROOT / "benchmarks/profile_vision.py"), "--model", str(tiny_model),
+                            "--rows", "5"] + extra, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "Self CPU time total" in r.stdout and "aten::" in r.stdout
