@@ -69,5 +69,6 @@ def machine():
         pass
     # Results are named by this: hosts here are all called "vm", the CPUs behind them differ.
     slug = "-".join([platform.node() or "host"] + re.sub(r"\(.*?\)", "", cpu).lower().split()[:2])
-    return {"host": platform.node(), "slug": re.sub(r"[^a-z0-9.-]", "", slug.lower()), "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {"host": platform.node(), "slug": re.sub(r"[^a-z0-9.-]", "", slug.lower()), "cpu": cpu,
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

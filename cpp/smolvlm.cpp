@@ -48,7 +48,8 @@ SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device
         vision_layer l;
         l.ln1_w = w.take(n("layer_norm1.weight"), {Dv});
         l.ln1_b = w.take(n("layer_norm1.bias"), {Dv});
-        l.qkv_w = at::cat({w.take(n("self_attn.q_proj.weight"), {Dv, Dv}), w.take(n("self_attn.k_proj.weight"), {Dv, Dv}),
+        l.qkv_w = at::cat({w.take(n("self_attn.q_proj.weight"), {Dv, Dv}),
+                           w.take(n("self_attn.k_proj.weight"), {Dv, Dv}),
                            w.take(n("self_attn.v_proj.weight"), {Dv, Dv})});
         l.qkv_b = at::cat({w.take(n("self_attn.q_proj.bias"), {Dv}), w.take(n("self_attn.k_proj.bias"), {Dv}),
                            w.take(n("self_attn.v_proj.bias"), {Dv})});
