@@ -1,10 +1,11 @@
-"""Shared pieces of the benchmarks: timing, the memory-bandwidth and matmul roofs, machine info."""
+"""Shared pieces of the benchmarks: timing, the memory-bandwidth and matmul roofs, machine info, file names."""
 
 import os
 import platform
 import re
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,12 +29,25 @@ def median_ms_pair(fa, fb, repeats, warmup=1):
         fa()
         fb()
     ta, tb = [], []
-    for _ in range(repeats):
-        for fn, times in ((fa, ta), (fb, tb)):
+    for i in range(repeats):
+        pair = ((fa, ta), (fb, tb))
+        for fn, times in pair if i % 2 == 0 else pair[::-1]:  # who goes first alternates too
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(ta), statistics.median(tb)
+
+
+def unused_path(folder, stem, suffix=".json"):
+    """folder/stem.suffix, or stem-2, stem-3, ... if taken: a second run the same day keeps the first's
+    results (host and CPU name do not tell every machine apart)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    return path
 
 
 def memory_bandwidth_gbs(mib=1024, tries=5):
@@ -70,5 +84,13 @@ def machine():
     # Results are named by this: hosts here are all called "vm", the CPUs behind them differ.
     slug = "-".join([platform.node() or "host"] + re.sub(r"\(.*?\)", "", cpu).lower().split()[:2])
     return {"host": platform.node(), "slug": re.sub(r"[^a-z0-9.-]", "", slug.lower()), "cpu": cpu,
-            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "l3_cache": _read("/sys/devices/system/cpu/cpu0/cache/index3/size"), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _read(path):
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None

@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import machine, matmul_gflops, memory_bandwidth_gbs  # noqa: E402
+from common import machine, matmul_gflops, memory_bandwidth_gbs, unused_path  # noqa: E402
 
 
 PARTS = ["decode", "streaming", "surgery", "long_stream"]
@@ -57,6 +57,10 @@ def main():
     date = datetime.date.today().isoformat()
     m = machine()
     res = {"date": date, "machine": m, "command": " ".join(["python benchmarks/run.py"] + sys.argv[1:])}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = unused_path(out, f"{m['slug']}-{date}" + ("-quick" if a.quick else "") +
+                       ("" if parts == PARTS else "-" + "-".join(parts))).stem
     bw = memory_bandwidth_gbs(64 if a.quick else 1024)
     roof = matmul_gflops(512 if a.quick else 3072)
     res["memory_bandwidth_gbs"], res["matmul_gflops"] = bw, roof
@@ -119,19 +123,17 @@ def main():
               f"{row['vision_gflops']:.1f} GFLOP/s = {100 * row['vision_fraction_of_matmul_roof']:.0f}% of the roof")
 
     if "surgery" in parts:
-        surgery_args = ["--repeats", str(a.repeats if not a.quick else 1), "--out", a.out]
+        surgery_args = ["--repeats", str(a.repeats if not a.quick else 1)]
         if a.quick:
             surgery_args += ["--layers", "2", "--kv-heads", "2", "--tokens", "1024"]
-        subprocess.run([sys.executable, str(HERE / "surgery.py")] + surgery_args, check=True, capture_output=True)
-        sfile = Path(a.out) / f"surgery-{m['slug']}-{date}.json"
+        sfile = unused_path(out, f"{stem}-surgery")
+        subprocess.run([sys.executable, str(HERE / "surgery.py"), "--json", str(sfile)] + surgery_args, check=True,
+                       capture_output=True)
         res["surgery"] = json.loads(sfile.read_text())
         for r in res["surgery"]["rows"]:
             print(f"surgery {r['variant']}: {r['median_ms']:.1f} ms, extra peak {r['median_extra_peak_mb']:.1f} MiB "
                   f"({100 * r['extra_peak_fraction']:.2f}% of the cache)")
 
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{m['slug']}-{date}" + ("-quick" if a.quick else "") + ("" if parts == PARTS else "-" + "-".join(parts))
     if "long_stream" in parts:
         ls = bench_long_stream(model_dir("tiny", a.models), frames=60 if a.quick else 1000)
         plot_long_stream(ls, out / f"{stem}-long-stream.png")

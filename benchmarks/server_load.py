@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import machine  # noqa: E402
+from common import machine, unused_path  # noqa: E402
 
 KINDS = ("chat", "frame", "frame", "note", "ask")  # the mix, by request number mod 5
 
@@ -186,7 +186,7 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(a.model).name if a.model else a.preset
-    path = out / f"server-load-{name}-{m['slug']}-{res['date']}.json"
+    path = unused_path(out, f"server-load-{name}-{m['slug']}-{res['date']}")
     path.write_text(json.dumps(res, indent=1))
     print(f"{res['clients']} clients x {res['requests_per_client']} requests: {res['requests']} requests in "
           f"{res['wall_s']:.1f} s = {res['throughput_rps']:.1f} req/s; latency p50 {res['latency_ms']['p50']:.1f} ms, "

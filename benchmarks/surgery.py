@@ -74,6 +74,7 @@ def main():
     ap.add_argument("--keep-last", type=int, default=512)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--json", help="the results file (default: surgery-<host>-<cpu>-<date>.json in --out)")
     a = ap.parse_args()
     shape = (a.layers, a.kv_heads, a.tokens, a.head_dim, a.keep_first, a.keep_last)
     if a.variant:
@@ -106,13 +107,13 @@ def main():
 
     import torch
 
-    from common import machine
+    from common import machine, unused_path
 
     m = machine()
     result = {"benchmark": "surgery", "date": datetime.date.today().isoformat(), "machine": m,
               "shape": dict(zip(["layers", "kv_heads", "tokens", "head_dim", "keep_first", "keep_last"], shape)),
               "rows": rows}
-    out = Path(a.out) / f"surgery-{m['slug']}-{result['date']}.json"
+    out = Path(a.json) if a.json else unused_path(a.out, f"surgery-{m['slug']}-{result['date']}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")
