@@ -149,6 +149,12 @@ def main():
     print(f"wrote {out / (stem + '.json')} and .md")
 
 
+def _section(title, header, rows):
+    """A markdown section: heading, then a table of header and rows (lists of cells)."""
+    return ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
 def markdown(res):
     m = res["machine"]
     lines = [f"# prospect benchmarks, {res['date']}", "",
@@ -156,51 +162,49 @@ def markdown(res):
              f"Memory bandwidth (best of 5 reductions): {res['memory_bandwidth_gbs']:.1f} GB/s; "
              f"fp32 matmul roof: {res['matmul_gflops']:.1f} GFLOP/s."]
     if res["decode"]:
-        lines += ["", "## Decode (batch 1, greedy)", "",
-                  "| preset | dtype | prospect ms/tok | tok/s | generate() ms/tok | original loop ms/tok | "
-                  "vs generate | vs original | floor ms/tok | % of floor |", "|---" * 10 + "|"]
-    for r in res["decode"]:
-        lines.append(f"| {r['preset']} | {r['dtype']} | {r['prospect_ms_per_token']:.2f} | "
-                     f"{1e3 / r['prospect_ms_per_token']:.0f} | {r['transformers_generate_ms_per_token']:.2f} | "
-                     f"{r['original_loop_ms_per_token']:.2f} | {r['speedup_vs_generate']:.2f}x | "
-                     f"{r['speedup_vs_original_loop']:.2f}x | {r['floor_ms_per_token']:.2f} | "
-                     f"{100 * r['prospect_fraction_of_floor']:.0f}% |")
+        lines += _section("Decode (batch 1, greedy)",
+                          ["preset", "dtype", "prospect ms/tok", "tok/s", "generate() ms/tok", "original loop ms/tok",
+                           "vs generate", "vs original", "floor ms/tok", "% of floor"],
+                          [[r["preset"], r["dtype"], f"{r['prospect_ms_per_token']:.2f}",
+                            f"{1e3 / r['prospect_ms_per_token']:.0f}", f"{r['transformers_generate_ms_per_token']:.2f}",
+                            f"{r['original_loop_ms_per_token']:.2f}", f"{r['speedup_vs_generate']:.2f}x",
+                            f"{r['speedup_vs_original_loop']:.2f}x", f"{r['floor_ms_per_token']:.2f}",
+                            f"{100 * r['prospect_fraction_of_floor']:.0f}%"] for r in res["decode"]])
     ref = res.get("decode_reference")
     if ref and "skipped" not in ref:
         ours = next(r for r in res["decode"] if r["preset"] == "256m-smollm2" and r["dtype"] == "float32")
-        lines += ["", "## Outside reference: llama.cpp on the same weights (256m-smollm2's GGUF)", "",
-                  "| engine | weights | MB read/token | ms/token | tok/s | % of floor |", "|---" * 6 + "|",
-                  f"| prospect | fp32 (dequantised) | {ours['weight_bytes_per_token'] / 1e6:.0f} | "
-                  f"{ours['prospect_ms_per_token']:.2f} | {1e3 / ours['prospect_ms_per_token']:.0f} | "
-                  f"{100 * ours['prospect_fraction_of_floor']:.0f}% |",
-                  f"| llama.cpp {ref['llama_cpp_version']} | {ref['quantisation']} | "
-                  f"{ref['llama_cpp_bytes_per_token'] / 1e6:.0f} | {ref['llama_cpp_ms_per_token']:.2f} | "
-                  f"{1e3 / ref['llama_cpp_ms_per_token']:.0f} | {100 * ref['llama_cpp_fraction_of_floor']:.0f}% |"]
+        lines += _section("Outside reference: llama.cpp on the same weights (256m-smollm2's GGUF)",
+                          ["engine", "weights", "MB read/token", "ms/token", "tok/s", "% of floor"],
+                          [["prospect", "fp32 (dequantised)", f"{ours['weight_bytes_per_token'] / 1e6:.0f}",
+                            f"{ours['prospect_ms_per_token']:.2f}", f"{1e3 / ours['prospect_ms_per_token']:.0f}",
+                            f"{100 * ours['prospect_fraction_of_floor']:.0f}%"],
+                           [f"llama.cpp {ref['llama_cpp_version']}", ref["quantisation"],
+                            f"{ref['llama_cpp_bytes_per_token'] / 1e6:.0f}", f"{ref['llama_cpp_ms_per_token']:.2f}",
+                            f"{1e3 / ref['llama_cpp_ms_per_token']:.0f}",
+                            f"{100 * ref['llama_cpp_fraction_of_floor']:.0f}%"]])
     if res["streaming"]:
-        lines += ["", "## Streaming step (preprocess + vision + prefill + talk decision, vtest.avi)", "",
-                  "| preset | tokens/frame | prospect ms/frame | transformers ms/frame | speed-up | preprocess ms "
-                  "(ours / theirs) | vision ms (ours / theirs) | vision GFLOP/s | % of matmul roof |", "|---" * 9 + "|"]
-    for r in res["streaming"]:
-        lines.append(f"| {r['preset']} | {r['tokens_per_frame']} | {r['prospect_ms_per_frame']:.1f} | "
-                     f"{r['transformers_ms_per_frame']:.1f} | {r['speedup']:.2f}x | "
-                     f"{r['prospect_preprocess_ms']:.1f} / {r['transformers_preprocess_ms']:.1f} | "
-                     f"{r['prospect_vision_ms']:.1f} / {r['transformers_vision_ms']:.1f} | {r['vision_gflops']:.1f} | "
-                     f"{100 * r['vision_fraction_of_matmul_roof']:.0f}% |")
+        lines += _section("Streaming step (preprocess + vision + prefill + talk decision, vtest.avi)",
+                          ["preset", "tokens/frame", "prospect ms/frame", "transformers ms/frame", "speed-up",
+                           "preprocess ms (ours / theirs)", "vision ms (ours / theirs)", "vision GFLOP/s",
+                           "% of matmul roof"],
+                          [[r["preset"], r["tokens_per_frame"], f"{r['prospect_ms_per_frame']:.1f}",
+                            f"{r['transformers_ms_per_frame']:.1f}", f"{r['speedup']:.2f}x",
+                            f"{r['prospect_preprocess_ms']:.1f} / {r['transformers_preprocess_ms']:.1f}",
+                            f"{r['prospect_vision_ms']:.1f} / {r['transformers_vision_ms']:.1f}",
+                            f"{r['vision_gflops']:.1f}", f"{100 * r['vision_fraction_of_matmul_roof']:.0f}%"]
+                           for r in res["streaming"]])
     if "surgery" in res:
-        s = res["surgery"]
-        sh = s["shape"]
-        lines += ["", f"## Cache surgery: drop_middle on {sh['layers']} layers x {sh['kv_heads']} kv heads x "
-                  f"{sh['tokens']} tokens x {sh['head_dim']} (fp32), keeping {sh['keep_first']} + {sh['keep_last']}", "",
-                  "| variant | ms | extra peak MiB | extra peak / cache |", "|---|---|---|---|"]
-        for r in s["rows"]:
-            lines.append(f"| {r['variant']} | {r['median_ms']:.1f} | {r['median_extra_peak_mb']:.1f} | "
-                         f"{100 * r['extra_peak_fraction']:.2f}% |")
+        sh = res["surgery"]["shape"]
+        lines += _section(f"Cache surgery: drop_middle on {sh['layers']} layers x {sh['kv_heads']} kv heads x "
+                          f"{sh['tokens']} tokens x {sh['head_dim']} (fp32), keeping {sh['keep_first']} + "
+                          f"{sh['keep_last']}", ["variant", "ms", "extra peak MiB", "extra peak / cache"],
+                          [[r["variant"], f"{r['median_ms']:.1f}", f"{r['median_extra_peak_mb']:.1f}",
+                            f"{100 * r['extra_peak_fraction']:.2f}%"] for r in res["surgery"]["rows"]])
     if "long_stream" in res:
-        lines += ["", "## Long stream (tiny preset)", "", "| strategy | frames | median ms/frame | last 100 median | "
-                  "max cache |", "|---|---|---|---|---|"]
-        for k, v in res["long_stream"].items():
-            lines.append(f"| {k} | {v['frames']} | {v['median_ms']:.1f} | {v['last_100_median_ms']:.1f} | "
-                         f"{v['max_cache_len']} |")
+        lines += _section("Long stream (tiny preset)",
+                          ["strategy", "frames", "median ms/frame", "last 100 median", "max cache"],
+                          [[k, v["frames"], f"{v['median_ms']:.1f}", f"{v['last_100_median_ms']:.1f}",
+                            v["max_cache_len"]] for k, v in res["long_stream"].items()])
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,7 @@
 #include "gelu.h"
 
+#include "cpu_features.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -62,12 +64,7 @@ void rows_base(float* x, const float* b, int64_t rows, int64_t cols) { rows_body
 
 using rows_fn = void (*)(float*, const float*, int64_t, int64_t);
 
-rows_fn pick_rows() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? rows_avx2 : rows_base;
-}
-
-const rows_fn gelu_rows = pick_rows();
+const rows_fn gelu_rows = cpu_has_avx2_fma() ? rows_avx2 : rows_base;
 
 }  // namespace
 

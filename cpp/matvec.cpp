@@ -1,5 +1,7 @@
 #include "matvec.h"
 
+#include "cpu_features.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -43,7 +45,6 @@ inline __attribute__((always_inline)) void rows_dot_body(const float* w, const f
 }
 
 // The same loop built for AVX2 + FMA and for the baseline ISA, picked once by what the CPU supports.
-// (target_clones("arch=haswell") dispatches on the CPU model, so other AVX2 CPUs got the baseline.)
 __attribute__((target("avx2,fma"))) void rows_dot_avx2(const float* w, const float* x, float* y, int64_t rows,
                                                        int64_t n) {
     rows_dot_body(w, x, y, rows, n);
@@ -55,12 +56,7 @@ void rows_dot_base(const float* w, const float* x, float* y, int64_t rows, int64
 
 using rows_dot_fn = void (*)(const float*, const float*, float*, int64_t, int64_t);
 
-rows_dot_fn pick_rows_dot() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? rows_dot_avx2 : rows_dot_base;
-}
-
-const rows_dot_fn rows_dot = pick_rows_dot();
+const rows_dot_fn rows_dot = cpu_has_avx2_fma() ? rows_dot_avx2 : rows_dot_base;
 
 }  // namespace
 

