@@ -31,9 +31,9 @@ def original_loop(model, ids, new_tokens):
 
 @torch.no_grad()
 def bench_decode(path, dtype, repeats, new_tokens=32, prompt=16, baselines=True):
-    import prospect
+    import prospect_core
 
-    ours = prospect.load_model(path, dtype=dtype)
+    ours = prospect_core.load_model(path, dtype=dtype)
     ids = torch.arange(60, 60 + prompt).unsqueeze(0)
     cap = prompt + new_tokens + 2
 

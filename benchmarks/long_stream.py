@@ -6,7 +6,7 @@ import numpy as np
 
 
 def bench_long_stream(path, frames=1000, max_seq_len=1024):
-    from prospect.runners import VLMStreamRunner
+    from prospect_core.runners import StreamRunner
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(16)]
@@ -22,7 +22,7 @@ def bench_long_stream(path, frames=1000, max_seq_len=1024):
 
     ctx = json.loads((Path(path) / "config.json").read_text())["text_config"]["max_position_embeddings"]
     for name, (strategy, msl, scfg) in runs.items():
-        runner = VLMStreamRunner(path, context_strategy_type=strategy, context_strategy_config=scfg,
+        runner = StreamRunner(path, context_strategy_type=strategy, context_strategy_config=scfg,
                                  max_seq_len=msl or ctx, reserved_seq_len=128 if msl else 0, max_new_tokens=8,
                                  talk_policy="annotations")
         if msl is None:

@@ -27,7 +27,7 @@ def main():
     import prospect_core as core
     from transformers import AutoProcessor
 
-    from prospect.frames import FramePreprocessor
+    from prospect_core.frames import FramePreprocessor
 
     frame = next(iter(core.VideoReader(VIDEO, 2.0)))[1]
     pv = FramePreprocessor(AutoProcessor.from_pretrained(a.model))(frame)[0]
@@ -37,9 +37,9 @@ def main():
         model = AutoModelForImageTextToText.from_pretrained(a.model).eval()
         run = lambda: model.model.get_image_features(pv)  # noqa: E731
     else:
-        import prospect
+        import prospect_core
 
-        model = prospect.load_model(a.model)
+        model = prospect_core.load_model(a.model)
         run = lambda: model.image_features(pv)  # noqa: E731
     run()  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as p:

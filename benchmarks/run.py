@@ -26,11 +26,11 @@ PARTS = ["decode", "streaming", "surgery", "long_stream"]
 
 
 def model_dir(preset, root):
-    import prospect
+    import prospect_core
 
     d = Path(root) / preset
     if not (d / "config.json").exists():
-        prospect.make_model(d, preset)
+        prospect_core.make_model(d, preset)
     return d
 
 
@@ -88,7 +88,7 @@ def main():
         import torch
 
         from llama_cpp_ref import bench_llama_cpp
-        from prospect import smollm2
+        from prospect_core import smollm2
 
         ref = bench_llama_cpp(smollm2.gguf_path(), torch.get_num_threads(), a.repeats,
                               new_tokens=8 if a.quick else 32)

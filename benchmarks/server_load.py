@@ -100,7 +100,7 @@ def free_port():
 
 
 def start_server(model, port, clients):
-    proc = subprocess.Popen([sys.executable, "-m", "prospect", "serve", "--model", str(model), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "prospect_core", "serve", "--model", str(model), "--port", str(port),
                              "--max-sessions", str(2 * clients), "--max-cache-mb", "8192"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import httpx
@@ -176,9 +176,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model
         if model is None:
-            import prospect
+            import prospect_core
 
-            model = prospect.make_model(Path(tmp) / a.preset, a.preset)
+            model = prospect_core.make_model(Path(tmp) / a.preset, a.preset)
         res = run(model, a.clients, a.requests, a.max_seq_len)
     m = machine()
     res.update(machine=m, model=str(a.model or f"preset {a.preset}"), date=datetime.date.today().isoformat(),

@@ -20,12 +20,12 @@ def vision_flops(cfg):
 def bench_streaming(path, video, frames=12, repeats=3):
     from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
-    import prospect
+    import prospect_core
     import prospect_core as core
-    from prospect import prompt
-    from prospect.frames import FramePreprocessor
+    from prospect_core import prompt
+    from prospect_core.frames import FramePreprocessor
 
-    ours = prospect.load_model(path)
+    ours = prospect_core.load_model(path)
     cfg = ours.config
     proc = AutoProcessor.from_pretrained(path)
     ref = AutoModelForImageTextToText.from_pretrained(path).eval()

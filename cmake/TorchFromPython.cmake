@@ -5,7 +5,7 @@
 # Defines: prospect::torch (libtorch, libtorch_cpu, libc10, ABI flag, headers),
 #          prospect::torch_python, TORCH_VERSION, TORCH_LIB_DIR.
 
-set(_fix "Install torch first (pip install 'torch>=2.11'), then build with: pip install --no-build-isolation .")
+set(_fix "Install with a plain `pip install .` (pip brings torch into the build), or install torch >= 2.11 first and build with: pip install --no-build-isolation .")
 
 execute_process(
   COMMAND "${Python_EXECUTABLE}" -c
@@ -17,7 +17,6 @@ execute_process(
 if(NOT _torch_rc EQUAL 0)
   message(FATAL_ERROR
     "prospect: the Python that builds prospect (${Python_EXECUTABLE}) cannot import torch.\n"
-    "If you ran a plain `pip install .`, pip built in an isolated environment without your torch.\n"
     "${_fix}\n(python said: ${_torch_err})")
 endif()
 string(REPLACE "\n" ";" _torch_out "${_torch_out}")
@@ -50,6 +49,9 @@ endif()
 set(TORCH_LIB_DIR "${_torch_root}/lib")
 set(_torch_includes "${_torch_root}/include" "${_torch_root}/include/torch/csrc/api/include")
 foreach(_lib c10 torch_cpu torch torch_python)
+  # Not cached across configures: an isolated `pip install .` and a later --no-build-isolation one share
+  # the build dir but not the torch they build against.
+  unset(PROSPECT_LIB_${_lib} CACHE)
   find_library(PROSPECT_LIB_${_lib} NAMES ${_lib} PATHS "${TORCH_LIB_DIR}" NO_DEFAULT_PATH)
   if(NOT PROSPECT_LIB_${_lib})
     message(FATAL_ERROR "prospect: lib${_lib}.so not found in ${TORCH_LIB_DIR}. Reinstall torch. ${_fix}")

@@ -26,7 +26,8 @@ SpanKind span_kind_from_name(const std::string& name) {
 PositionMode position_mode_from_name(const std::string& name) {
     if (name == "keep") return POSITION_KEEP;
     if (name == "shift") return POSITION_SHIFT;
-    TORCH_CHECK_VALUE(false, "position_mode expected 'shift' or 'keep', got '", name, "'");
+    if (name == "length") return POSITION_LENGTH;
+    TORCH_CHECK_VALUE(false, "position_mode expected 'shift', 'keep' or 'length', got '", name, "'");
 }
 
 KVCache::KVCache(int64_t num_layers, int64_t num_kv_heads, int64_t head_dim, int64_t capacity,
@@ -158,25 +159,28 @@ const Span& KVCache::span(int64_t span_id) const {
 void KVCache::pin(int64_t span_id, bool pinned) { use_guard g(*this); const_cast<Span&>(span(span_id)).pinned = pinned; }
 
 int64_t KVCache::keep_only(const std::vector<size_t>& keep, PositionMode mode) {
+    std::vector<Span> pieces;
+    pieces.reserve(keep.size());
+    for (size_t i : keep) pieces.push_back(spans_[i]);
+    return keep_pieces(std::move(pieces), mode);
+}
+
+int64_t KVCache::keep_pieces(std::vector<Span> kept, PositionMode mode) {
     use_guard g(*this);
     c10::InferenceMode guard;
     const int64_t before = length_;
     std::vector<std::pair<int64_t, int64_t>> ranges;
-    ranges.reserve(keep.size());
-    for (size_t i : keep) ranges.emplace_back(spans_[i].start, spans_[i].end);
+    ranges.reserve(kept.size());
+    for (const auto& s : kept) ranges.emplace_back(s.start, s.end);
 
     // All layers' keys and values at once: [1, L*2*B*Hkv, capacity, D] (storage is contiguous).
     kv_compact_(storage_.view({1, L_ * 2 * B_ * H_, capacity_, D_}), kv_compact_plan(ranges));
 
-    std::vector<Span> kept;
-    kept.reserve(keep.size());
     int64_t cursor = 0;
-    for (size_t i : keep) {
-        Span s = spans_[i];
+    for (auto& s : kept) {
         s.end = cursor + s.size();
         s.start = cursor;
         cursor = s.end;
-        kept.push_back(s);
     }
 
     if (mode == POSITION_SHIFT) {
@@ -195,6 +199,8 @@ int64_t KVCache::keep_only(const std::vector<size_t>& keep, PositionMode mode) {
             i = j;
         }
         for (auto& s : kept) s.first_position = s.start;
+        next_position_ = cursor;
+    } else if (mode == POSITION_LENGTH) {
         next_position_ = cursor;
     }
     spans_ = std::move(kept);
@@ -242,6 +248,31 @@ int64_t KVCache::drop_spans(const std::vector<int64_t>& span_ids, PositionMode m
         if (!drop.count(spans_[i].id)) keep.push_back(i);
     }
     return keep_only(keep, mode);
+}
+
+int64_t KVCache::drop_range(int64_t start, int64_t end, PositionMode mode) {
+    TORCH_CHECK_VALUE(0 <= start && start <= end && end <= length_, "KVCache.drop_range: expected 0 <= start <= end <= ",
+                      length_, " (the cache length), got start ", start, ", end ", end);
+    std::vector<Span> pieces;
+    for (const auto& s : spans_) {
+        if (s.end <= start || s.start >= end) {
+            pieces.push_back(s);
+            continue;
+        }
+        if (s.start < start) {  // the head of a span the range cuts
+            Span head = s;
+            head.end = start;
+            pieces.push_back(head);
+        }
+        if (s.end > end) {  // its tail: a new span if the head survived too
+            Span tail = s;
+            tail.first_position = s.first_position + (end - s.start);
+            tail.start = end;
+            if (s.start < start) tail.id = next_span_id_++;
+            pieces.push_back(tail);
+        }
+    }
+    return keep_pieces(std::move(pieces), mode);
 }
 
 int64_t KVCache::truncate(int64_t length) {

@@ -28,9 +28,12 @@ enum SpanKind : int8_t {
 
 // "keep": survivors keep their positions and next_position keeps counting.
 // "shift": survivors are re-rotated to contiguous positions 0..length-1.
+// "length": survivors keep their rotations, but the next token takes position
+//   `length`, as transformers assigns positions from the cache length.
 enum PositionMode : int8_t {
     POSITION_KEEP,
     POSITION_SHIFT,
+    POSITION_LENGTH,
 };
 
 const char* span_kind_name(SpanKind kind);
@@ -99,6 +102,9 @@ public:
     int64_t drop_all(bool keep_pinned = false, PositionMode mode = POSITION_SHIFT);
     int64_t drop_middle(int64_t keep_last_tokens, PositionMode mode = POSITION_SHIFT);
     int64_t drop_spans(const std::vector<int64_t>& span_ids, PositionMode mode = POSITION_SHIFT);
+    // Token-exact: drops slots [start, end). A span cut by the range is shortened, or split in two
+    // (the second part gets a new id); the one place besides truncate where spans are cut.
+    int64_t drop_range(int64_t start, int64_t end, PositionMode mode = POSITION_SHIFT);
     // Rollback: cut from the end. The one operation that may shorten a span
     // (the last one kept), since a rollback removes the newest tokens.
     int64_t truncate(int64_t length);
@@ -127,6 +133,8 @@ private:
     void check_kv(const at::Tensor& t, const char* who, const char* arg, int64_t tokens) const;
     // Keeps the spans at the given ledger indices (ascending), compacts, re-rotates.
     int64_t keep_only(const std::vector<size_t>& keep, PositionMode mode);
+    // Keeps these pieces of spans (ascending, disjoint slot ranges with their positions), compacts, re-rotates.
+    int64_t keep_pieces(std::vector<Span> pieces, PositionMode mode);
 
     int64_t L_, H_, D_, B_, capacity_;
     double rope_theta_;

@@ -15,7 +15,8 @@ if sys.argv[1:] == ["--no-deps"]:
     print("\n".join(meta["tool"]["prospect"]["no-deps"]))
     sys.exit(0)
 reqs = list(meta["build-system"]["requires"]) + list(meta["tool"]["prospect"]["ci-pins"])
-reqs += meta["project"]["dependencies"]
+reqs += meta["project"].get("dependencies", [])
+reqs += meta["tool"]["scikit-build"]["metadata"]["dependencies"]["requires"]  # beside the torch pin
 for extra in sys.argv[1:]:
     reqs += meta["project"]["optional-dependencies"][extra]
 print("\n".join(dict.fromkeys(reqs)))

@@ -16,6 +16,6 @@ def _seed():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """The tiny preset checkpoint, made once per session."""
-    import prospect
+    import prospect_core
 
-    return prospect.make_model(tmp_path_factory.mktemp("tiny_model"), "tiny")
+    return prospect_core.make_model(tmp_path_factory.mktemp("tiny_model"), "tiny")

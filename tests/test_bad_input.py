@@ -4,24 +4,24 @@ expected and what was given; the objects involved keep working afterwards."""
 import pytest
 import torch
 
-import prospect
+import prospect_core
 import prospect_core as pc
-from prospect.context_strategies import ContextStrategyFactory
-from prospect.data import load_dataset
-from prospect.evaluation import evaluate_dialogue
+from prospect_core.context_strategies import ContextStrategyFactory
+from prospect_core.data import load_dataset
+from prospect_core.evaluation import evaluate_dialogue
 
 L, H, D = 2, 2, 8
 
 
 @pytest.fixture(scope="module")
 def objs(tiny_model):
-    model = prospect.load_model(tiny_model)
+    model = prospect_core.load_model(tiny_model)
     cache = pc.KVCache(L, H, D, 16)
     kv = lambda n: [torch.zeros(1, H, n, D) for _ in range(L)]  # noqa: E731
     cache.append(kv(4), kv(4), kind="system")
-    from prospect.runners import VLMStreamRunner
+    from prospect_core.runners import StreamRunner
 
-    runner = VLMStreamRunner(tiny_model, max_seq_len=512, reserved_seq_len=64, max_new_tokens=4,
+    runner = StreamRunner(tiny_model, max_seq_len=512, reserved_seq_len=64, max_new_tokens=4,
                              context_strategy_config={"last_keep_len": 128})
     return {"model": model, "cache": cache, "kv": kv, "runner": runner, "path": tiny_model,
             "mcache": model.make_cache(8), "e": model.embed_tokens(torch.tensor([[60, 61]]))}
@@ -86,11 +86,11 @@ CASES = [
      "rope_theta expected"),
     ("pkv lengths", lambda o: pc.drop_all(((T(1, 1, 4, 2), T(1, 1, 3, 2)),)), ValueError, "equal T"),
     # Loading
-    ("load path", lambda o: prospect.load_model("/no/such/model"), FileNotFoundError, "no such folder"),
-    ("load hf id", lambda o: prospect.load_model("someone/nothing"), FileNotFoundError, "huggingface-cli download"),
-    ("load dtype", lambda o: prospect.load_model(o["path"], dtype="fp8"), ValueError, "got 'fp8'"),
-    ("load device", lambda o: prospect.load_model(o["path"], device="npu"), ValueError, "got 'npu'"),
-    ("load file", lambda o: prospect.load_model(o["path"] / "config.json"), NotADirectoryError, "got the file"),
+    ("load path", lambda o: prospect_core.load_model("/no/such/model"), FileNotFoundError, "no such folder"),
+    ("load hf id", lambda o: prospect_core.load_model("someone/nothing"), FileNotFoundError, "huggingface-cli download"),
+    ("load dtype", lambda o: prospect_core.load_model(o["path"], dtype="fp8"), ValueError, "got 'fp8'"),
+    ("load device", lambda o: prospect_core.load_model(o["path"], device="npu"), ValueError, "got 'npu'"),
+    ("load file", lambda o: prospect_core.load_model(o["path"] / "config.json"), NotADirectoryError, "got the file"),
     # The engine
     ("embed vocab", lambda o: o["model"].embed_tokens(torch.tensor([[1, 9999]])), ValueError,
      r"token ids in \[0, 600\)"),
@@ -132,17 +132,17 @@ CASES = [
     ("preprocess resample", lambda o: pc.preprocess_frame(T(4, 4, 3, dtype=torch.uint8), 8, 8, resample="box"),
      ValueError, "resample expected 'lanczos' or 'bicubic', got 'box'"),
     # Runner and strategies
-    ("runner strategy", lambda o: ContextStrategyFactory.create_strategy("drop_some"), ValueError,
+    ("runner strategy", lambda o: ContextStrategyFactory.create_strategy("drop_some", 4096), ValueError,
      "strategy_type expected one of"),
     ("strategy register", lambda o: ContextStrategyFactory.register("x", dict), TypeError,
      "strategy_cls expected a BaseContextStrategy subclass"),
-    ("strategy prompt", lambda o: ContextStrategyFactory.create_strategy("summarize_and_drop", summary_prompt=""),
+    ("strategy prompt", lambda o: ContextStrategyFactory.create_strategy("summarize_and_drop", 4096, summary_prompt=""),
      ValueError, "summary_prompt expected a non-empty string"),
     ("strategy summary len", lambda o: ContextStrategyFactory.create_strategy(
         "summarize_and_drop", max_seq_len=64, reserved_seq_len=8, summary_max_length=64), ValueError,
      "summary_max_length expected"),
-    ("strategy position", lambda o: ContextStrategyFactory.create_strategy("drop_middle", position_mode="left"),
-     ValueError, "position_mode expected 'shift' or 'keep', got 'left'"),
+    ("strategy position", lambda o: ContextStrategyFactory.create_strategy("drop_middle", 4096, position_mode="left"),
+     ValueError, "position_mode expected one of length, keep, shift, got 'left'"),
     ("runner video type", lambda o: o["runner"].run_inference_on_video("video.mp4"), TypeError,
      "video_data expected a dict, got str"),
     ("runner frames", lambda o: o["runner"].run_inference_on_video({"frames": [T(2, 2, 2)]}), ValueError,
@@ -158,8 +158,8 @@ CASES = [
     ("eval time", lambda o: evaluate_dialogue([{"time": -2, "text": "a"}], [], window=(-1, 1), text_metrics=False),
      ValueError, r"predictions\[0\]\['time'\] expected seconds >= 0"),
     ("dataset path", lambda o: load_dataset("/no/data.json"), FileNotFoundError, "dataset /no/data.json not found"),
-    ("make_model preset", lambda o: prospect.make_model("/tmp/x", "7b"), ValueError, "preset expected one of"),
-    ("make_model section", lambda o: prospect.make_model("/tmp/x", "tiny", overrides={"nope.key": 1}), ValueError,
+    ("make_model preset", lambda o: prospect_core.make_model("/tmp/x", "7b"), ValueError, "preset expected one of"),
+    ("make_model section", lambda o: prospect_core.make_model("/tmp/x", "tiny", overrides={"nope.key": 1}), ValueError,
      "'nope' is not a config section"),
 ]
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from prospect.compare import compare
+from prospect_core.compare import compare
 
 STRATEGIES = ["none", "drop_all", "drop_middle", "summarize_and_drop"]
 SMALL = dict(max_seq_len=512, reserved_seq_len=64, last_keep_len=128, summary_max_length=24, max_new_tokens=12,
@@ -73,22 +73,11 @@ def test_resume_does_not_redo_finished_videos(tiny_model, tmp_path):
                 **dict(SMALL, max_frames=8, max_new_tokens=6))
 
 
-def test_baseline_generator(tiny_model, tmp_path):
-    from prospect.compare import BaselineGenerator
-    from prospect.runners import VLMStreamRunner
-
-    runner = VLMStreamRunner(tiny_model, context_strategy_type="drop_all", max_seq_len=512, reserved_seq_len=64,
-                             max_new_tokens=8)
-    records = [r for r in __import__("prospect.data", fromlist=["x"]).load_dataset("sample") if r["video_id"] == "cup"]
-    m = BaselineGenerator(runner=runner, dataset=records, output_dir=tmp_path, text_metrics=False).run()
-    assert m["frames_processed"] == 17 and (tmp_path / "drop_all" / "drop_all_metrics.json").exists()
-
-
 def test_run_cli_streams_the_dialogue(tiny_model):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "prospect", "run", "--video",
+    r = subprocess.run([sys.executable, "-m", "prospect_core", "run", "--video",
                         "/usr/share/doc/opencv-doc/examples/data/tree.avi", "--model", str(tiny_model),
                         "--talk-policy", "every_frame", "--max-new-tokens", "4", "--ask", "What grows here?"],
                        capture_output=True, text=True, timeout=300)
@@ -97,6 +86,6 @@ def test_run_cli_streams_the_dialogue(tiny_model):
     assert lines[-1] == "9 frames" and sum("assistant:" in x for x in lines) == 9
     assert lines[0].startswith("[    0.5s] assistant:")
     assert "stopped decoding after 68" in r.stderr
-    bad = subprocess.run([sys.executable, "-m", "prospect", "run", "--video", "/nope.avi", "--model",
+    bad = subprocess.run([sys.executable, "-m", "prospect_core", "run", "--video", "/nope.avi", "--model",
                           str(tiny_model)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no such file: '/nope.avi'" in bad.stderr

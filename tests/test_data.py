@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from prospect.data import DatasetError, load_dataset
+from prospect_core.data import DatasetError, load_dataset
 
 
 def test_sample_resolves_real_videos():

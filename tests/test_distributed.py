@@ -16,7 +16,7 @@ SKIP = {"metadata", "peak_memory_mb", "time_per_frame"}
 
 
 def torchrun(n, model, out, **kw):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "prospect",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "prospect_core",
            *ARGS, "--model", str(model), "--out", str(out), "--launcher", "torchrun"]
     return cmd
 
@@ -30,7 +30,7 @@ def metrics(out, s):
 def test_two_ranks_equal_one_process_and_resume_after_kill(tiny_model, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "prospect", *ARGS, "--model", str(tiny_model), "--out", str(single)],
+    subprocess.run([sys.executable, "-m", "prospect_core", *ARGS, "--model", str(tiny_model), "--out", str(single)],
                    check=True, capture_output=True, env=env, timeout=900)
 
     two = tmp_path / "two"

@@ -9,22 +9,22 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import prospect
+import prospect_core
 import prospect_core as pc
 from engine_fixtures import CONFIGS, frame_ids, pixels
 
 
 @pytest.fixture(scope="session", params=list(CONFIGS))
 def pair(request, tmp_path_factory):
-    path = prospect.make_model(tmp_path_factory.mktemp(request.param), "tiny", overrides=CONFIGS[request.param])
-    ours = prospect.load_model(path)
+    path = prospect_core.make_model(tmp_path_factory.mktemp(request.param), "tiny", overrides=CONFIGS[request.param])
+    ours = prospect_core.load_model(path)
     ref = AutoModelForImageTextToText.from_pretrained(path).eval()
     return path, ours, ref
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    return prospect.make_model(tmp_path_factory.mktemp("tiny"), "tiny")
+    return prospect_core.make_model(tmp_path_factory.mktemp("tiny"), "tiny")
 
 
 def rel(a, b):
@@ -101,7 +101,7 @@ def test_ten_frame_stream_with_carried_cache(pair):
 
 @torch.no_grad()
 def test_bf16_greedy_and_logits(tiny):
-    ours = prospect.load_model(tiny, dtype="bfloat16")
+    ours = prospect_core.load_model(tiny, dtype="bfloat16")
     ref = AutoModelForImageTextToText.from_pretrained(tiny, dtype=torch.bfloat16).eval()
     ids = frame_ids(ours, 1)
     pv = pixels(ours, 1, dtype=torch.bfloat16)
@@ -121,7 +121,7 @@ def test_sharded_and_unsharded_load_identically(tiny, tmp_path):
     ref.save_pretrained(tmp_path, max_shard_size="100KB")
     assert (tmp_path / "model.safetensors.index.json").exists() and not (tmp_path / "model.safetensors").exists()
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
-    a, b = prospect.load_model(tiny), pc.SmolVLM(str(tmp_path))
+    a, b = prospect_core.load_model(tiny), pc.SmolVLM(str(tmp_path))
     assert a.weight_bytes == b.weight_bytes
     ids, pv = frame_ids(a, 2), pixels(a, 2)
     assert torch.equal(a.image_features(pv), b.image_features(pv))
@@ -130,7 +130,7 @@ def test_sharded_and_unsharded_load_identically(tiny, tmp_path):
 
 
 def test_generate_options(tiny):
-    m = prospect.load_model(tiny)
+    m = prospect_core.load_model(tiny)
     ids = torch.tensor([[50, 51, 52]])
     e = m.embed_tokens(ids)
 
@@ -165,20 +165,20 @@ def test_generate_options(tiny):
 
 def test_make_model_cli_overrides(tmp_path):
     out = tmp_path / "m"
-    subprocess.run([sys.executable, "-m", "prospect", "make-model", str(out), "--preset", "tiny", "--seed", "3",
+    subprocess.run([sys.executable, "-m", "prospect_core", "make-model", str(out), "--preset", "tiny", "--seed", "3",
                     "--set", "text_config.num_key_value_heads=1", "--set", "vision_config.image_size=32"],
                    check=True, capture_output=True)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["text_config"]["num_key_value_heads"] == 1 and cfg["vision_config"]["image_size"] == 32
-    m = prospect.load_model(out)
+    m = prospect_core.load_model(out)
     assert m.image_seq_len == (32 // 8) ** 2 // 4
-    bad = subprocess.run([sys.executable, "-m", "prospect", "make-model", str(tmp_path / "x"), "--set", "nope"],
+    bad = subprocess.run([sys.executable, "-m", "prospect_core", "make-model", str(tmp_path / "x"), "--set", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--set expected key=value, got 'nope'" in bad.stderr
 
 
 def test_verify_cli_reports_parity(tiny):
-    r = subprocess.run([sys.executable, "-m", "prospect", "verify", "--model", str(tiny), "--tokens", "16"],
+    r = subprocess.run([sys.executable, "-m", "prospect_core", "verify", "--model", str(tiny), "--tokens", "16"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "16/16 tokens identical" in r.stdout and "vision features: max error" in r.stdout
@@ -190,7 +190,7 @@ def test_verify_cli_reports_parity(tiny):
 def test_cuda_parity(pair):
     path, cpu_model, _ = pair
     ref = AutoModelForImageTextToText.from_pretrained(path).cuda().eval()
-    ours = prospect.load_model(path, device="cuda")
+    ours = prospect_core.load_model(path, device="cuda")
     ids, pv = frame_ids(ours, 2), pixels(ours, 2)
     got = ours.forward(ours.joint_embed(ids.cuda(), pv.cuda()), ours.make_cache(ids.shape[1]))
     want = ref(input_ids=ids.cuda(), pixel_values=pv.cuda()).logits

@@ -7,7 +7,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 import prospect_core as pc
-from prospect.evaluation import evaluate_dialogue
+from prospect_core.evaluation import evaluate_dialogue
 
 REFERENCE = [
     {"role": "user", "time": 0.5, "content": "How do I make tea?"},

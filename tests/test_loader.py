@@ -6,13 +6,13 @@ import struct
 
 import pytest
 
-import prospect
+import prospect_core
 import prospect_core as pc
 
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
-    return prospect.make_model(tmp_path_factory.mktemp("good"), "tiny")
+    return prospect_core.make_model(tmp_path_factory.mktemp("good"), "tiny")
 
 
 def copy_with(good, tmp_path, safetensors_bytes=None, config=None):
@@ -87,7 +87,7 @@ def test_damaged_safetensors_rejected(good, tmp_path, how, fragment):
     raw = (good / "model.safetensors").read_bytes()
     d = copy_with(good, tmp_path, safetensors_bytes=damage(raw, how))
     with pytest.raises(ValueError, match=fragment) as e:
-        prospect.load_model(d)
+        prospect_core.load_model(d)
     assert "model.safetensors" in str(e.value)
 
 
@@ -96,14 +96,14 @@ def test_pickle_checkpoint_refused(good, tmp_path):
     (d / "model.safetensors").unlink()
     (d / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(ValueError, match="pickle checkpoint .*convert it to safetensors"):
-        prospect.load_model(d)
+        prospect_core.load_model(d)
 
 
 def test_missing_weight_and_wrong_shape(good, tmp_path):
     cfg = json.loads((good / "config.json").read_text())
     cfg["text_config"]["intermediate_size"] += 1
     with pytest.raises(ValueError, match="mlp.gate_proj.weight' expected shape"):
-        prospect.load_model(copy_with(good, tmp_path, config=cfg))
+        prospect_core.load_model(copy_with(good, tmp_path, config=cfg))
 
 
 @pytest.mark.parametrize("edit, fragment", [
@@ -122,7 +122,7 @@ def test_config_errors_name_the_key(good, tmp_path, edit, fragment):
     cfg = json.loads((good / "config.json").read_text())
     edit(cfg)
     with pytest.raises(ValueError, match=fragment):
-        prospect.load_model(copy_with(good, tmp_path, config=cfg))
+        prospect_core.load_model(copy_with(good, tmp_path, config=cfg))
 
 
 def test_config_defaults_fill_in(good, tmp_path):
@@ -131,26 +131,26 @@ def test_config_defaults_fill_in(good, tmp_path):
         cfg["text_config"].pop(k, None)
     cfg["text_config"].pop("rope_parameters")
     cfg["text_config"]["rope_theta"] = 12345.0  # the transformers 4.x spelling
-    m = prospect.load_model(copy_with(good, tmp_path, config=cfg))
+    m = prospect_core.load_model(copy_with(good, tmp_path, config=cfg))
     assert m.config["text_config"]["rms_norm_eps"] == 1e-6 and m.config["text_config"]["rope_theta"] == 12345.0
     assert m.make_cache(4).rope_theta == 12345.0
 
 
 def test_config_not_json(good, tmp_path):
     with pytest.raises(ValueError, match="config.json: not valid JSON"):
-        prospect.load_model(copy_with(good, tmp_path, config="{oops"))
+        prospect_core.load_model(copy_with(good, tmp_path, config="{oops"))
 
 
 def test_bad_arguments(good, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        prospect.load_model(tmp_path / "nowhere")
+        prospect_core.load_model(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="huggingface-cli download someone/missing"):
-        prospect.load_model("someone/missing")
+        prospect_core.load_model("someone/missing")
     with pytest.raises(ValueError, match="dtype expected one of float32, bfloat16, float16, got 'int8'"):
-        prospect.load_model(good, dtype="int8")
+        prospect_core.load_model(good, dtype="int8")
     with pytest.raises(ValueError, match="device expected 'cpu', 'cuda'"):
-        prospect.load_model(good, device="tpu")
-    m = prospect.load_model(good)
+        prospect_core.load_model(good, device="tpu")
+    m = prospect_core.load_model(good)
     import torch
 
     with pytest.raises(ValueError, match=r"input_ids expected token ids in \[0, 600\), got values in \[0, 600\]"):
@@ -175,9 +175,9 @@ def test_bad_arguments(good, tmp_path):
 
 
 def test_tokenizer_files_missing(good, tmp_path):
-    from prospect.runners import VLMStreamRunner
+    from prospect_core.runners import StreamRunner
 
     d = copy_with(good, tmp_path)
     (d / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no tokenizer files"):
-        VLMStreamRunner(d)
+        StreamRunner(d)

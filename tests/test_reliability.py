@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prospect.runners import VLMStreamRunner
+from prospect_core.runners import StreamRunner
 
 
 def rss_mb():
@@ -22,7 +22,7 @@ def rss_mb():
 @pytest.mark.parametrize("strategy, config", [("drop_middle", {"last_keep_len": 128}),
                                               ("summarize_and_drop", {"summary_max_length": 16})])
 def test_soak_5000_frames(tiny_model, strategy, config):
-    r = VLMStreamRunner(tiny_model, context_strategy_type=strategy, context_strategy_config=config,
+    r = StreamRunner(tiny_model, context_strategy_type=strategy, context_strategy_config=config,
                         max_seq_len=512, reserved_seq_len=64, max_new_tokens=6, talk_policy="every_frame")
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(8)]
@@ -43,7 +43,7 @@ def test_soak_5000_frames(tiny_model, strategy, config):
 
 
 def _compare_cmd(model, out):
-    return [sys.executable, "-m", "prospect", "compare", "--dataset", "sample", "--model", str(model), "--out",
+    return [sys.executable, "-m", "prospect_core", "compare", "--dataset", "sample", "--model", str(model), "--out",
             str(out), "--strategies", "drop_middle", "--max-seq-len", "512", "--last-keep-len", "128",
             "--max-new-tokens", "8", "--max-frames", "16"]
 
@@ -85,9 +85,9 @@ def test_threads(tiny_model):
 
     import torch
 
-    import prospect
+    import prospect_core
 
-    m = prospect.load_model(tiny_model)
+    m = prospect_core.load_model(tiny_model)
     ids = torch.tensor([[60, 61, 62]])
     cache = m.make_cache(64)
     started, release = threading.Event(), threading.Event()

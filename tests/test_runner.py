@@ -1,13 +1,13 @@
-"""VLMStreamRunner and the context strategies on long streams."""
+"""StreamRunner and the context strategies on long streams."""
 
 import math
 
 import pytest
 import torch
 
-from prospect import prompt
-from prospect.context_strategies import (BaseContextStrategy, ContextStrategyFactory, DropMiddleStrategy)
-from prospect.runners import VLMStreamRunner
+from prospect_core import prompt
+from prospect_core.context_strategies import (BaseContextStrategy, ContextStrategyFactory, DropMiddleStrategy)
+from prospect_core.runners import StreamRunner
 from stream_fixtures import CONVERSATION, video
 
 STRATEGY_CONFIG = {
@@ -22,7 +22,7 @@ def runner(tiny_model, strategy, backend="native", **kw):
     kw.setdefault("max_new_tokens", 12)
     kw.setdefault("max_seq_len", 512)
     kw.setdefault("reserved_seq_len", 64)
-    return VLMStreamRunner(tiny_model, context_strategy_type=strategy, backend=backend,
+    return StreamRunner(tiny_model, context_strategy_type=strategy, backend=backend,
                            context_strategy_config=STRATEGY_CONFIG[strategy], **kw)
 
 
@@ -85,7 +85,7 @@ def test_drop_middle_keeps_anchor_and_whole_recent_spans(tiny_model):
 
 
 def test_drop_middle_keep_mode_keeps_positions(tiny_model):
-    r = VLMStreamRunner(tiny_model, context_strategy_type="drop_middle", max_seq_len=512, reserved_seq_len=64,
+    r = StreamRunner(tiny_model, context_strategy_type="drop_middle", max_seq_len=512, reserved_seq_len=64,
                         max_new_tokens=8, context_strategy_config={"last_keep_len": 128, "position_mode": "keep"})
     frames = list(r.stream(video(60)))
     assert any(f["strategy_applied"] for f in frames)
@@ -194,7 +194,7 @@ class KeepLastFrameOnly(BaseContextStrategy):
 @pytest.mark.parametrize("backend", ["native", "hf"])
 def test_user_strategy_works_with_both_backends(tiny_model, backend):
     ContextStrategyFactory.register("keep_last_frame", KeepLastFrameOnly)
-    r = VLMStreamRunner(tiny_model, context_strategy_type="keep_last_frame", backend=backend, max_seq_len=384,
+    r = StreamRunner(tiny_model, context_strategy_type="keep_last_frame", backend=backend, max_seq_len=384,
                         reserved_seq_len=48, max_new_tokens=8)
     frames = list(r.stream(video(40)))
     assert any(f["strategy_applied"] == "keep_last_frame" for f in frames)
@@ -219,11 +219,11 @@ def test_strategy_inside_a_transformers_loop(tiny_model):
 def test_prospect_cache_in_transformers_generate(tiny_model):
     from transformers import AutoModelForImageTextToText
 
-    from prospect.hf import ProspectCache
-    import prospect
+    from prospect_core.hf import ProspectCache
+    import prospect_core
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()
-    native = prospect.load_model(tiny_model)
+    native = prospect_core.load_model(tiny_model)
     kv = native.make_cache(64)
     ptr = kv.storage.data_ptr()
     ids = torch.tensor([[60, 61, 62, 63]])
@@ -247,7 +247,7 @@ def test_prospect_cache_in_transformers_generate(tiny_model):
 ])
 def test_constructor_errors(tiny_model, kwargs, exc, fragment):
     with pytest.raises(exc, match=fragment):
-        VLMStreamRunner(tiny_model, **kwargs)
+        StreamRunner(tiny_model, **kwargs)
 
 
 def test_video_data_errors(tiny_model):

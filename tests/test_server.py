@@ -14,9 +14,9 @@ import torch
 openai = pytest.importorskip("openai")
 from PIL import Image  # noqa: E402
 
-from prospect.engine import Engine  # noqa: E402
-from prospect.frames import FramePreprocessor  # noqa: E402
-from prospect.server import ServerLimits, start_in_thread  # noqa: E402
+from prospect_core.engine import Engine  # noqa: E402
+from prospect_core.frames import FramePreprocessor  # noqa: E402
+from prospect_core.server import ServerLimits, start_in_thread  # noqa: E402
 
 EOU = "<end_of_utterance>"
 
@@ -319,7 +319,7 @@ def test_serve_command_line(tiny_model):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "prospect", "serve", "--model", str(tiny_model), "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "prospect_core", "serve", "--model", str(tiny_model), "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prospect.engine import Engine
-from prospect.server import ServerLimits, start_in_thread
+from prospect_core.engine import Engine
+from prospect_core.server import ServerLimits, start_in_thread
 
 
 def png(arr):

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from prospect import smollm2
-from prospect.make_model import SPECIAL_TOKENS
+from prospect_core import smollm2
+from prospect_core.make_model import SPECIAL_TOKENS
 
 QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="session")
 def smollm2_model(tmp_path_factory):
-    import prospect
+    import prospect_core
 
-    return prospect.make_model(tmp_path_factory.mktemp("smollm2") / "256m-smollm2", "256m-smollm2")
+    return prospect_core.make_model(tmp_path_factory.mktemp("smollm2") / "256m-smollm2", "256m-smollm2")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_tokenizer_from_the_gguf_vocabulary(smollm2_model):
 
 
 def test_parity_with_transformers_in_float32(smollm2_model):
-    from prospect.verify import verify
+    from prospect_core.verify import verify
 
     r = verify(smollm2_model, "float32", new_tokens=64, prompt=QUESTION)
     assert r["text_logit_rel_err"] < 1e-4 and r["max_logit_err"] / r["logit_scale"] < 1e-4
@@ -87,7 +87,7 @@ def test_parity_with_transformers_in_float32(smollm2_model):
 
 
 def test_bfloat16_against_transformers_and_float32(smollm2_model):
-    from prospect.verify import verify
+    from prospect_core.verify import verify
 
     r = verify(smollm2_model, "bfloat16", new_tokens=32, prompt=QUESTION)
     assert r["text_logit_rel_err"] < 2e-2  # both engines in bf16: within a few bf16 roundings
@@ -97,9 +97,9 @@ def test_bfloat16_against_transformers_and_float32(smollm2_model):
 
 def test_the_runner_answers_in_english(smollm2_model):
     """The runner's own prompt format and stop token: a reply that ends by itself, with the answer."""
-    from prospect.runners import VLMStreamRunner
+    from prospect_core.runners import StreamRunner
 
-    runner = VLMStreamRunner(smollm2_model, max_new_tokens=40, max_seq_len=1024,
+    runner = StreamRunner(smollm2_model, max_new_tokens=40, max_seq_len=1024,
                              system_prompt="You are a helpful assistant.")
     runner.ensure_context()
     rec = runner.add_user_turn(QUESTION, respond=True)

@@ -75,10 +75,10 @@ def test_preprocess_matches_the_video_processor(tiny_model, tmp_path):
     """Pixel values of real frames against transformers' SmolVLM2 video processor (512 px, 256m preset)."""
     from transformers import AutoProcessor
 
-    import prospect
-    from prospect.frames import FramePreprocessor
+    import prospect_core
+    from prospect_core.frames import FramePreprocessor
 
-    path = prospect.make_model(tmp_path / "m", "tiny", overrides={
+    path = prospect_core.make_model(tmp_path / "m", "tiny", overrides={
         "vision_config.image_size": 512, "vision_config.patch_size": 16, "scale_factor": 4})
     proc = AutoProcessor.from_pretrained(path)
     pre = FramePreprocessor(proc)
@@ -96,9 +96,9 @@ def test_preprocess_matches_the_video_processor(tiny_model, tmp_path):
 
 
 def test_runner_reads_video_path(tiny_model):
-    from prospect.runners import VLMStreamRunner
+    from prospect_core.runners import StreamRunner
 
-    r = VLMStreamRunner(tiny_model, max_new_tokens=4, max_seq_len=512, reserved_seq_len=64,
+    r = StreamRunner(tiny_model, max_new_tokens=4, max_seq_len=512, reserved_seq_len=64,
                         context_strategy_config={"last_keep_len": 128})
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")

@@ -114,7 +114,7 @@ py::object pkv_drop_middle(const py::object& pkv, int64_t keep_first, int64_t ke
     TORCH_CHECK_VALUE(keep_first >= 0, "drop_middle: keep_first expected >= 0, got ", keep_first);
     TORCH_CHECK_VALUE(keep_last >= 0, "drop_middle: keep_last expected >= 0, got ", keep_last);
     auto p = read_pkv(pkv);
-    TORCH_CHECK_VALUE(mode == POSITION_KEEP || !rope_theta.is_none(),
+    TORCH_CHECK_VALUE(mode != POSITION_SHIFT || !rope_theta.is_none(),
                       "drop_middle: rope_theta expected the model's rope_theta for position_mode='shift', got None");
     const int64_t T = p.length;
     if (keep_first + keep_last >= T) return write_back(p, T);
@@ -179,7 +179,9 @@ Returns the same kind of object (a DynamicCache is modified and returned; a tupl
 comes back as a new tuple of views on the compacted tensors).
 position_mode="shift" (default) re-rotates the kept tail so positions are
 contiguous: a model that derives positions from the cache length is then right.
-It needs the model's rope_theta. With "keep", the caller must pass position ids.
+It needs the model's rope_theta. "keep" and "length" move the data only (a tuple
+records no positions): the next token's position is the caller's, which
+transformers takes from the cache length.
 This counts tokens, not spans: it can cut a frame's image tokens in half. The
 span-aware path is KVCache.drop_middle.)doc");
     m.def("drop_all", &pkv_drop_all, py::arg("past_key_values"),

@@ -1,4 +1,4 @@
-// prospect_core: the Python face of the C++ core. Tensors cross as at::Tensor
+// prospect_core._C: the Python face of the C++ core. Tensors cross as at::Tensor
 // through torch's pybind11 caster, sharing storage with the caller's tensors.
 #include "bindings.h"
 
@@ -91,10 +91,10 @@ void translate_errors() {
 
 using namespace prospect;
 
-PYBIND11_MODULE(prospect_core, m) {
+PYBIND11_MODULE(_C, m) {
     py::module_::import("torch");  // tensors cross through torch's Python types: load them first
     m.doc() = "prospect's C++ core: KV cache with span ledger and in-place surgery, RoPE shifts, joint_embed.";
-    m.attr("__version__") = "0.1.0";
+    m.attr("__version__") = PROSPECT_VERSION;  // from pyproject, through scikit-build-core
     m.attr("__torch_version__") = PROSPECT_TORCH_VERSION;  // the torch it was built against
     translate_errors();
 
@@ -113,9 +113,11 @@ PYBIND11_MODULE(prospect_core, m) {
 Preallocated KV cache: per layer, keys and values [B, Hkv, capacity, D] in one
 storage, filled up to `length`. Every append is recorded as a span; surgery
 (drop_all, drop_middle, drop_spans, truncate) removes whole spans and moves the
-survivors inside the same storage. position_mode "shift" re-rotates surviving
-keys so positions are contiguous (next_position == length); "keep" leaves
-positions as they were and the caller passes position ids.)doc");
+survivors inside the same storage (drop_range alone cuts inside spans).
+position_mode "shift" re-rotates surviving keys so positions are contiguous
+(next_position == length); "keep" leaves positions as they were and the caller
+passes position ids; "length" leaves the survivors' rotations but the next
+token takes position `length`, as transformers assigns positions.)doc");
     kv.def(py::init([](int64_t num_layers, int64_t num_kv_heads, int64_t head_dim, int64_t capacity,
                        const py::object& dtype, const py::object& device, int64_t batch, double rope_theta) {
                return std::make_unique<KVCache>(num_layers, num_kv_heads, head_dim, capacity,
@@ -176,6 +178,13 @@ positions as they were and the caller passes position ids.)doc");
                 return c.drop_spans(ids, position_mode_from_name(mode));
             },
             py::arg("span_ids"), py::arg("position_mode") = "shift")
+        .def(
+            "drop_range",
+            [](KVCache& c, int64_t start, int64_t end, const std::string& mode) {
+                return c.drop_range(start, end, position_mode_from_name(mode));
+            },
+            py::arg("start"), py::arg("end"), py::arg("position_mode") = "shift",
+            "Token-exact: drops slots [start, end), cutting the spans it crosses; returns tokens dropped.")
         .def("truncate", &KVCache::truncate, py::arg("length"), "Rollback: cuts the cache to `length` tokens.")
         .def("nbytes", &KVCache::nbytes, "Bytes of keys and values in use.")
         .def("capacity_bytes", &KVCache::capacity_bytes, "Bytes allocated for keys and values.")

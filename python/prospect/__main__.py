@@ -1,3 +1,0 @@
-from prospect.cli import main
-
-raise SystemExit(main())

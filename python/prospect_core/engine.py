@@ -1,0 +1,39 @@
+"""A loaded checkpoint: the backend that runs it and the processor that feeds it.
+
+One Engine can serve many runners (the server gives each session its own
+runner, cache and strategy over one Engine), so the weights are loaded once.
+"""
+
+import torch
+
+from prospect_core import prompt
+from prospect_core.backends import BACKENDS, make_backend
+from prospect_core.model import DTYPES
+
+
+class Engine:
+    def __init__(self, model_name, backend="native", torch_dtype="float32", device="cpu"):
+        if torch_dtype not in DTYPES:
+            raise ValueError(f"torch_dtype expected one of {', '.join(DTYPES)}, got {torch_dtype!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        from transformers import AutoProcessor
+
+        from prospect_core.model import resolve_model_path
+
+        path = resolve_model_path(model_name)
+        if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+            raise FileNotFoundError(f"model_name: {path} has no tokenizer files (expected tokenizer.json, "
+                                    "tokenizer.model or vocab.json next to config.json)")
+        self.path, self.dtype, self.device = path, torch_dtype, torch.device(device)
+        self.backend = make_backend(backend, path, torch_dtype, device)
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.tokenizer = self.processor.tokenizer
+        self.eou_id = self.tokenizer.convert_tokens_to_ids(prompt.EOU)
+
+    def ids(self, text):
+        """Token ids [1, T] of text, no special tokens added."""
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+
+    def __repr__(self):
+        return f"Engine({str(self.path)!r}, backend={self.backend.name!r}, dtype={self.dtype!r}, device={self.device})"

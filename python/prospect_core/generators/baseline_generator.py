@@ -1,0 +1,132 @@
+"""BaselineGenerator: a runner over a dataset, scored as ProAssist's StreamEvaluator scores it.
+
+Files, as theirs writes them under output_dir:
+  eval/<dataset>/stream/notalk<t>-maxlen_<len>[-<method>]/results/<idx>.json  predictions + match result
+  .../metrics.json      their keys (F1, num_matched, num_mismatched, jaccard_index, ...) beside ours
+  .../all_results.json  the gathered matches
+The semantic similarity model is recorded in metrics.json ("sts_model").
+"""
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from prospect_core.evaluation.embedder import SentenceEmbedder, default_embedder
+from prospect_core.evaluation.matching import (SEMANTIC_THRESHOLD, counts_to_metrics, match_dialogue,
+                                               weighted_text_metrics)
+
+
+@dataclass
+class StreamEvalSettings:
+    """What the generator reads from the original's Hydra config (custom/config/prospect/prospect.yaml)."""
+
+    fps: float = 2
+    not_talk_threshold: float = 0.5
+    eval_max_seq_len_str: str = "4k"
+    match_window_time: tuple = (-15, 15)
+    match_dist_func_factor: float = 0.3
+    match_dist_func_power: float = 1.5
+    match_semantic_score_threshold: float = SEMANTIC_THRESHOLD
+    sts_model_type: str = "sentence-transformers/all-mpnet-base-v2"
+    nlg_metrics: list = field(default_factory=lambda: ["Bleu", "CIDEr", "METEOR"])
+    context_handling_method: str = "summarize_and_drop"
+
+    @classmethod
+    def from_cfg(cls, cfg):
+        """From their DictConfig, a dict, or None (their prospect.yaml defaults)."""
+        if cfg is None:
+            return cls()
+        get = (lambda k, d: cfg.get(k, d)) if hasattr(cfg, "get") else (lambda k, d: getattr(cfg, k, d))
+        values = {f.name: get(f.name, getattr(cls(), f.name)) for f in fields(cls) if f.name != "context_handling_method"}
+        generator = get("generator", None)
+        method = (generator.get("context_handling_method", None) if hasattr(generator, "get") else None)
+        values["context_handling_method"] = method or cls.context_handling_method
+        values["match_window_time"] = tuple(values["match_window_time"])
+        values["nlg_metrics"] = list(values["nlg_metrics"])
+        s = cls(**values)
+        left, right = s.match_window_time if len(s.match_window_time) == 2 else (1, -1)
+        if not (left <= 0 <= right):
+            raise ValueError(f"cfg.match_window_time expected (left <= 0, right >= 0) seconds, got "
+                             f"{s.match_window_time!r}")
+        return s
+
+    @property
+    def eval_name(self):
+        name = f"stream/notalk{self.not_talk_threshold}-maxlen_{self.eval_max_seq_len_str}"
+        return name if self.context_handling_method == "summarize_and_drop" else f"{name}-{self.context_handling_method}"
+
+
+def _embedder(sts_model_type):
+    """Their model if it is a local folder; otherwise ours (offline MiniLM, or mpnet from the local HF cache)."""
+    if sts_model_type and os.path.isdir(str(sts_model_type)):
+        return SentenceEmbedder(sts_model_type)
+    return default_embedder()
+
+
+def _dump(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+class BaselineGenerator:
+    def __init__(self, dataset, runner, output_dir, cfg=None, trace=None):
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise TypeError(f"dataset expected a sized, indexable dataset of video dicts, got "
+                            f"{type(dataset).__name__}")
+        if not hasattr(runner, "run_inference_on_video"):
+            raise TypeError(f"runner expected an object with run_inference_on_video, got {type(runner).__name__}")
+        self.dataset, self.runner, self.trace = dataset, runner, trace
+        self.output_dir = Path(output_dir)
+        self.cfg = cfg
+        self.settings = StreamEvalSettings.from_cfg(cfg)
+        name = str(getattr(dataset, "dataset_name", "dataset")).replace("/", "-")
+        self.eval_dir = self.output_dir / "eval" / name / self.settings.eval_name
+        self.result_dir = self.eval_dir / "results"
+
+    def run(self) -> dict:
+        """Runs every video, matches, writes the files, and returns the metrics."""
+        from prospect_core.evaluation.text_metrics import NAMES, text_metrics
+
+        s = self.settings
+        embedder = _embedder(s.sts_model_type)
+        matched, good, redundant, missed = [], [], [], []
+        sem, tdiff, pairs_text, gen_ref = [], [], [], {}
+        for idx in range(len(self.dataset)):
+            video = self.dataset[idx]
+            result = self.runner.run_inference_on_video(video, output_dir=str(self.result_dir))
+            outputs = result["predictions"]
+            preds = [(o.timestamp_in_stream, o.gen) for o in outputs if o.gen]
+            refs = [(o.timestamp_in_stream, o.ref) for o in outputs if o.ref]
+            pairs, red, mis = match_dialogue(preds, refs, s.match_window_time, float(s.fps), embedder,
+                                             s.match_dist_func_factor, s.match_dist_func_power)
+            match = {"matched": [[{"gen": preds[i][1], "timestamp_in_stream": preds[i][0]},
+                                  {"ref": refs[j][1], "timestamp_in_stream": refs[j][0]}] for i, j, _, _ in pairs],
+                     "semantic_scores": [p[2] for p in pairs], "redundant": [preds[i][1] for i in red],
+                     "missed": [refs[j][1] for j in mis]}
+            for k, (i, j, score, dt) in enumerate(pairs):
+                if score > s.match_semantic_score_threshold:
+                    good.append(score)
+                    gen_ref[f"{idx}_{k}"] = [preds[i][1], refs[j][1], score]
+                    pairs_text.append((preds[i][1], refs[j][1]))
+                    tdiff.append(abs(dt))
+            sem += [p[2] for p in pairs if p[2] >= s.match_semantic_score_threshold]
+            matched += match["matched"]
+            redundant += match["redundant"]
+            missed += match["missed"]
+            _dump(self.result_dir / f"{idx}.json", {"video_id": result.get("video_id"), "match_result": match,
+                                                    "predictions": [o.to_dict() for o in outputs]})
+        metrics = counts_to_metrics(len(matched), len(good), len(redundant), len(missed))
+        metrics.update(semantic_score=sum(sem) / len(sem) if sem else 0.0,
+                       time_diff=sum(tdiff) / len(tdiff) if tdiff else 0.0)
+        text = text_metrics(pairs_text) if s.nlg_metrics else {}
+        metrics.update(text)
+        metrics.update(weighted_text_metrics({k: text[k] for k in NAMES if k in text}, metrics["jaccard_index"]))
+        metrics.update(sts_model=embedder.name, match_window_time=list(s.match_window_time), fps=s.fps,
+                       videos=len(self.dataset))
+        _dump(self.eval_dir / "metrics.json", metrics)
+        _dump(self.eval_dir / "all_results.json", {"matched": matched, "redundant": redundant, "missed": missed,
+                                                   "gen_ref": gen_ref, "time_diff": tdiff})
+        return metrics

@@ -1,0 +1,176 @@
+"""The transformers swap-in: a `Cache` backed by prospect's KVCache, and the hf backend.
+
+`ProspectCache(kv)` is accepted as `past_key_values` by transformers' SmolVLM and
+Llama forward and generate(): keys and values are written in place into the
+preallocated KVCache (no torch.cat per step), and each forward is recorded as a
+span, so prospect's span-aware surgery works on caches transformers filled.
+"""
+
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from prospect_core import _C as core
+from prospect_core.backends import python_generate
+
+
+class ProspectLayer(CacheLayerMixin):
+    is_sliding = False
+    is_compileable = False
+    is_croppable = True
+
+    def __init__(self, owner, index):
+        super().__init__()
+        self.owner, self.index = owner, index
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states):
+        pass
+
+    @property
+    def keys(self):
+        return self.owner.kv.keys(self.index)
+
+    @keys.setter
+    def keys(self, value):  # transformers' base __init__ assigns None; the storage is ours
+        pass
+
+    @property
+    def values(self):
+        return self.owner.kv.values(self.index)
+
+    @values.setter
+    def values(self, value):
+        pass
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return self.owner._update(self.index, key_states, value_states)
+
+    def get_seq_length(self):
+        return self.owner.kv.length
+
+    def get_mask_sizes(self, query_length):
+        return self.owner.kv.length + query_length, 0
+
+    def get_max_length(self):
+        return self.owner.kv.capacity
+
+    def reset(self):
+        self.owner.kv.drop_all()
+
+    def crop(self, tokens_to_remove):
+        kv = self.owner.kv
+        if self.index == 0 and tokens_to_remove:
+            kv.truncate(kv.length - abs(tokens_to_remove) if tokens_to_remove < 0 else tokens_to_remove)
+
+
+class ProspectCache(Cache):
+    """A transformers Cache whose storage is a prospect_core.KVCache.
+
+    Every forward appends one span. Declare what it is with `next_span(kind, frame_index)`
+    before the call; undeclared forwards (e.g. generate()'s decode steps) extend an
+    undeclared span, or open one of kind "other".
+    """
+
+    def __init__(self, kv):
+        if not isinstance(kv, core.KVCache):
+            raise TypeError(f"kv expected a prospect_core.KVCache, got {type(kv).__name__}")
+        self.kv = kv
+        self._declared = None
+        self._last_undeclared = False
+        super().__init__(layers=[ProspectLayer(self, i) for i in range(kv.num_layers)])
+
+    def next_span(self, kind="other", frame_index=None, extend=False):
+        self._declared = (kind, frame_index, extend)
+        return self
+
+    def _update(self, layer, key_states, value_states):
+        kv = self.kv
+        start, n = kv.length, key_states.shape[2]
+        kv.write(layer, key_states, value_states)
+        keys = kv.key_buffer(layer)[:, :, :start + n]
+        values = kv.value_buffer(layer)[:, :, :start + n]
+        if layer == kv.num_layers - 1:
+            if self._declared is not None:
+                kind, frame_index, extend = self._declared
+                kv.commit_extend(n) if extend else kv.commit(n, kind, frame_index)
+                self._declared, self._last_undeclared = None, False
+            elif self._last_undeclared and kv.spans:
+                kv.commit_extend(n)
+            else:
+                kv.commit(n, "other")
+                self._last_undeclared = True
+        return keys, values
+
+
+class HFBackend:
+    """transformers' SmolVLMForConditionalGeneration with a ProspectCache, driven from Python."""
+
+    name = "hf"
+
+    def __init__(self, path, dtype="float32", device="cpu"):
+        from transformers import SmolVLMForConditionalGeneration
+
+        from prospect_core.model import resolve_model_path
+
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+        if torch_dtype is None:
+            raise ValueError(f"dtype expected float32, bfloat16 or float16, got {dtype!r}")
+        self.model = SmolVLMForConditionalGeneration.from_pretrained(
+            resolve_model_path(path), dtype=torch_dtype).to(device).eval()
+        cfg = self.model.config
+        self.dtype, self.device = torch_dtype, torch.device(device)
+        self.image_token_id = cfg.image_token_id
+        self.image_seq_len = self.model.model.image_seq_len
+        self.max_position_embeddings = cfg.text_config.max_position_embeddings
+        self._caches = {}
+
+    def make_cache(self, capacity):
+        t = self.model.config.text_config
+        head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+        theta = (getattr(t, "rope_parameters", None) or {}).get("rope_theta") or getattr(t, "rope_theta", 10000.0)
+        return core.KVCache(t.num_hidden_layers, t.num_key_value_heads, head_dim, capacity, dtype=self.dtype,
+                            device=str(self.device), rope_theta=float(theta))
+
+    def _wrap(self, kv):
+        pc = self._caches.get(id(kv))
+        if pc is None or pc.kv is not kv:
+            pc = self._caches[id(kv)] = ProspectCache(kv)
+        return pc
+
+    @torch.no_grad()
+    def image_features(self, pixel_values, pixel_attention_mask=None):
+        pv = pixel_values.to(self.device, self.dtype)
+        mask = pixel_attention_mask.to(self.device) if pixel_attention_mask is not None else None
+        out = self.model.model.get_image_features(pv, mask).pooler_output
+        L = self.image_seq_len
+        return torch.cat(list(out)).view(-1, L, out[0].shape[-1])
+
+    @torch.no_grad()
+    def embed(self, ids, features=None):
+        text = self.model.get_input_embeddings()(ids.to(self.device))
+        if features is None:
+            return text
+        return core.joint_embed(ids.to(self.device), text, features.to(text.dtype), self.image_token_id)
+
+    @torch.no_grad()
+    def prefill(self, embeds, cache, kind, frame_index=None, extend=False):
+        pc = self._wrap(cache).next_span(kind, frame_index, extend)
+        T = embeds.shape[1]
+        if cache.length + T > cache.capacity:
+            raise ValueError(f"cache full: {T} new tokens at length {cache.length} exceed capacity {cache.capacity}")
+        # Explicit positions: after surgery in "keep" mode they are not the cache length.
+        pos = torch.arange(cache.next_position, cache.next_position + T, device=self.device).unsqueeze(0)
+        try:
+            out = self.model(inputs_embeds=embeds, past_key_values=pc, position_ids=pos, use_cache=True,
+                             logits_to_keep=1)
+        except Exception:
+            cache.discard_pending()
+            raise
+        return out.logits[:, -1]
+
+    def generate(self, embeds, cache, max_new_tokens, stop_token_ids, silence=None, kind="user", frame_index=None,
+                 keep_generated_in_cache=True, temperature=0.0, seed=None, on_token=None):
+        with torch.no_grad():
+            return python_generate(self, embeds, cache, max_new_tokens, stop_token_ids, silence, kind, frame_index,
+                                   keep_generated_in_cache, temperature, seed, on_token)

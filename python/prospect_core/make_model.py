@@ -1,0 +1,186 @@
+"""Random-weight SmolVLM2 checkpoints in Hugging Face format, made offline.
+
+`make_model(out, preset)` writes config.json, model.safetensors, a byte-level
+BPE tokenizer that holds the SmolVLM2 special tokens, and the processor files,
+so that both transformers (AutoModelForImageTextToText, AutoProcessor) and
+prospect load the same folder. The tiny preset is for tests; the others have
+the real SmolVLM2 shapes, for benchmarks. Their words are noise: weights are random.
+The 256m-smollm2 preset is the exception: its text model and tokenizer are
+SmolLM2-135M-Instruct's (see prospect.smollm2), only its vision side is random.
+"""
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+# Shapes from the public SmolVLM2 configs (see the project's reference notes).
+_VISION_512 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                   image_size=512, patch_size=16)
+PRESETS = {
+    "tiny": dict(
+        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, intermediate_size=128, rope_theta=100000.0, max_position_embeddings=8192,
+                         rms_norm_eps=1e-5),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           image_size=64, patch_size=8),
+        scale_factor=2),
+    "256m": dict(
+        text_config=dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         head_dim=64, intermediate_size=1536, rope_theta=100000.0, max_position_embeddings=8192,
+                         rms_norm_eps=1e-5, vocab_size=49280),
+        vision_config=dict(_VISION_512), scale_factor=4),
+    "500m": dict(
+        text_config=dict(hidden_size=960, num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5,
+                         head_dim=64, intermediate_size=2560, rope_theta=100000.0, max_position_embeddings=8192,
+                         rms_norm_eps=1e-5, vocab_size=49280),
+        vision_config=dict(_VISION_512), scale_factor=4),
+    "2.2b": dict(
+        text_config=dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
+                         head_dim=64, intermediate_size=8192, rope_theta=100000.0, max_position_embeddings=16384,
+                         rms_norm_eps=1e-5, vocab_size=49280),
+        vision_config=dict(hidden_size=1152, num_hidden_layers=27, num_attention_heads=16, intermediate_size=4304,
+                           image_size=384, patch_size=14),
+        scale_factor=3),
+}
+
+SMOLLM2 = "256m-smollm2"  # the 256m shape with real SmolLM2-135M-Instruct text weights (prospect.smollm2)
+PRESET_NAMES = list(PRESETS) + [SMOLLM2]
+
+SPECIAL_TOKENS = (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<fake_token_around_image>",
+                   "<global-img>", "<image>", "<video>"]
+                  + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)])
+
+CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
+    "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+# Text the tokenizer learns its merges from: the register of a task assistant.
+_CORPUS = """\
+You are a helpful assistant watching a video of a person doing a task. Say something when it helps.
+First, take the cup from the shelf and put it on the table. Now turn the box so the label faces you.
+Good, the lid is on. Next, pour the water slowly. Be careful, the pan is hot. Wait until it boils.
+Please summarize the progress. The person has washed the vegetables, cut the onion and heated the oil.
+What are you doing now? I am assembling the shelf. Which screw goes here? Use the short one.
+Frame from 00:12: a hand holds a small object and turns it. People walk along a campus path.
+The task is almost done. Check the last step, then clean the table. Well done, that looks right.
+Pick up the knife, slice the bread, and place the slices on the plate. Open the drawer on the left.
+Assistant: You missed a step: tighten the bolt before attaching the door. User: Thanks, what next?
+"""
+
+
+def build_tokenizer(vocab_size: int = 600):
+    """A byte-level BPE tokenizer trained on a small built-in text, with SmolVLM2's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_CORPUS] * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>", additional_special_tokens=SPECIAL_TOKENS[3:])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _set(cfg: dict, dotted: str, value):
+    keys = dotted.split(".")
+    node = cfg
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            raise ValueError(f"--set {dotted}: '{k}' is not a config section (sections: text_config, vision_config)")
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs):
+    """['text_config.num_key_value_heads=2', ...] -> {dotted key: value}, values parsed as JSON where they can be."""
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ValueError(f"--set expected key=value, got '{p}'")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = "float32", overrides: dict | None = None,
+               lm_head_scale: float = 4.0):
+    """Writes a complete random-weight SmolVLM2 folder to `out` and returns its path.
+
+    overrides: {"text_config.num_key_value_heads": 2, "scale_factor": 2, ...} applied to the preset.
+    lm_head_scale: lm_head rows have std lm_head_scale / sqrt(hidden), so next-token distributions
+    are peaked and greedy choices are not ties within rounding.
+    """
+    from transformers import (SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor,
+                              SmolVLMProcessor, SmolVLMVideoProcessor)
+
+    if preset not in PRESETS and preset != SMOLLM2:
+        raise ValueError(f"preset expected one of {', '.join(PRESET_NAMES)}, got '{preset}'")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ValueError(f"dtype expected float32, bfloat16 or float16, got '{dtype}'")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    text_weights = None
+    if preset == SMOLLM2:
+        from prospect_core import smollm2
+
+        meta, text_weights = smollm2.read()
+        tokenizer = smollm2.build_tokenizer(meta, SPECIAL_TOKENS)
+    else:
+        tokenizer = build_tokenizer()
+    cfg = copy.deepcopy(PRESETS["256m" if preset == SMOLLM2 else preset])
+    cfg["text_config"].setdefault("vocab_size", len(tokenizer))
+    for k, v in (overrides or {}).items():
+        _set(cfg, k, v)
+    text = cfg["text_config"]
+    if text["vocab_size"] < len(tokenizer):
+        raise ValueError(f"text_config.vocab_size expected >= the tokenizer's {len(tokenizer)} tokens, "
+                         f"got {text['vocab_size']}")
+    text.update(model_type="llama", bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+                eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
+                pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    cfg["image_token_id"] = tokenizer.convert_tokens_to_ids("<image>")
+
+    torch.manual_seed(seed)
+    config = SmolVLMConfig(**cfg)
+    model = SmolVLMForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        h = config.text_config.hidden_size
+        model.lm_head.weight.normal_(0.0, lm_head_scale / h**0.5)
+        if text_weights is not None:
+            state = smollm2.text_state(text_weights, tokenizer, text["vocab_size"])
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            text_missing = [k for k in missing if k.startswith(("model.text_model.", "lm_head"))]
+            if unexpected or text_missing:
+                raise ValueError(f"SmolLM2 weights do not fit the text model: missing {text_missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}")
+    model.to(torch_dtype).save_pretrained(out, safe_serialization=True)
+
+    v = config.vision_config
+    image_seq_len = (v.image_size // v.patch_size) ** 2 // config.scale_factor**2
+    size = {"longest_edge": v.image_size}
+    image_processor = SmolVLMImageProcessor(size={"longest_edge": 4 * v.image_size}, max_image_size=size)
+    video_processor = SmolVLMVideoProcessor(
+        size=size, max_image_size=size, video_sampling={"fps": 1, "max_frames": 64, "video_size": size})
+    processor = SmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=video_processor, image_seq_len=image_seq_len,
+                                 chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(out)
+    (out / "generation_config.json").write_text(json.dumps({
+        "bos_token_id": text["bos_token_id"], "eos_token_id": text["eos_token_id"],
+        "pad_token_id": text["pad_token_id"]}, indent=2))
+    return out

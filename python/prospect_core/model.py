@@ -1,0 +1,43 @@
+"""Loading a SmolVLM2 checkpoint into the native engine."""
+
+from pathlib import Path
+
+from prospect_core import _C as core
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_model_path(model_name, cache_dir=None) -> Path:
+    """A local folder, or a Hugging Face id already in the local HF cache (or `cache_dir`); never downloaded."""
+    p = Path(model_name).expanduser()
+    if p.is_dir():
+        return p
+    name = str(model_name)
+    if p.exists():
+        raise NotADirectoryError(f"model_name expected a checkpoint folder, got the file '{name}'")
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name, local_files_only=True, cache_dir=cache_dir))
+        except Exception as e:  # not in the cache, or no huggingface_hub
+            raise FileNotFoundError(
+                f"model_name '{name}' is neither a folder nor in the local Hugging Face cache. Download it where a "
+                f"network is available (`huggingface-cli download {name}`), or point at a local folder; "
+                f"`prospect make-model DIR --preset tiny` makes a random-weight one.") from e
+    raise FileNotFoundError(f"model_name expected a checkpoint folder or a Hugging Face id, got '{name}' "
+                            f"(no such folder)")
+
+
+def load_model(path, dtype: str = "float32", device: str = "cpu") -> core.SmolVLM:
+    """Loads a Hugging Face SmolVLM2 folder into the C++ engine; weights are cast once, here."""
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ValueError(f"dtype expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{device}' requested but torch sees no CUDA device")
+    return core.SmolVLM(str(resolve_model_path(path)), dtype, device)

@@ -1,0 +1,387 @@
+"""StreamRunner: a video frame by frame through SmolVLM2, with the KV cache kept across frames.
+
+The API mirrors the research pipeline it replaces (`run_inference_on_video`),
+and adds `stream`, which yields one record per frame as it happens.
+"""
+
+import math
+import resource
+import time
+
+import torch
+
+from prospect_core import prompt
+from prospect_core.context_strategies import ContextStrategyFactory
+from prospect_core.engine import Engine
+from prospect_core.frames import FramePreprocessor
+
+TALK_POLICIES = ("silence_threshold", "every_frame", "annotations")
+# This runner's cut: whole spans (a frame is never cut in half), positions re-rotated to stay contiguous.
+NATIVE_STRATEGY_DEFAULTS = {"drop_middle": {"cut": "span", "position_mode": "shift"}}
+
+
+def restart_context(model, tokenizer, cache, system_prompt, knowledge=None, summary=None):
+    """Prefills the anchor into an empty cache: system prompt, then summary and knowledge, all pinned."""
+    pieces = [("system", prompt.system_turn(system_prompt or prompt.DEFAULT_SYSTEM_PROMPT, first=True))]
+    if summary is not None:
+        pieces.append(("summary", prompt.summary_turn(summary)))
+    if knowledge:
+        pieces.append(("system", prompt.knowledge_turn(knowledge)))
+    for kind, text in pieces:
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        model.prefill(model.embed(ids), cache, kind)
+        cache.pin(cache.spans[-1].id)
+
+
+def _peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class StreamRunner:
+    """model_name: a checkpoint folder, a Hugging Face id in the local cache, or a loaded
+    prospect.Engine to share its weights (then backend, torch_dtype and device come from it)."""
+
+    def __init__(self, model_name, device="cpu", torch_dtype="float32", max_new_tokens=100, temperature=0.0,
+                 use_kv_cache=True, context_strategy_type="drop_middle", context_strategy_config=None,
+                 max_seq_len=4096, reserved_seq_len=128, backend="native", talk_policy="silence_threshold",
+                 not_talk_threshold=0.5, system_prompt=None, split_frames=False, seed=0):
+        if talk_policy not in TALK_POLICIES:
+            raise ValueError(f"talk_policy expected one of {', '.join(TALK_POLICIES)}, got {talk_policy!r}")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens expected an int >= 1, got {max_new_tokens!r}")
+        if not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f"temperature expected a number >= 0, got {temperature!r}")
+        if not 0.0 <= float(not_talk_threshold) <= 1.0:
+            raise ValueError(f"not_talk_threshold expected a probability in [0, 1], got {not_talk_threshold!r}")
+        if context_strategy_config is not None and not isinstance(context_strategy_config, dict):
+            raise TypeError(f"context_strategy_config expected a dict or None, got "
+                            f"{type(context_strategy_config).__name__}")
+        if not use_kv_cache:  # the two spell the same stateless baseline; a strategy's config has no use
+            context_strategy_type, context_strategy_config = "none", None
+        self.strategy = ContextStrategyFactory.create_strategy(
+            context_strategy_type, max_seq_len=max_seq_len, reserved_seq_len=reserved_seq_len,
+            **{**NATIVE_STRATEGY_DEFAULTS.get(context_strategy_type, {}), **(context_strategy_config or {})})
+        if max_new_tokens >= max_seq_len:
+            raise ValueError(f"max_new_tokens expected < max_seq_len ({max_seq_len}), got {max_new_tokens}")
+
+        engine = model_name if isinstance(model_name, Engine) else Engine(model_name, backend, torch_dtype, device)
+        self.engine = engine
+        self.model_path, self.backend, self.processor = engine.path, engine.backend, engine.processor
+        self.tokenizer, self.eou_id, self.device = engine.tokenizer, engine.eou_id, engine.device
+        self.preprocess = FramePreprocessor(self.processor, split_frames)
+        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, float(temperature), seed
+        self.max_seq_len, self.reserved_seq_len = max_seq_len, reserved_seq_len
+        self.talk_policy, self.not_talk_threshold = talk_policy, float(not_talk_threshold)
+        self.system_prompt = system_prompt or prompt.DEFAULT_SYSTEM_PROMPT
+        self.use_kv_cache = self.strategy.name != "none"
+        self.cache = self.backend.make_cache(max_seq_len)
+        self._prompt_ids = self._ids(prompt.ASSISTANT_PROMPT)[0]
+        self._empty = torch.zeros(0, dtype=torch.long)
+        self.reset()
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _ids(self, text):
+        return self.engine.ids(text)
+
+    def _compress(self, frame_index, t):
+        ctx = {"model": self.backend, "tokenizer": self.tokenizer, "system_prompt": self.system_prompt,
+               "knowledge": self._knowledge, "frame_index": frame_index, "time": t,
+               "rope_theta": self.cache.rope_theta, "summarize": self._summarize}
+        cache, msg = self.strategy.handle_overflow(self.cache, self._last_msg, **ctx)
+        if cache is not None:
+            self.cache, self._last_msg = cache, msg
+            return self.strategy.name
+        # Emptied: what was owed goes with it; a summary, if the strategy made one, restarts the context.
+        self.cache.drop_all()
+        self._last_msg = None
+        if isinstance(msg, str):
+            restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, self._knowledge, msg)
+        return self.strategy.name
+
+    def _summarize(self, text, max_tokens):
+        """The model's answer to a summary request, generated from the whole cache; the cache is left as it was."""
+        ids = self._ids(prompt.user_turn(text) + prompt.ASSISTANT_PROMPT)
+        if self._last_msg is not None:  # the close of the last reply goes first
+            ids = torch.cat([self._last_msg.view(1, -1), ids], 1)
+        room = self.cache.capacity - self.cache.length - ids.shape[1]
+        if room <= 0:
+            return ""
+        r = self.backend.generate(self.backend.embed(ids), self.cache, min(max_tokens, room), [self.eou_id],
+                                  kind="user", keep_generated_in_cache=False)
+        self.cache.truncate(self.cache.length - ids.shape[1])  # the request goes too
+        return self._decode(r.tokens)
+
+    def _make_room(self, incoming, frame_index, t):
+        """Compresses first if `incoming` tokens and a reply would not fit; refills an empty cache with the
+        anchor. Returns the strategy's name if it ran."""
+        applied = None
+        need = incoming + self.max_new_tokens + self.strategy.overflow_headroom()
+        need += len(self._last_msg) if self._last_msg is not None else 0
+        if self.cache.length > 0 and self.cache.length + need > self.max_seq_len:
+            applied = self._compress(frame_index, t)
+        self.ensure_context()
+        return applied
+
+    def _take_last_msg(self):
+        """The close of the last reply, owed in front of whatever comes next."""
+        prefix = self._last_msg if self._last_msg is not None else self._empty
+        self._last_msg = None
+        return prefix
+
+    def _turn_ids(self, turns):
+        return [(turn, self._ids(self._turn_text(turn))[0]) for turn in turns]
+
+    def _prefill_turns(self, turn_ids, frame_index):
+        """Appends [(turn, ids)] (system or user) as spans; pins the first user turn as the anchor.
+        Returns the ids still owed in front of the next input."""
+        prefix = self._take_last_msg()
+        for turn, own in turn_ids:
+            ids = torch.cat([prefix, own]).unsqueeze(0)
+            kind = "user" if turn["role"] == "user" else "system"
+            self.backend.prefill(self.backend.embed(ids), self.cache, kind, frame_index)
+            if kind == "user" and not self._anchor_pinned:
+                self.cache.pin(self.cache.spans[-1].id)
+                self._anchor_pinned = True
+            prefix = self._empty
+        return prefix
+
+    def _stateless_context(self, reserve, frame_index):
+        """Stateless: system prompt + the newest turns of the conversation that fit, from scratch."""
+        self.cache.drop_all()
+        restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, self._knowledge)
+        budget = self.max_seq_len - self.cache.length - self.max_new_tokens - reserve
+        kept = []
+        for h in reversed(self._history):
+            n = len(self._ids(h)[0])
+            if n > budget:
+                break
+            kept.insert(0, h)
+            budget -= n
+        if kept:
+            self._prefill_text("".join(kept), "user", frame_index)
+
+    def _prefill_text(self, text, kind, frame_index=None):
+        self.backend.prefill(self.backend.embed(self._ids(text)), self.cache, kind, frame_index)
+
+    def _decode(self, tokens):
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    @staticmethod
+    def _validate(video):
+        if not isinstance(video, dict):
+            raise TypeError(f"video_data expected a dict, got {type(video).__name__}")
+        if "frames" not in video and "video_path" not in video:
+            raise ValueError("video_data expected 'frames' (a list of images) or 'video_path', got neither")
+        fps = video.get("fps", 2.0)
+        if not isinstance(fps, (int, float)) or not fps > 0 or math.isinf(fps):
+            raise ValueError(f"video_data['fps'] expected a positive number, got {fps!r}")
+        conv = video.get("conversation", [])
+        if not isinstance(conv, list):
+            raise TypeError(f"video_data['conversation'] expected a list of turns, got {type(conv).__name__}")
+        for i, turn in enumerate(conv):
+            if not isinstance(turn, dict) or not {"role", "time", "content"} <= set(turn):
+                raise ValueError(f"video_data['conversation'][{i}] expected a dict with role, time, content; "
+                                 f"got {turn!r}")
+            if turn["role"] not in ("system", "user", "assistant"):
+                raise ValueError(f"video_data['conversation'][{i}]['role'] expected system, user or assistant, "
+                                 f"got {turn['role']!r}")
+            if not isinstance(turn["time"], (int, float)) or turn["time"] < 0:
+                raise ValueError(f"video_data['conversation'][{i}]['time'] expected seconds >= 0, "
+                                 f"got {turn['time']!r}")
+        return float(fps), conv
+
+    def _frames(self, video, fps):
+        limit = video.get("max_frames")
+        if "frames" in video:
+            frames = video["frames"]
+            if not hasattr(frames, "__iter__"):
+                raise TypeError(f"video_data['frames'] expected a list of images, got {type(frames).__name__}")
+        else:
+            from prospect_core import _C as core
+
+            if not getattr(core, "has_opencv", False):
+                raise RuntimeError("video_path needs prospect_core.VideoReader, which this build lacks "
+                                   "(rebuild with OpenCV: apt-get install libopencv-dev)")
+            frames = (f for _, f in core.VideoReader(str(video["video_path"]), fps=fps))
+        for i, f in enumerate(frames):
+            if limit is not None and i >= limit:
+                break
+            yield i, (i + 1) / fps, f
+
+    def _turn_text(self, turn):
+        return (prompt.user_turn(turn["content"]) if turn["role"] == "user"
+                else prompt.system_turn(turn["content"], first=False))
+
+    # ---- one step at a time (what stream() and server sessions call) --------------------------
+    def reset(self, knowledge=None):
+        """Starts a new stream: an empty cache, no summaries, nothing owed from a last reply."""
+        self.cache.drop_all()
+        if hasattr(self.strategy, "summaries"):
+            self.strategy.summaries.clear()
+        self._knowledge = knowledge
+        self._last_msg, self._anchor_pinned = None, False
+        self._history = []  # the conversation so far as text, for the stateless baseline
+
+    def ensure_context(self):
+        """Prefills the anchor (system prompt, task knowledge) if the cache is empty."""
+        if self.cache.length == 0:
+            restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, self._knowledge)
+            self._anchor_pinned = False
+
+    def add_frame(self, frame, frame_index, t, turns=(), talk=True, where="frame"):
+        """One frame at time t (seconds), after the system/user turns placed before it. talk=False only
+        watches; otherwise the talk policy decides. Returns the frame's record: time, frame_index, text
+        (or None), talked, cache lengths, strategy_applied, and vision/prefill/decode times in ms."""
+        rec = {"frame_index": frame_index, "time": t, "cache_len_before": self.cache.length,
+               "strategy_applied": None}
+        pixel_values, mask, rows, cols = self.preprocess(frame, where)
+        frame_ids = self._ids(prompt.frame_turn(t, self.backend.image_seq_len, rows, cols))[0]
+        prompt_ids = self._prompt_ids if talk else self._empty
+
+        t0 = time.perf_counter()
+        features = self.backend.image_features(pixel_values, mask)
+        rec["vision_ms"] = (time.perf_counter() - t0) * 1e3
+
+        t0 = time.perf_counter()
+        if not self.use_kv_cache:
+            self._history += [self._turn_text(x) for x in turns]
+            self._stateless_context(len(frame_ids) + len(prompt_ids), frame_index)
+        else:
+            turn_ids = self._turn_ids(turns)
+            incoming = len(frame_ids) + len(prompt_ids) + sum(len(ids) for _, ids in turn_ids)
+            rec["strategy_applied"] = self._make_room(incoming, frame_index, t)
+            frame_ids = torch.cat([self._prefill_turns(turn_ids, frame_index), frame_ids])
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+
+        ids = torch.cat([frame_ids, prompt_ids]).unsqueeze(0)
+        embeds = self.backend.embed(ids, features)
+        text = None
+        if talk:
+            silence = (self.eou_id, self.not_talk_threshold) if self.talk_policy == "silence_threshold" else None
+            room = self.cache.capacity - self.cache.length - ids.shape[1]
+            r = self.backend.generate(embeds, self.cache, max(0, min(self.max_new_tokens, room)), [self.eou_id],
+                                      silence=silence, kind="frame", frame_index=frame_index,
+                                      temperature=self.temperature, seed=self.seed + frame_index)
+            prefill_ms += r.prefill_ms
+            rec["decode_ms"], rec["silence_prob"] = r.decode_ms, r.silence_prob
+            if r.tokens:
+                text = self._decode(r.tokens)
+                self._last_msg = self._ids(prompt.AFTER_REPLY)[0]
+                if not self.use_kv_cache:  # only the stateless baseline re-reads the conversation
+                    self._history.append(prompt.assistant_turn(text))
+            else:  # silent: take the "Assistant:" prompt back out of the cache
+                self.cache.truncate(self.cache.length - len(prompt_ids))
+        else:
+            t0 = time.perf_counter()
+            self.backend.prefill(embeds, self.cache, "frame", frame_index)
+            prefill_ms += (time.perf_counter() - t0) * 1e3
+            rec["decode_ms"], rec["silence_prob"] = 0.0, None
+        rec.update(prefill_ms=prefill_ms, talked=text is not None, text=text,
+                   cache_len_peak=self.cache.length, max_position=self.cache.next_position)
+        self._after_step(rec, frame_index, t)
+        return rec
+
+    def add_user_turn(self, text, frame_index=None, t=None, respond=False, max_new_tokens=None, on_token=None):
+        """A user turn between frames. respond=True: the assistant answers at once (no silence rule);
+        returns the record with the reply's text (None when not asked to respond)."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"text expected a non-empty string, got {text!r}")
+        turn = {"role": "user", "content": text}
+        rec = {"frame_index": frame_index, "time": t, "cache_len_before": self.cache.length,
+               "strategy_applied": None}
+        prompt_ids = self._prompt_ids if respond else self._empty
+        t0 = time.perf_counter()
+        if not self.use_kv_cache:
+            self._history.append(self._turn_text(turn))
+            if respond:
+                self._stateless_context(len(prompt_ids), frame_index)
+        else:
+            turn_ids = self._turn_ids([turn])
+            rec["strategy_applied"] = self._make_room(len(turn_ids[0][1]) + len(prompt_ids), frame_index, t)
+            self._prefill_turns(turn_ids, frame_index)  # takes the owed close of the last reply with it
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+        reply, decode_ms = None, 0.0
+        if respond:
+            limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+            room = self.cache.capacity - self.cache.length - len(prompt_ids)
+            r = self.backend.generate(self.backend.embed(prompt_ids.unsqueeze(0)), self.cache,
+                                      max(0, min(limit, room)), [self.eou_id], kind="assistant",
+                                      frame_index=frame_index, temperature=self.temperature,
+                                      seed=self.seed + (frame_index or 0), on_token=on_token)
+            prefill_ms += r.prefill_ms
+            decode_ms = r.decode_ms
+            reply = self._decode(r.tokens)
+            rec["tokens"] = list(r.tokens)
+            self._last_msg = self._ids(prompt.AFTER_REPLY)[0]  # even an empty reply is closed
+            if not self.use_kv_cache:
+                self._history.append(prompt.assistant_turn(reply))
+        rec.update(prefill_ms=prefill_ms, decode_ms=decode_ms, talked=reply is not None, text=reply,
+                   cache_len_peak=self.cache.length, max_position=self.cache.next_position)
+        self._after_step(rec, frame_index, t)
+        return rec
+
+    def next_reply_logits(self, text):
+        """Logits [1, V] of the first reply token after a user turn `text`, as add_user_turn(text,
+        respond=True) would see them without a compression; the cache is left as it was."""
+        if not self.use_kv_cache:
+            raise ValueError("next_reply_logits reads the kept cache; the stateless 'none' strategy keeps none")
+        owed = self._last_msg if self._last_msg is not None else self._empty
+        ids = torch.cat([owed, self._ids(prompt.user_turn(text))[0], self._prompt_ids]).unsqueeze(0)
+        if self.cache.length + ids.shape[1] > self.cache.capacity:
+            raise ValueError(f"text: {ids.shape[1]} tokens do not fit in the {self.cache.capacity - self.cache.length} "
+                             "left in the cache")
+        start = self.cache.length
+        try:
+            return self.backend.prefill(self.backend.embed(ids), self.cache, "user")
+        finally:
+            self.cache.truncate(start)
+
+    def _after_step(self, rec, frame_index, t):
+        if self.use_kv_cache and self.strategy.should_reduce_cache(self.cache.length):
+            rec["strategy_applied"] = self._compress(frame_index, t)
+        rec["cache_len_after"] = self.cache.length
+
+    # ---- the stream ------------------------------------------------------------------------
+    def stream(self, video_data):
+        """Yields one record per frame (see add_frame)."""
+        fps, conv = self._validate(video_data)
+        turns = sorted(conv, key=lambda t: t["time"])
+        inputs = [t for t in turns if t["role"] in ("system", "user")]
+        talk_frames = {math.floor(t["time"] * fps) for t in turns if t["role"] == "assistant"}
+        self.reset(video_data.get("knowledge"))
+        next_input = 0
+        for i, t, frame in self._frames(video_data, fps):
+            # Turns before this frame: ProAssist places a turn at frame floor(time * fps).
+            new_turns = []
+            while next_input < len(inputs) and math.floor(inputs[next_input]["time"] * fps) <= i:
+                new_turns.append(inputs[next_input])
+                next_input += 1
+            talk = self.talk_policy != "annotations" or i in talk_frames
+            yield self.add_frame(frame, i, t, new_turns, talk, where=f"video_data['frames'][{i}]")
+
+    def run_inference_on_video(self, video_data):
+        """Runs the whole video; returns predictions, per-frame records, summaries and totals."""
+        t_start = time.perf_counter()
+        frames = list(self.stream(video_data))
+        elapsed = time.perf_counter() - t_start
+        n = len(frames)
+        lengths = [f["cache_len_after"] for f in frames]
+        summaries = list(getattr(self.strategy, "summaries", []))
+        return {
+            "video_id": video_data.get("video_id"),
+            "predictions": [{"time": f["time"], "frame_index": f["frame_index"], "text": f["text"]}
+                            for f in frames if f["talked"]],
+            "frames": frames,
+            "summaries": summaries,
+            "totals": {
+                "frames_processed": n,
+                "dialogues_generated": sum(f["talked"] for f in frames),
+                "cache_compressions": sum(f["strategy_applied"] is not None for f in frames),
+                "avg_cache_size": sum(lengths) / n if n else 0.0,
+                "peak_cache_size": max((f["cache_len_peak"] for f in frames), default=0),
+                "time_per_frame": elapsed / n if n else 0.0,
+                "peak_memory_mb": _peak_memory_mb(self.device),
+            },
+        }

@@ -1,0 +1,127 @@
+"""/v1/chat/completions: a stateless completion over the shared engine, in a cache of its own."""
+
+import secrets
+
+import torch
+
+from prospect_core import prompt
+from prospect_core.server.errors import APIError
+from prospect_core.server.images import image_url_of
+
+ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
+
+
+def render(messages, image_seq_len):
+    """Messages -> (prompt text in SmolVLM2's chat format, [(param, image url)] in the order they appear)."""
+    text, images = "<|im_start|>", []
+    for i, m in enumerate(messages):
+        parts = [m.content] if isinstance(m.content, str) else m.content
+        body = ""
+        for j, part in enumerate(parts):
+            if isinstance(part, str):
+                body += part
+            elif part.type == "text":
+                body += part.text
+            else:
+                images.append((f"messages[{i}].content[{j}].image_url", image_url_of(part.image_url)))
+                body += prompt.image_tokens(image_seq_len)
+        if m.role == "assistant" and not images and not body:
+            raise APIError(400, f"messages[{i}].content: an assistant message needs text", f"messages[{i}].content")
+        space = "" if body.startswith("<fake_token_around_image>") else " "
+        text += f"{ROLES[m.role]}:{space}{body}{prompt.EOU}\n"
+    return text + prompt.ASSISTANT_PROMPT, images
+
+
+class TextStream:
+    """The reply's text as tokens arrive, released only where no stop string can still begin and no
+    multi-byte character is half decoded. Each token decodes a short window (the tokens since the
+    last whole character), not the whole reply."""
+
+    def __init__(self, tokenizer, stops):
+        self.tokenizer, self.stops = tokenizer, [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.tokens, self.raw, self.text, self.sent, self.stopped = [], "", "", 0, False
+        self.prefix, self.read = 0, 0  # tokens[prefix:read] decode to the end of self.raw
+
+    def _decode(self, a, b=None):
+        return self.tokenizer.decode(self.tokens[a:b], skip_special_tokens=True)
+
+    def push(self, tok) -> str:
+        self.tokens.append(tok)
+        before, after = self._decode(self.prefix, self.read), self._decode(self.prefix)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # nothing whole yet: a character split across tokens, or a special token
+        self.raw += after[len(before):]
+        self.prefix, self.read = self.read, len(self.tokens)
+        text = self.raw.lstrip()
+        cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if cuts:
+            self.text, self.stopped = text[:min(cuts)], True
+            return self._release(len(self.text))
+        self.text = text
+        return self._release(len(text) - self.hold)
+
+    def finish(self) -> str:
+        if not self.stopped and self.read < len(self.tokens):  # a last, incomplete character
+            self.raw += self._decode(self.read)
+            self.text = self.raw.lstrip()
+        return self._release(len(self.text))
+
+    def _release(self, upto) -> str:
+        delta = self.text[self.sent:upto] if upto > self.sent else ""
+        self.sent = max(self.sent, upto)
+        return delta
+
+
+class Completion:
+    """One request's prompt, checked against the limits before any token is generated."""
+
+    def __init__(self, engine, preprocess, req, text, images, max_tokens_cap):
+        """text: the prompt render() made of req.messages; images: [(param, HxWx3 array)] in its order."""
+        backend = engine.backend
+        self.engine, self.req = engine, req
+        self.ids = engine.ids(text)
+        self.prompt_tokens = self.ids.shape[1]
+        context = backend.max_position_embeddings
+        room = context - self.prompt_tokens
+        if room < 1:
+            raise APIError(400, f"messages: the prompt is {self.prompt_tokens} tokens, the model's context is "
+                                f"{context}", "messages")
+        asked = req.max_completion_tokens or req.max_tokens
+        if asked is not None and asked > max_tokens_cap:
+            raise APIError(400, f"max_tokens: expected at most {max_tokens_cap} (the server's limit), got {asked}",
+                           "max_tokens")
+        if asked is not None and asked > room:
+            raise APIError(400, f"max_tokens: the prompt is {self.prompt_tokens} tokens, so at most {room} more fit "
+                                f"in the model's context of {context}; got {asked}", "max_tokens")
+        self.max_tokens = asked if asked is not None else min(max_tokens_cap, room)
+        self.features = None
+        if images:
+            feats = [backend.image_features(*preprocess(img, param)[:2]) for param, img in images]
+            self.features = torch.cat(feats)
+        stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+        if len(stops) > 4:
+            raise APIError(400, f"stop: expected at most 4 strings, got {len(stops)}", "stop")
+        self.stream = TextStream(engine.tokenizer, stops)
+        self.temperature = float(req.temperature or 0.0)
+        self.seed = req.seed if req.seed is not None else secrets.randbits(62)
+
+    def run(self, on_delta=None, cancelled=lambda: False):
+        """Generates; on_delta(text) gets each released piece. Returns (text, finish_reason, tokens)."""
+        backend = self.engine.backend
+        cache = backend.make_cache(self.prompt_tokens + self.max_tokens)
+        embeds = backend.embed(self.ids, self.features)
+
+        def on_token(tok):
+            delta = self.stream.push(tok)
+            if delta and on_delta:
+                on_delta(delta)
+            return not self.stream.stopped and not cancelled()
+
+        r = backend.generate(embeds, cache, self.max_tokens, [self.engine.eou_id], kind="user",
+                             temperature=self.temperature, seed=self.seed, on_token=on_token)
+        tail = self.stream.finish()
+        if tail and on_delta:
+            on_delta(tail)
+        stopped = self.stream.stopped or len(r.tokens) < self.max_tokens
+        return self.stream.text, "stop" if stopped else "length", len(r.tokens)

@@ -1,0 +1,153 @@
+"""Stateful sessions: each holds a runner (its own KV cache and strategy) over the shared engine.
+
+The store enforces the caps (sessions, cache bytes) and expires idle sessions. A session's
+asyncio lock keeps its requests in arrival order; the engine queue runs one at a time.
+"""
+
+import asyncio
+import time
+import uuid
+
+from prospect_core.runners import StreamRunner
+from prospect_core.server.errors import APIError
+
+RECORD_KEYS = ("time", "frame_index", "talked", "text", "cache_len_before", "cache_len_after", "strategy_applied",
+               "silence_prob", "vision_ms", "prefill_ms", "decode_ms")
+
+
+def _public(rec):
+    out = {k: rec.get(k) for k in RECORD_KEYS}
+    out["cache_length"] = rec["cache_len_after"]
+    return out
+
+
+class Session:
+    def __init__(self, sid, runner, nbytes):
+        self.id, self.runner, self.nbytes = sid, runner, nbytes
+        self.created = self.last_used = time.time()
+        self.lock = asyncio.Lock()
+        self.frames = self.turns = self.compressions = 0
+        self.last_time = 0.0
+
+    # These run on the engine thread.
+    def add_frames(self, frames):
+        """frames: [(time, HxWx3 uint8)] -> one result per frame, in order."""
+        if frames and frames[0][0] < self.last_time:
+            raise ValueError(f"frames[0].time: expected >= the session's last frame time {self.last_time}, "
+                             f"got {frames[0][0]}")
+        results = []
+        for k, (t, image) in enumerate(frames):
+            rec = self.runner.add_frame(image, self.frames, t, where=f"frames[{k}].image_url")
+            self.frames += 1
+            self.last_time = t
+            self.compressions += rec["strategy_applied"] is not None
+            results.append(_public(rec))
+        return results
+
+    def add_message(self, content, respond, max_tokens=None):
+        rec = self.runner.add_user_turn(content, frame_index=max(self.frames - 1, 0), t=self.last_time,
+                                        respond=respond, max_new_tokens=max_tokens)
+        self.turns += 1
+        self.compressions += rec["strategy_applied"] is not None
+        out = _public(rec)
+        out["usage"] = {"completion_tokens": len(rec.get("tokens", []))}
+        return out
+
+    def info(self):
+        r = self.runner
+        cache = r.cache
+        return {
+            "id": self.id, "object": "session", "created": int(self.created), "last_used": int(self.last_used),
+            "system_prompt": r.system_prompt, "talk_policy": r.talk_policy, "context_strategy": r.strategy.config(),
+            "frames": self.frames, "turns": self.turns, "compressions": self.compressions,
+            "last_time": self.last_time, "cache_length": cache.length, "capacity": cache.capacity,
+            "next_position": cache.next_position, "cache_bytes": self.nbytes,
+            "spans": [{"id": s.id, "kind": s.kind, "frame_index": s.frame_index, "start": s.start, "end": s.end,
+                       "first_position": s.first_position, "pinned": s.pinned} for s in cache.spans],
+            "summaries": list(getattr(r.strategy, "summaries", [])),
+        }
+
+
+class SessionStore:
+    def __init__(self, engine, max_sessions, max_cache_bytes, ttl_s, max_seq_len):
+        self.engine, self.max_sessions, self.max_cache_bytes = engine, max_sessions, max_cache_bytes
+        self.ttl_s, self.max_seq_len = ttl_s, max_seq_len
+        self.sessions: dict[str, Session] = {}
+        self.reserved = 0  # bytes of sessions being built
+        self.bytes_per_token = engine.backend.make_cache(1).capacity_bytes()
+
+    @property
+    def used_bytes(self):
+        return self.reserved + sum(s.nbytes for s in self.sessions.values())
+
+    def session_len(self, body):
+        """The new session's context length: context_strategy_config's max_seq_len, or the server's."""
+        n = (body.context_strategy_config or {}).get("max_seq_len", self.max_seq_len)
+        limit = self.engine.backend.max_position_embeddings
+        if not isinstance(n, int) or isinstance(n, bool) or not 64 <= n <= limit:
+            raise APIError(400, f"context_strategy_config.max_seq_len: expected an int in [64, {limit}], got {n!r}",
+                           "context_strategy_config.max_seq_len")
+        return n
+
+    def reserve(self, max_seq_len):
+        """Claims room for a new session's cache, or refuses with 429 (too many) / 503 (memory)."""
+        if len(self.sessions) >= self.max_sessions:
+            raise APIError(429, f"session limit reached ({self.max_sessions} open); delete one or wait for "
+                                "idle ones to expire", code="too_many_sessions")
+        nbytes = self.bytes_per_token * max_seq_len
+        if self.used_bytes + nbytes > self.max_cache_bytes:
+            raise APIError(503, f"cache memory limit reached: a session of {max_seq_len} tokens needs "
+                                f"{nbytes / 2**20:.1f} MiB, {(self.max_cache_bytes - self.used_bytes) / 2**20:.1f} "
+                                f"MiB of {self.max_cache_bytes / 2**20:.0f} MiB are free", code="cache_memory_full")
+        self.reserved += nbytes
+        return nbytes
+
+    def release(self, nbytes):
+        self.reserved -= nbytes
+
+    def build(self, body, max_seq_len):
+        """Runs on the engine thread: the session's runner over the shared engine."""
+        cfg = dict(body.context_strategy_config or {})
+        cfg.pop("max_seq_len", None)
+        reserved = cfg.pop("reserved_seq_len", min(128, max_seq_len // 4))
+        strategy = body.context_strategy or "drop_middle"
+        # The strategies' defaults suit 4096 tokens; a shorter session gets them scaled down.
+        if strategy == "drop_middle":
+            cfg.setdefault("last_keep_len", min(512, max_seq_len // 4))
+        if strategy == "summarize_and_drop":
+            cfg.setdefault("summary_max_length", min(512, max_seq_len // 8))
+        kw = dict(max_seq_len=max_seq_len, reserved_seq_len=reserved, context_strategy_config=cfg,
+                  system_prompt=body.system_prompt, talk_policy=body.talk_policy or "silence_threshold",
+                  max_new_tokens=body.max_new_tokens or min(100, max_seq_len // 4))
+        if body.context_strategy is not None:
+            kw["context_strategy_type"] = body.context_strategy
+        if body.not_talk_threshold is not None:
+            kw["not_talk_threshold"] = body.not_talk_threshold
+        runner = StreamRunner(self.engine, **kw)
+        runner.reset(body.knowledge)
+        runner.ensure_context()
+        return runner
+
+    def add(self, runner, nbytes):
+        self.release(nbytes)
+        s = Session(uuid.uuid4().hex, runner, runner.cache.capacity_bytes())
+        self.sessions[s.id] = s
+        return s
+
+    def get(self, sid) -> Session:
+        s = self.sessions.get(sid)
+        if s is None:
+            raise APIError(404, f"no session '{sid}' (never created, deleted, or expired after {self.ttl_s:g} s "
+                                "idle)", "session_id", "session_not_found")
+        return s
+
+    def remove(self, sid):
+        self.sessions.pop(sid, None)
+
+    def expire(self, now=None):
+        """Removes sessions idle longer than the TTL and not busy; returns their ids."""
+        now = time.time() if now is None else now
+        gone = [sid for sid, s in self.sessions.items() if now - s.last_used > self.ttl_s and not s.lock.locked()]
+        for sid in gone:
+            del self.sessions[sid]
+        return gone

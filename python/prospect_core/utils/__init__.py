@@ -1,0 +1,1 @@
+"""Helpers of the original pipeline, mirrored: ChatFormatter, KVCacheManager."""
