@@ -135,7 +135,11 @@ class SmolVLMWithStrategies:
         kv = self._cache_for(past_key_values, embeds.shape[1] + max_length)
         stops = self._stop_ids()
         r = self.engine.greedy_generate(embeds, kv, max_length, stops, keep_generated_in_cache=True, **sampling)
-        tokens = list(r.tokens) + ([stops[0]] if len(r.tokens) < max_length and stops else [])
+        tokens = list(r.tokens)
+        if len(tokens) < max_length:  # stopped by the end token, which the original returns (it is never fed)
+            tokens += stops[:1]
+        else:  # the engine fed the last token too; the original's cache ends before it
+            kv.truncate(kv.length - 1)
         out = torch.tensor([tokens], dtype=torch.long, device=self.device)
         self.inplace_output_ids = out
         if isinstance(past_key_values, core.KVCache):
