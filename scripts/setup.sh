@@ -31,6 +31,12 @@ mapfile -t reqs < <("$PY" scripts/requirements.py hf serve test)
 mapfile -t bare < <("$PY" scripts/requirements.py --no-deps)
 "$PY" -m pip install -q --disable-pip-version-check --no-deps "${bare[@]}"
 
+# The package was called `prospect` before it became `prospect_core`: an old install would shadow
+# the original pipeline's own `prospect` package, so it goes.
+if "$PY" -m pip show prospect 2>/dev/null | grep -q "^Summary: Streaming vision-language runtime"; then
+  "$PY" -m pip uninstall -q -y prospect
+fi
+
 # ccache hits across clones: paths relative to the checkout, cwd not hashed.
 export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 # The extension is built against the torch just installed, so no build isolation.

@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
 from prospect_core.context_strategies import DropMiddleStrategy
-from prospect_core.context_strategies.drop_middle import _layers
+from prospect_core.context_strategies import cache_layers
 from prospect_core.models import CustomSmolVLMProcessor, SmolVLMWithStrategies
 
 from test_swap_in_strategies import reference_drop_middle
@@ -45,11 +45,11 @@ def reference_fast_greedy(hf, inputs, past, max_length, eos):
         tokens.append(int(tok))
         if int(tok) == eos:
             break
-    return tokens, tuple((k.clone(), v.clone()) for k, v in _layers(cache))
+    return tokens, tuple((k.clone(), v.clone()) for k, v in cache_layers(cache))
 
 
 def close(ours, ref):
-    got = _layers(ours)
+    got = cache_layers(ours)
     assert len(got) == len(ref)
     for (k, v), (rk, rv) in zip(got, ref):
         assert k.shape == rk.shape
@@ -127,3 +127,20 @@ def test_sampling_reaches_the_decoder(pair):
         ours.fast_greedy_generate(embeds, None, do_sample=True, top_p=0)
     with pytest.raises(TypeError, match=r"unsupported generation arguments \['beams'\]"):
         ours.fast_greedy_generate(embeds, None, beams=2)
+
+
+def test_processor_sequences_and_chat_formatter(pair):
+    from prospect_core.utils.chat_formatter import ChatFormatter
+
+    _, _, proc = pair
+    ids, text = proc.get_input_sequence(2, [{"role": "system", "content": "Be brief."}])
+    assert text == "System: Be brief.\n<image><image>"
+    assert ids[0].tolist() == proc.tokenizer(text, add_special_tokens=False)["input_ids"]
+    _, first = proc.get_input_sequence(0, [{"role": "user", "content": "Hi"}], first_turn=True)
+    assert first == "<|im_start|>User: Hi<end_of_utterance>\nAssistant:"
+    fmt = ChatFormatter(proc.tokenizer)
+    # A plain string content is rendered (SmolVLM2's template alone would render it as nothing).
+    assert fmt.format_system_message("The kettle is on.") == "<|im_start|>System: The kettle is on.<end_of_utterance>\n"
+    assert proc.cleanup_text(" Assistant: Pour now.<end_of_utterance>") == ("Pour now.", "assistant")
+    with pytest.raises(ValueError, match="num_images expected an int >= 0"):
+        proc.get_input_sequence(-1, [])

@@ -98,9 +98,9 @@ def _dynamic(pkv):
 
 
 def layers_of(c):
-    from prospect_core.context_strategies.drop_middle import _layers
+    from prospect_core.context_strategies import cache_layers
 
-    return _layers(c)
+    return cache_layers(c)
 
 
 @pytest.mark.parametrize("kind", ["tuple", "dynamic", "kvcache"])

@@ -31,7 +31,19 @@ def cache_length(past_key_values) -> int:
     return int(past_key_values[0][0].shape[2])
 
 
-def _check_int(name, value, low, high=None):
+def cache_layers(past_key_values):
+    """[(keys, values)] per filled layer of a tuple, DynamicCache or KVCache: views, no copy."""
+    if isinstance(past_key_values, core.KVCache):
+        return [(past_key_values.keys(i), past_key_values.values(i)) for i in range(past_key_values.num_layers)]
+    if hasattr(past_key_values, "layers"):  # transformers >= 4.54
+        return [(layer.keys, layer.values) for layer in past_key_values.layers if layer.keys is not None
+                and layer.keys.dim() == 4]
+    if hasattr(past_key_values, "key_cache"):
+        return list(zip(past_key_values.key_cache, past_key_values.value_cache))
+    return [(k, v) for k, v, *_ in past_key_values]
+
+
+def check_int(name, value, low, high=None):
     """value must be an int in [low, high); high is a max_seq_len, so the message names it."""
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value >= high):
         span = f"[{low}, max_seq_len={high})" if high is not None else f">= {low}"
@@ -43,8 +55,8 @@ class BaseContextStrategy(ABC):
     with ContextStrategyFactory.register to use it by name."""
 
     def __init__(self, max_seq_len: int, reserved_seq_len: int = 128, **kwargs):
-        _check_int("max_seq_len", max_seq_len, 1)
-        _check_int("reserved_seq_len", reserved_seq_len, 0, max_seq_len)
+        check_int("max_seq_len", max_seq_len, 1)
+        check_int("reserved_seq_len", reserved_seq_len, 0, max_seq_len)
         if kwargs:
             raise ValueError(f"{type(self).__name__}: unknown config keys {sorted(kwargs)}")
         self.max_seq_len = max_seq_len

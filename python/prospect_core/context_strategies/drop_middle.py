@@ -14,22 +14,10 @@ the kept tail so positions stay contiguous. StreamRunner uses both.
 import torch
 
 from prospect_core import _C as core
-from prospect_core.context_strategies.base_strategy import BaseContextStrategy, _check_int, cache_length
+from prospect_core.context_strategies.base_strategy import BaseContextStrategy, cache_layers, cache_length, check_int
 
 CUTS = ("token", "span")
 POSITION_MODES = ("length", "keep", "shift")
-
-
-def _layers(past_key_values):
-    """[(keys, values)] per filled layer of a tuple, DynamicCache or KVCache: views, no copy."""
-    if isinstance(past_key_values, core.KVCache):
-        return [(past_key_values.keys(i), past_key_values.values(i)) for i in range(past_key_values.num_layers)]
-    if hasattr(past_key_values, "layers"):  # transformers >= 4.54
-        return [(layer.keys, layer.values) for layer in past_key_values.layers if layer.keys is not None
-                and layer.keys.dim() == 4]
-    if hasattr(past_key_values, "key_cache"):
-        return list(zip(past_key_values.key_cache, past_key_values.value_cache))
-    return [(k, v) for k, v, *_ in past_key_values]
 
 
 class DropMiddleStrategy(BaseContextStrategy):
@@ -38,7 +26,7 @@ class DropMiddleStrategy(BaseContextStrategy):
     def __init__(self, max_seq_len: int, reserved_seq_len: int = 128, last_keep_len: int = 512, cut: str = "token",
                  position_mode: str = "length", **kwargs):
         super().__init__(max_seq_len, reserved_seq_len, **kwargs)
-        _check_int("last_keep_len", last_keep_len, 0, max_seq_len)
+        check_int("last_keep_len", last_keep_len, 0, max_seq_len)
         if cut not in CUTS:
             raise ValueError(f"cut expected one of {', '.join(CUTS)}, got {cut!r}")
         if position_mode not in POSITION_MODES:
@@ -53,13 +41,13 @@ class DropMiddleStrategy(BaseContextStrategy):
         if past_key_values is None or isinstance(past_key_values, tuple):
             self.init_kv_cache = past_key_values
         else:
-            self.init_kv_cache = tuple((k.clone(), v.clone()) for k, v in _layers(past_key_values))
+            self.init_kv_cache = tuple((k.clone(), v.clone()) for k, v in cache_layers(past_key_values))
 
     def handle_overflow(self, past_key_values, last_msg, **context):
         if isinstance(past_key_values, core.KVCache) and self.cut == "span":
             return self._span_cut(past_key_values), last_msg
         if "keep_first" in context:  # a caller that knows its initial context by length, not by snapshot
-            _check_int("keep_first", context["keep_first"], 0)
+            check_int("keep_first", context["keep_first"], 0)
             init, init_len = None, context["keep_first"]
         elif self.init_kv_cache is None:
             return past_key_values, last_msg  # nothing to keep yet: as the original, leave the cache as it is
@@ -87,7 +75,7 @@ class DropMiddleStrategy(BaseContextStrategy):
     @staticmethod
     def _restore_initial(past_key_values, init, init_len):
         """The kept head is the snapshot: write it over the cache's first tokens unless they are the same memory."""
-        for (k, v), (ik, iv) in zip(_layers(past_key_values), _layers(init)):
+        for (k, v), (ik, iv) in zip(cache_layers(past_key_values), cache_layers(init)):
             if k.data_ptr() == ik.data_ptr() and k.stride() == ik.stride():
                 continue
             k.narrow(2, 0, init_len).copy_(ik)

@@ -2,7 +2,7 @@
 
 from prospect_core import _C as core
 from prospect_core import prompt
-from prospect_core.context_strategies.base_strategy import BaseContextStrategy, _check_int
+from prospect_core.context_strategies.base_strategy import BaseContextStrategy, check_int
 
 DEFAULT_SUMMARY_PROMPT = {"role": "system", "content": "Watch the user's actions and track the task progress. "
                                                        "Please summarize the progress."}
@@ -43,7 +43,7 @@ class SummarizeAndDropStrategy(BaseContextStrategy):
                  summary_prompt=None, initial_sys_prompt: str | None = None, task_knowledge: str | None = None,
                  **kwargs):
         super().__init__(max_seq_len, reserved_seq_len, **kwargs)
-        _check_int("summary_max_length", summary_max_length, 1, max_seq_len)
+        check_int("summary_max_length", summary_max_length, 1, max_seq_len)
         content = summary_prompt.get("content") if isinstance(summary_prompt, dict) else summary_prompt
         if summary_prompt is not None and (not isinstance(content, str) or not content.strip()):
             raise ValueError("summary_prompt expected a non-empty string or a {role, content} dict, "

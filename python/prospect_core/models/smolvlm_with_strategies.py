@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import torch
 
 from prospect_core import _C as core
+from prospect_core.context_strategies.base_strategy import cache_length
 from prospect_core.model import DTYPES, load_model, resolve_model_path
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -109,7 +110,7 @@ class SmolVLMWithStrategies:
                 raise ValueError(f"past_key_values: a KVCache of capacity {past_key_values.capacity} cannot take "
                                  f"{need} more tokens at length {past_key_values.length}")
             return past_key_values
-        length = 0 if past_key_values is None else _length(past_key_values)
+        length = cache_length(past_key_values)
         capacity = max(int(self.config.max_seq_len), 2 * (length + need))
         kv = self._kv
         if (isinstance(past_key_values, tuple) and kv is not None and length <= kv.length
@@ -171,12 +172,6 @@ def _sampling(kwargs):
     if not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise ValueError(f"top_p expected a number in (0, 1], got {p!r}")
     return {"temperature": float(t), "top_p": float(p), "seed": kwargs.get("seed")}
-
-
-def _length(past_key_values):
-    if hasattr(past_key_values, "get_seq_length"):
-        return int(past_key_values.get_seq_length())
-    return int(past_key_values[0][0].shape[2])
 
 
 def _views_of(legacy, kv):
