@@ -206,7 +206,8 @@ def test_strategy_inside_a_transformers_loop(tiny_model):
     from transformers import AutoModelForImageTextToText, DynamicCache
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()
-    theta = model.config.text_config.rope_parameters["rope_theta"]
+    t = model.config.text_config  # rope_parameters in transformers 5.x, rope_theta in 4.57
+    theta = (getattr(t, "rope_parameters", None) or {}).get("rope_theta") or t.rope_theta
     s = ContextStrategyFactory.create_strategy("drop_middle", max_seq_len=96, reserved_seq_len=16, last_keep_len=32)
     cache = DynamicCache()
     for step in range(20):

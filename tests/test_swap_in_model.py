@@ -56,20 +56,23 @@ def close(ours, ref):
         assert (k - rk).abs().max() < 1e-4 and (v - rv).abs().max() < 1e-4
 
 
-def prompt_inputs(proc, turn):
+def prompt_inputs(proc, turn, with_image=True):
+    if not with_image:
+        return {"input_ids": proc.tokenizer(f"Step {turn}: what now?", return_tensors="pt")["input_ids"]}
     inputs = proc(images=image(turn), text=f"<image>Step {turn}: what now?", return_tensors="pt")
     return {k: inputs[k] for k in ("input_ids", "pixel_values", "pixel_attention_mask")}
 
 
-def test_fast_greedy_generate_matches_transformers_across_turns_and_cuts(pair):
+@pytest.mark.parametrize("with_image", [True, False], ids=["image", "text"])
+def test_fast_greedy_generate_matches_transformers_across_turns_and_cuts(pair, with_image):
     ours, hf, proc = pair
     eos = ours.config.eos_token_id
     assert eos == hf.config.text_config.eos_token_id
-    strategy = DropMiddleStrategy(max_seq_len=4096, last_keep_len=40)
+    strategy = DropMiddleStrategy(max_seq_len=4096, last_keep_len=40 if with_image else 12)
     ref_cache = our_cache = ref_init = None
     lengths = []
     for turn in range(4):
-        inputs = prompt_inputs(proc, turn)
+        inputs = prompt_inputs(proc, turn, with_image)
         ids, our_cache = ours.fast_greedy_generate(ours.joint_embed(**inputs), our_cache, max_length=12)
         want, ref_cache = reference_fast_greedy(hf, inputs, ref_cache, 12, eos)
         assert ids[0].tolist() == want
@@ -81,11 +84,11 @@ def test_fast_greedy_generate_matches_transformers_across_turns_and_cuts(pair):
         elif turn < 3:  # the cut the original's runner makes before the next generation
             before = our_cache[0][0].shape[2]
             our_cache, _ = strategy.handle_overflow(our_cache, None)
-            ref_cache = reference_drop_middle(ref_init, ref_cache, 40)
+            ref_cache = reference_drop_middle(ref_init, ref_cache, strategy.last_keep_len)
             close(our_cache, ref_cache)
             lengths.append((before, our_cache[0][0].shape[2]))
     init_len = ref_init[0][0].shape[2]
-    assert all(after == init_len + 40 < before for before, after in lengths)  # two real cuts
+    assert all(after == init_len + strategy.last_keep_len < before for before, after in lengths)  # two real cuts
 
 
 def test_inputs_embeds_may_be_a_tensor_and_a_kvcache_is_continued_in_place(pair):

@@ -4,6 +4,12 @@
 Llama forward and generate(): keys and values are written in place into the
 preallocated KVCache (no torch.cat per step), and each forward is recorded as a
 span, so prospect's span-aware surgery works on caches transformers filled.
+
+It works with transformers 4.57 and 5.x, whose cache-layer interfaces differ: the
+maximum-length query (4.57 get_max_cache_shape, 5.x get_max_length), get_mask_sizes's
+argument (4.57 the cache_position tensor, 5.x the query length), lazy_initialization's
+(4.57 keys only, 5.x keys and values) and crop's (4.57 a length to keep or, negative, a
+count to remove; 5.x a negative count). ProspectLayer answers both.
 """
 
 
@@ -24,7 +30,7 @@ class ProspectLayer(CacheLayerMixin):
         self.owner, self.index = owner, index
         self.is_initialized = True
 
-    def lazy_initialization(self, key_states, value_states):
+    def lazy_initialization(self, key_states, value_states=None):  # 4.57 passes the keys only
         pass
 
     @property
@@ -49,19 +55,26 @@ class ProspectLayer(CacheLayerMixin):
     def get_seq_length(self):
         return self.owner.kv.length
 
-    def get_mask_sizes(self, query_length):
+    def get_mask_sizes(self, query):
+        # 5.x passes the query length; 4.57 the query's cache_position tensor.
+        query_length = query.shape[0] if isinstance(query, torch.Tensor) else int(query)
         return self.owner.kv.length + query_length, 0
 
-    def get_max_length(self):
+    def get_max_length(self):  # transformers 5.x
         return self.owner.kv.capacity
+
+    get_max_cache_shape = get_max_length  # transformers 4.57
 
     def reset(self):
         self.owner.kv.drop_all()
 
-    def crop(self, tokens_to_remove):
+    def crop(self, n):
+        # Negative: remove -n tokens (both versions). Positive: keep the first n (4.57's max_length).
         kv = self.owner.kv
-        if self.index == 0 and tokens_to_remove:
-            kv.truncate(kv.length - abs(tokens_to_remove) if tokens_to_remove < 0 else tokens_to_remove)
+        if self.index == 0 and n:
+            target = max(kv.length + n, 0) if n < 0 else min(n, kv.length)
+            if target < kv.length:
+                kv.truncate(target)
 
 
 class ProspectCache(Cache):
@@ -142,7 +155,8 @@ class HFBackend:
     def image_features(self, pixel_values, pixel_attention_mask=None):
         pv = pixel_values.to(self.device, self.dtype)
         mask = pixel_attention_mask.to(self.device) if pixel_attention_mask is not None else None
-        out = self.model.model.get_image_features(pv, mask).pooler_output
+        out = self.model.model.get_image_features(pv, mask)
+        out = getattr(out, "pooler_output", out)  # 5.x: an output object; 4.57: the [N, L, H] tensor
         L = self.image_seq_len
         return torch.cat(list(out)).view(-1, L, out[0].shape[-1])
 

@@ -183,4 +183,38 @@ def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = "float32",
     (out / "generation_config.json").write_text(json.dumps({
         "bos_token_id": text["bos_token_id"], "eos_token_id": text["eos_token_id"],
         "pad_token_id": text["pad_token_id"]}, indent=2))
+    _portable(out)
     return out
+
+
+def _edit_json(path: Path, edit):
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _portable(out: Path):
+    """Makes the saved files load the same on transformers 4.57 and 5.x, whichever wrote them.
+
+    5.x writes spellings that 4.57 misreads: rope_parameters only (4.57 reads rope_theta and would
+    silently fall back to 10000), tokenizer_class TokenizersBackend (absent from 4.57) and a list
+    under extra_special_tokens (4.57 expects a dict of named tokens there). 5.x also reads the 4.x
+    spellings (rope_theta next to rope_parameters, PreTrainedTokenizerFast, additional_special_tokens),
+    so those are what is written. model_input_names is pinned because 4.57's
+    PreTrainedTokenizerFast would add token_type_ids, which SmolVLM's generate() rejects.
+    """
+    def config(cfg):
+        text = cfg["text_config"]
+        rope = text.get("rope_parameters") or {}
+        if "rope_theta" in rope:
+            text.setdefault("rope_theta", rope["rope_theta"])
+
+    def tokenizer(cfg):
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        extra = cfg.get("extra_special_tokens")
+        if isinstance(extra, list):
+            cfg["additional_special_tokens"] = cfg.pop("extra_special_tokens")
+        cfg["model_input_names"] = ["input_ids", "attention_mask"]
+
+    _edit_json(out / "config.json", config)
+    _edit_json(out / "tokenizer_config.json", tokenizer)

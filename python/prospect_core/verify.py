@@ -43,7 +43,9 @@ def verify(path, dtype="float32", device="cpu", new_tokens=32, seed=0, prompt=No
         text_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
 
     feats = ours.image_features(pv.to(device)).float().cpu()
-    feats_ref = torch.cat(list(ref.model.get_image_features(pv.to(device, torch_dtype)).pooler_output)).float().cpu()
+    feats_ref = ref.model.get_image_features(pv.to(device, torch_dtype))
+    feats_ref = getattr(feats_ref, "pooler_output", feats_ref)  # 5.x: an output object; 4.57: the tensor
+    feats_ref = torch.cat(list(feats_ref)).float().cpu()
     vision_err = ((feats.reshape(-1, feats.shape[-1]) - feats_ref).abs().max() / feats_ref.abs().max()).item()
 
     logits = ours.forward(ours.joint_embed(ids.to(device), pv.to(device)), ours.make_cache(ids.shape[1] + 8))
