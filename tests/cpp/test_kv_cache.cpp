@@ -186,6 +186,25 @@ TEST(KVCache, TruncateRollsBackPositions) {
     EXPECT_EQ(c.spans().back().first_position, 4);
 }
 
+TEST(KVCache, DropRangeCutsInsideSpansTokenExact) {
+    KVCache c(L, H, D, 64);
+    append_tagged(c, 0, 4, SPAN_SYSTEM);
+    const int64_t long_span = append_tagged(c, 4, 10);  // slots 4..13, cut in its middle below
+    append_tagged(c, 14, 3, SPAN_ASSISTANT);
+    EXPECT_EQ(c.drop_range(6, 9, POSITION_LENGTH), 3);
+    expect_tags(c, concat(range(0, 6), range(9, 17)));
+    ASSERT_EQ(c.spans().size(), 4u);  // the frame split in two; the tail got a new id
+    EXPECT_EQ(c.spans()[1].id, long_span);
+    EXPECT_NE(c.spans()[2].id, long_span);
+    EXPECT_EQ(c.spans()[2].first_position, 9);  // "length": the kept keys keep their positions ...
+    EXPECT_EQ(c.next_position(), 14);           // ... and the next token takes position = length
+    EXPECT_EQ(c.drop_range(2, 8, POSITION_KEEP), 6);  // across a span boundary, removing a whole piece
+    expect_tags(c, concat(range(0, 2), range(11, 17)));
+    EXPECT_EQ(c.next_position(), 14);  // "keep": positions go on counting
+    EXPECT_THROW(c.drop_range(3, 99), c10::ValueError);
+    expect_tags(c, concat(range(0, 2), range(11, 17)));  // a refused cut moves nothing
+}
+
 TEST(KVCache, EngineWriteCommitAndExtend) {
     KVCache c(L, H, D, 16);
     for (int64_t l = 0; l < L; ++l) c.write(l, tokens(l, 0, 0, 3), tokens(l, 1, 0, 3));
