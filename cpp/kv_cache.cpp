@@ -253,6 +253,7 @@ int64_t KVCache::drop_spans(const std::vector<int64_t>& span_ids, PositionMode m
 int64_t KVCache::drop_range(int64_t start, int64_t end, PositionMode mode) {
     TORCH_CHECK_VALUE(0 <= start && start <= end && end <= length_, "KVCache.drop_range: expected 0 <= start <= end <= ",
                       length_, " (the cache length), got start ", start, ", end ", end);
+    if (start == end) return 0;  // nothing to cut: no span is split, no position moves
     std::vector<Span> pieces;
     for (const auto& s : spans_) {
         if (s.end <= start || s.start >= end) {

@@ -91,6 +91,29 @@ def test_fast_greedy_generate_matches_transformers_across_turns_and_cuts(pair, w
     assert all(after == init_len + strategy.last_keep_len < before for before, after in lengths)  # two real cuts
 
 
+def test_the_end_token_is_returned_and_not_cached(pair):
+    ours, hf, proc = pair
+    inputs = prompt_inputs(proc, 11, with_image=False)
+    free, _ = ours.fast_greedy_generate(ours.joint_embed(**inputs), None, max_length=8)
+    eos = int(free[0, 3])  # as if the fourth greedy token were the end token
+    k = free[0].tolist().index(eos)
+    ids, cache = ours.fast_greedy_generate(ours.joint_embed(**inputs), None, max_length=8, eos_token_id=eos)
+    want, ref = reference_fast_greedy(hf, inputs, None, 8, eos)
+    assert ids[0].tolist() == want == free[0, :k + 1].tolist()  # stops at it, and returns it
+    close(cache, ref)
+    assert cache[0][0].shape[2] == inputs["input_ids"].shape[1] + k  # the end token itself is not cached
+
+
+def test_an_older_tuple_is_copied_not_continued_in_place(pair):
+    ours, _, proc = pair
+    t1_ids, t1 = ours.fast_greedy_generate(ours.joint_embed(**prompt_inputs(proc, 1, False)), None, max_length=4)
+    _, t2 = ours.fast_greedy_generate(ours.joint_embed(**prompt_inputs(proc, 2, False)), t1, max_length=4)
+    assert t2[0][0].data_ptr() == t1[0][0].data_ptr()  # the latest tuple goes on in place
+    t2_keys = t2[0][0].clone()
+    ours.fast_greedy_generate(ours.joint_embed(**prompt_inputs(proc, 3, False)), t1, max_length=4)  # branch
+    assert torch.equal(t2[0][0], t2_keys)  # what was handed out earlier did not change
+
+
 def test_inputs_embeds_may_be_a_tensor_and_a_kvcache_is_continued_in_place(pair):
     ours, _, proc = pair
     inputs = prompt_inputs(proc, 5)

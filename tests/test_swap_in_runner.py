@@ -31,6 +31,7 @@ def tea_video(n_frames=60, fps=FPS):
               for i in range(n_frames)]
     conversation = [{"from": "assistant", "timestamp": a, "value": f"Now {n.lower()}.", "labels": ""}
                     for n, a, _ in SUBSTEPS[1:]]
+    conversation[2]["timestamp"] += 0.2  # between two frames: it belongs to one of them, floor(t * fps)
     return {"video_id": "tea-01", "dataset": "prospect/test", "frames": frames, "conversation": conversation,
             "dst_annotations": dst_frame(), "fps": fps}
 
@@ -162,11 +163,17 @@ def test_rows_work_as_well_as_a_dataframe_and_predicted_substeps(tiny_model):
     b = [p.gen for p in r.run_inference_on_video({**video, "dst_annotations":
                                                   video["dst_annotations"].to_dict("records")})["predictions"]]
     assert a == b and sum(bool(x) for x in a) == 1
-    # No ground truth: the model names the substep from the frame; each new name is a transition.
+    # No ground truth: the model names the substep from the frame; each change of name is a transition.
     guess = make_runner(tiny_model, use_gt_substeps=False)
     guess.transition_detection_prompt = "<image>Which substep is this?"
+    named = []
+    detect = guess._detect_substep
+    guess._detect_substep = lambda *a: named.append(detect(*a)) or named[-1]
     out = guess.run_inference_on_video({**video, "dst_annotations": None})["predictions"]
-    assert len(out) == 12 and guess.current_substep is not None
+    changes = [i for i in range(1, 12) if named[i] and named[i - 1] and named[i] != named[i - 1]]
+    assert len(out) == 12 and len(named) == 12 and all(named)
+    assert len(set(named)) > 1, "random frames should get different names from random weights"
+    assert [i for i, p in enumerate(out) if p.gen] == changes
 
 
 def test_baseline_generator_writes_the_originals_files_and_keys(tiny_model, tmp_path):

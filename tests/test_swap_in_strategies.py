@@ -142,14 +142,25 @@ def test_drop_middle_no_snapshot_leaves_the_cache():
 
 
 def test_drop_middle_cuts_in_place_and_masks_match():
-    init, cur = cache(4), cache(30)
+    cur = cache(30)
     s = DropMiddleStrategy(max_seq_len=32, reserved_seq_len=4, last_keep_len=10)
     s.set_initial_cache(tuple((k[:, :, :4], v[:, :, :4]) for k, v in cur))
-    mask = torch.arange(30).view(1, 30)
+    mask = torch.arange(33).view(1, 33)  # the cache's 30 columns, then 3 for the new input
     out, new_mask = s.compress_cache(cur, mask)
     assert out[0][0].data_ptr() == cur[0][0].data_ptr()  # compacted inside the caller's tensors
-    assert new_mask.tolist() == [[0, 1, 2, 3] + list(range(20, 30))]
-    del init
+    assert new_mask.tolist() == [[0, 1, 2, 3] + list(range(20, 33))]
+    # drop_all empties the cache; as the original, the mask is then the caller's business.
+    assert DropAllStrategy(max_seq_len=32, reserved_seq_len=4).compress_cache(cache(30), mask) == (None, mask)
+
+
+def test_summary_prompt_may_be_the_dictconfig_the_original_evaluator_passes():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(YAML["summarize_and_drop.yaml"])
+    config = dict(cfg)  # what their evaluator does: dict() of the strategy's node, nested nodes stay DictConfig
+    config.pop("type")
+    s = create_strategy("summarize_and_drop", 4096, **config)
+    assert s.summary_prompt == {"role": "system", "content": "Please summarize the progress."}
 
 
 def test_kvcache_token_cut_splits_spans_and_keeps_the_ledger_consistent():
@@ -209,6 +220,10 @@ def test_summarize_with_dst_puts_the_task_state_in_the_request(tmp_path):
     s.handle_overflow(cache(4), None, summarize=lambda text, n: seen.append(text) or "ok", current_timestamp=12.0,
                       dst_annotations=[{"type": "STEP", "name": "Pour", "start_ts": 11, "end_ts": 13}])
     assert "now: Pour" in seen[1]
+    # A video without annotations (the runner passes none) leaves the file's.
+    s.handle_overflow(cache(4), None, summarize=lambda text, n: seen.append(text) or "ok", current_timestamp=12.0,
+                      dst_annotations=[])
+    assert "now: Steep tea" in seen[2]
     with pytest.raises(FileNotFoundError, match="dst_file: no such file"):
         SummarizeWithDSTStrategy(max_seq_len=4096, dst_file=str(tmp_path / "none.tsv"))
 

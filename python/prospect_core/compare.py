@@ -49,7 +49,10 @@ def _versions():
 
 
 def _runner_kwargs(cfg, strategy):
-    scfg = dict(cfg.get("strategy_config", {}).get(strategy, {}))
+    from prospect_core.runners.stream_runner import NATIVE_STRATEGY_DEFAULTS
+
+    # The strategy as the runner builds it (its own cut and position defaults), so the metadata says what ran.
+    scfg = {**NATIVE_STRATEGY_DEFAULTS.get(strategy, {}), **cfg.get("strategy_config", {}).get(strategy, {})}
     return dict(device=cfg["device"], torch_dtype=cfg["dtype"], max_new_tokens=cfg["max_new_tokens"],
                 context_strategy_type=strategy, context_strategy_config=scfg or None,
                 max_seq_len=cfg["max_seq_len"], reserved_seq_len=cfg["reserved_seq_len"], backend=cfg["backend"],
@@ -182,8 +185,10 @@ def evaluate_strategy(sdir, strategy, records, cfg, embedder):
 
 def _metadata(cfg, strategy, embedder):
     from prospect_core.context_strategies import ContextStrategyFactory
+    from prospect_core.runners.stream_runner import NATIVE_STRATEGY_DEFAULTS
 
-    scfg = dict(cfg.get("strategy_config", {}).get(strategy, {}))
+    # The strategy as the runner builds it (its own cut and position defaults), so the metadata says what ran.
+    scfg = {**NATIVE_STRATEGY_DEFAULTS.get(strategy, {}), **cfg.get("strategy_config", {}).get(strategy, {})}
     strat = ContextStrategyFactory.create_strategy(strategy, cfg["max_seq_len"], cfg["reserved_seq_len"], **scfg)
     return {
         "versions": _versions(), "model": str(cfg["model"]), "weights_sha256_16": cfg["weights_hash"],

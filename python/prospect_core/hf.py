@@ -18,6 +18,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from prospect_core import _C as core
 from prospect_core.backends import python_generate
+from prospect_core.model import rope_theta
 
 
 class ProspectLayer(CacheLayerMixin):
@@ -141,7 +142,7 @@ class HFBackend:
     def make_cache(self, capacity):
         t = self.model.config.text_config
         head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
-        theta = (getattr(t, "rope_parameters", None) or {}).get("rope_theta") or getattr(t, "rope_theta", 10000.0)
+        theta = rope_theta(t)
         return core.KVCache(t.num_hidden_layers, t.num_key_value_heads, head_dim, capacity, dtype=self.dtype,
                             device=str(self.device), rope_theta=float(theta))
 

@@ -29,6 +29,12 @@ def resolve_model_path(model_name, cache_dir=None) -> Path:
                             f"(no such folder)")
 
 
+def rope_theta(text_config) -> float:
+    """rope_theta of a text config: transformers 5 keeps it in rope_parameters, 4.x beside them."""
+    params = getattr(text_config, "rope_parameters", None) or {}
+    return float(params.get("rope_theta") or getattr(text_config, "rope_theta", None) or 10000.0)
+
+
 def load_model(path, dtype: str = "float32", device: str = "cpu") -> core.SmolVLM:
     """Loads a Hugging Face SmolVLM2 folder into the C++ engine; weights are cast once, here."""
     if not isinstance(dtype, str) or dtype not in DTYPES:

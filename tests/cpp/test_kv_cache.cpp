@@ -201,6 +201,9 @@ TEST(KVCache, DropRangeCutsInsideSpansTokenExact) {
     EXPECT_EQ(c.drop_range(2, 8, POSITION_KEEP), 6);  // across a span boundary, removing a whole piece
     expect_tags(c, concat(range(0, 2), range(11, 17)));
     EXPECT_EQ(c.next_position(), 14);  // "keep": positions go on counting
+    EXPECT_EQ(c.drop_range(4, 4, POSITION_LENGTH), 0);  // an empty range changes nothing
+    EXPECT_EQ(c.spans().size(), 3u);
+    EXPECT_EQ(c.next_position(), 14);
     EXPECT_THROW(c.drop_range(3, 99), c10::ValueError);
     expect_tags(c, concat(range(0, 2), range(11, 17)));  // a refused cut moves nothing
 }

@@ -10,6 +10,8 @@ again from its prompt, and from the returned `last_msg` when it is a summary.
 from abc import ABC, abstractmethod
 from enum import Enum
 
+import torch
+
 from prospect_core import _C as core
 
 
@@ -81,15 +83,24 @@ class BaseContextStrategy(ABC):
         A summary is not thrown away: when handle_overflow empties the cache and returns a summary text, and
         `model` and `processor` are in the context, the returned cache holds the summary, prefilled."""
         old_len = cache_length(past_key_values)
-        new_cache, msg = self.handle_overflow(past_key_values, None, **context)
-        if new_cache is None and isinstance(msg, str) and msg and "model" in context and "processor" in context:
-            new_cache = prefill_text(context["model"], context["processor"], msg)
+        new_cache, _ = self.handle_overflow(past_key_values, None, **context)
+        restart = self.restart_text() if new_cache is None else None
+        if restart and "model" in context and "processor" in context:
+            new_cache = prefill_text(context["model"], context["processor"], restart)
+            return new_cache, _ones_then_new(attention_mask, old_len, cache_length(new_cache))
+        if new_cache is None:  # emptied: as the original, the mask is left to the caller
+            return new_cache, attention_mask
         return new_cache, self._update_attention_mask(attention_mask, old_len, cache_length(new_cache))
 
     def _update_attention_mask(self, attention_mask, old_len, new_len):
+        """The cache kept its first new_len tokens; columns past the old cache (new input) stay."""
         if attention_mask is None or new_len == old_len:
             return attention_mask
-        return attention_mask[:, :new_len]
+        return torch.cat([attention_mask[:, :new_len], attention_mask[:, old_len:]], dim=1)
+
+    def restart_text(self):
+        """What an emptied cache restarts from (a summary strategy's summary), or None."""
+        return None
 
     def overflow_headroom(self) -> int:
         """Tokens handle_overflow itself appends before the cache shrinks (a summary's request and reply)."""
@@ -97,6 +108,13 @@ class BaseContextStrategy(ABC):
 
     def config(self) -> dict:
         return {"strategy": self.name, "max_seq_len": self.max_seq_len, "reserved_seq_len": self.reserved_seq_len}
+
+
+def _ones_then_new(attention_mask, old_len, new_len):
+    if attention_mask is None:
+        return None
+    head = attention_mask.new_ones(attention_mask.shape[0], new_len)
+    return torch.cat([head, attention_mask[:, old_len:]], dim=1)
 
 
 def prefill_text(model, processor, text):

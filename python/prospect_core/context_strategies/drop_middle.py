@@ -57,6 +57,8 @@ class DropMiddleStrategy(BaseContextStrategy):
         if curr < self.last_keep_len:
             return past_key_values, last_msg
         if init_len > curr:
+            if init is not None and isinstance(past_key_values, tuple):  # as the original: the snapshot alone
+                return tuple((k.clone(), v.clone()) for k, v in cache_layers(init)), last_msg
             raise ValueError(f"drop_middle: the initial cache ({init_len} tokens) is longer than the cache to cut "
                              f"({curr} tokens); call set_initial_cache again after emptying the cache")
         start = max(curr - self.last_keep_len, init_len)
@@ -67,6 +69,8 @@ class DropMiddleStrategy(BaseContextStrategy):
             raise ValueError("drop_middle: position_mode='shift' on a transformers cache needs rope_theta= "
                              "(the model's config.text_config.rope_theta) in the context")
         self.initial_len = init_len
+        if start == init_len:  # nothing between the snapshot and the kept tail
+            return past_key_values, last_msg
         if isinstance(past_key_values, core.KVCache):
             past_key_values.drop_range(init_len, start, position_mode=self.position_mode)
             return past_key_values, last_msg
@@ -94,7 +98,7 @@ class DropMiddleStrategy(BaseContextStrategy):
         if attention_mask is None or new_len == old_len:
             return attention_mask
         tail = new_len - self.initial_len
-        return torch.cat([attention_mask[:, :self.initial_len], attention_mask[:, old_len - tail:old_len]], dim=1)
+        return torch.cat([attention_mask[:, :self.initial_len], attention_mask[:, old_len - tail:]], dim=1)
 
     def config(self):
         return {**super().config(), "last_keep_len": self.last_keep_len, "cut": self.cut,

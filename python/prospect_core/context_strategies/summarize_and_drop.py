@@ -1,5 +1,7 @@
 """summarize_and_drop: the model summarises what it has seen, then the cache restarts from the summary."""
 
+from collections.abc import Mapping
+
 from prospect_core import _C as core
 from prospect_core import prompt
 from prospect_core.context_strategies.base_strategy import BaseContextStrategy, check_int
@@ -44,6 +46,8 @@ class SummarizeAndDropStrategy(BaseContextStrategy):
                  **kwargs):
         super().__init__(max_seq_len, reserved_seq_len, **kwargs)
         check_int("summary_max_length", summary_max_length, 1, max_seq_len)
+        if isinstance(summary_prompt, Mapping):  # a dict, or the DictConfig the original's evaluator passes
+            summary_prompt = dict(summary_prompt)
         content = summary_prompt.get("content") if isinstance(summary_prompt, dict) else summary_prompt
         if summary_prompt is not None and (not isinstance(content, str) or not content.strip()):
             raise ValueError("summary_prompt expected a non-empty string or a {role, content} dict, "
@@ -65,6 +69,10 @@ class SummarizeAndDropStrategy(BaseContextStrategy):
         """What the model is asked: the initial system prompt, the instruction, the task knowledge."""
         parts = [self.initial_sys_prompt, self._prompt_content(), self.task_knowledge]
         return " ".join(p for p in parts if p)
+
+    def restart_text(self):
+        """The last summary as a system turn (no generation prompt after it): what compress_cache prefills."""
+        return prompt.system_turn(self.summaries[-1]["text"], first=True) if self.summaries else None
 
     def overflow_headroom(self):
         return 64 + self.summary_max_length  # the request (a few tokens; 64 bounds it) and the summary

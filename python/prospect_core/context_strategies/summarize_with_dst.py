@@ -23,8 +23,7 @@ class SummarizeWithDSTStrategy(SummarizeAndDropStrategy):
         self.dst_annotations = read_dst_tsv(dst_file) if dst_file else None
 
     def summary_request(self, **context) -> str:
-        rows = dst_rows(context["dst_annotations"]) if context.get("dst_annotations") is not None \
-            else (self.dst_annotations or [])
+        rows = dst_rows(context.get("dst_annotations")) or self.dst_annotations or []  # the video's, else the file's
         t = context.get("current_timestamp", context.get("time")) or 0.0
         state = dst_state(rows, float(t))
         lines = [f"Task state at {state['timestamp']:.1f} s:"]

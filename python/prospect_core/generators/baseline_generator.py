@@ -8,6 +8,7 @@ The semantic similarity model is recorded in metrics.json ("sts_model").
 """
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -64,6 +65,16 @@ def _embedder(sts_model_type):
     return default_embedder()
 
 
+def reference_turns(video, outputs, fps):
+    """[(time, text)]: the video's assistant turns that fall on one of its frames, each once; the frames' `ref`
+    fields when it has no conversation."""
+    conv = [t for t in (video.get("conversation") or []) if t.get("from") == "assistant" and t.get("value")]
+    if conv:
+        turns = [(float(t.get("timestamp", 0)), t["value"]) for t in conv]
+        return [(t, text) for t, text in turns if math.floor(t * fps) < len(outputs)]
+    return [(o.timestamp_in_stream, o.ref) for o in outputs if o.ref]
+
+
 def _dump(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -86,6 +97,13 @@ class BaselineGenerator:
         self.eval_dir = self.output_dir / "eval" / name / self.settings.eval_name
         self.result_dir = self.eval_dir / "results"
 
+    def _trace_references(self, idx, refs, fps):
+        """The reference turns into the trace, as the original fills its timeline with the ground truth."""
+        trace = self.trace if self.trace is not None else getattr(self.runner, "trace", None)
+        if trace is not None and hasattr(trace, "add_ground_truth"):
+            for k, (t, text) in enumerate(refs):
+                trace.add_ground_truth(index=k, timestamp=t, text=text, frame_idx=math.floor(t * fps))
+
     def run(self) -> dict:
         """Runs every video, matches, writes the files, and returns the metrics."""
         from prospect_core.evaluation.text_metrics import NAMES, text_metrics
@@ -93,13 +111,14 @@ class BaselineGenerator:
         s = self.settings
         embedder = _embedder(s.sts_model_type)
         matched, good, redundant, missed = [], [], [], []
-        sem, tdiff, pairs_text, gen_ref = [], [], [], {}
+        tdiff, pairs_text, gen_ref = [], [], {}
         for idx in range(len(self.dataset)):
             video = self.dataset[idx]
             result = self.runner.run_inference_on_video(video, output_dir=str(self.result_dir))
             outputs = result["predictions"]
             preds = [(o.timestamp_in_stream, o.gen) for o in outputs if o.gen]
-            refs = [(o.timestamp_in_stream, o.ref) for o in outputs if o.ref]
+            refs = reference_turns(video, outputs, float(s.fps))
+            self._trace_references(idx, refs, s.fps)
             pairs, red, mis = match_dialogue(preds, refs, s.match_window_time, float(s.fps), embedder,
                                              s.match_dist_func_factor, s.match_dist_func_power)
             match = {"matched": [[{"gen": preds[i][1], "timestamp_in_stream": preds[i][0]},
@@ -107,25 +126,27 @@ class BaselineGenerator:
                      "semantic_scores": [p[2] for p in pairs], "redundant": [preds[i][1] for i in red],
                      "missed": [refs[j][1] for j in mis]}
             for k, (i, j, score, dt) in enumerate(pairs):
-                if score > s.match_semantic_score_threshold:
+                if score > s.match_semantic_score_threshold:  # a good pair: counted, scored, timed
                     good.append(score)
                     gen_ref[f"{idx}_{k}"] = [preds[i][1], refs[j][1], score]
                     pairs_text.append((preds[i][1], refs[j][1]))
                     tdiff.append(abs(dt))
-            sem += [p[2] for p in pairs if p[2] >= s.match_semantic_score_threshold]
             matched += match["matched"]
             redundant += match["redundant"]
             missed += match["missed"]
             _dump(self.result_dir / f"{idx}.json", {"video_id": result.get("video_id"), "match_result": match,
                                                     "predictions": [o.to_dict() for o in outputs]})
         metrics = counts_to_metrics(len(matched), len(good), len(redundant), len(missed))
-        metrics.update(semantic_score=sum(sem) / len(sem) if sem else 0.0,
+        metrics.update(semantic_score=sum(good) / len(good) if good else 0.0,
                        time_diff=sum(tdiff) / len(tdiff) if tdiff else 0.0)
-        text = text_metrics(pairs_text) if s.nlg_metrics else {}
+        text = {k: v for k, v in (text_metrics(pairs_text) if s.nlg_metrics else {}).items()
+                if k.split("_")[0] in s.nlg_metrics}  # "Bleu" names Bleu_1..Bleu_4
         metrics.update(text)
         metrics.update(weighted_text_metrics({k: text[k] for k in NAMES if k in text}, metrics["jaccard_index"]))
         metrics.update(sts_model=embedder.name, match_window_time=list(s.match_window_time), fps=s.fps,
                        videos=len(self.dataset))
+        if self.trace is not None and hasattr(self.trace, "set_metrics"):
+            self.trace.set_metrics(metrics)
         _dump(self.eval_dir / "metrics.json", metrics)
         _dump(self.eval_dir / "all_results.json", {"matched": matched, "redundant": redundant, "missed": missed,
                                                    "gen_ref": gen_ref, "time_diff": tdiff})

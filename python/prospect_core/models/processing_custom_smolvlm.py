@@ -2,6 +2,8 @@
 
 import torch
 
+from prospect_core.utils.chat_formatter import ChatFormatter
+
 
 class CustomSmolVLMProcessor:
     def __init__(self, base_processor):
@@ -26,8 +28,6 @@ class CustomSmolVLMProcessor:
         if not messages:
             text = ""
         elif first_turn:
-            from prospect_core.utils.chat_formatter import ChatFormatter
-
             text = ChatFormatter(self.tokenizer).apply_chat_template(messages)
         else:
             text = "".join(self._add_message(m) for m in messages)

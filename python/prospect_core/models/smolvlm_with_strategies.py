@@ -3,8 +3,10 @@ engine.
 
 Caches cross as the original passes them: a tuple of (key, value) per layer,
 a transformers DynamicCache, or prospect's KVCache. Inside, every call runs on
-a preallocated KVCache; a tuple this model returned is continued in place
-(its tensors view that storage), any other is copied in once.
+a preallocated KVCache. The tuple this model returned last, or what in-place
+surgery made of it, is continued in place (its tensors view that storage); any
+other cache, an older tuple of ours included, is copied in, so no tuple handed
+out earlier changes under its holder.
 """
 
 import json
@@ -14,7 +16,7 @@ import torch
 
 from prospect_core import _C as core
 from prospect_core.context_strategies.base_strategy import cache_length
-from prospect_core.model import DTYPES, load_model, resolve_model_path
+from prospect_core.model import DTYPES, load_model, resolve_model_path, rope_theta
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -42,10 +44,10 @@ def _device_name(device_map) -> str:
     raise ValueError(f"device_map expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {device_map!r}")
 
 
-def _model_config(path, tokenizer_eou=None):
+def _model_config(path):
     raw = json.loads((path / "config.json").read_text())
     text = raw.get("text_config", {})
-    eos = raw.get("eos_token_id", text.get("eos_token_id", tokenizer_eou))
+    eos = raw.get("eos_token_id", text.get("eos_token_id"))
     return SimpleNamespace(**{**raw, "eos_token_id": eos, "max_seq_len": raw.get("max_seq_len", 4096),
                               "text_config": SimpleNamespace(**text)})
 
@@ -56,7 +58,9 @@ class SmolVLMWithStrategies:
         self.path = path
         self.config = _model_config(path)
         self.inplace_output_ids = None
-        self._kv = None  # the KVCache behind the last tuple this model returned
+        self._kv = None  # the KVCache behind the tuples this model returns
+        self._last_out = None  # the last tuple returned (continued in place)
+        self._handed_out = set()  # ids of the earlier ones (copied if passed back: they must not change)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, torch_dtype=None, dtype=None, device_map=None,
@@ -82,9 +86,9 @@ class SmolVLMWithStrategies:
     def get_input_embeddings(self):
         return self.engine.embed_tokens
 
-    def _stop_ids(self):
-        eos = self.config.eos_token_id
-        return list(eos) if isinstance(eos, (list, tuple)) else ([] if eos is None else [int(eos)])
+    def _stop_ids(self, eos=None):
+        eos = self.config.eos_token_id if eos is None else eos
+        return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else ([] if eos is None else [int(eos)])
 
     # ---- the original's API -------------------------------------------------------------------
     def joint_embed(self, input_ids, pixel_values=None, **kwargs):
@@ -113,15 +117,16 @@ class SmolVLMWithStrategies:
         length = cache_length(past_key_values)
         capacity = max(int(self.config.max_seq_len), 2 * (length + need))
         kv = self._kv
-        if (isinstance(past_key_values, tuple) and kv is not None and length <= kv.length
+        ours = past_key_values is self._last_out or id(past_key_values) not in self._handed_out
+        if (ours and isinstance(past_key_values, tuple) and kv is not None and length <= kv.length
                 and length + need <= kv.capacity and _views_of(past_key_values, kv)):
             kv.truncate(length)  # surgery on the tuple moved the data in place; the next token takes `length`
             return kv
+        self._kv, self._last_out, self._handed_out = None, None, set()  # a new storage from here on
         if past_key_values is None or length == 0:
             return self.engine.make_cache(capacity)
-        theta = float(getattr(self.config.text_config, "rope_theta", None) or
-                      (getattr(self.config.text_config, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
-        return core.KVCache.from_past_key_values(past_key_values, capacity=capacity, rope_theta=theta)
+        return core.KVCache.from_past_key_values(past_key_values, capacity=capacity,
+                                                 rope_theta=rope_theta(self.config.text_config))
 
     @torch.no_grad()
     def fast_greedy_generate(self, inputs_embeds, past_key_values=None, max_length: int = 100, verbose: bool = False,
@@ -131,22 +136,28 @@ class SmolVLMWithStrategies:
         output token but the last."""
         if not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length expected an int >= 1, got {max_length!r}")
-        sampling = _sampling(kwargs)
         embeds = self._embeds(inputs_embeds)
         kv = self._cache_for(past_key_values, embeds.shape[1] + max_length)
-        stops = self._stop_ids()
-        r = self.engine.greedy_generate(embeds, kv, max_length, stops, keep_generated_in_cache=True, **sampling)
-        tokens = list(r.tokens)
-        if len(tokens) < max_length:  # stopped by the end token, which the original returns (it is never fed)
-            tokens += stops[:1]
-        else:  # the engine fed the last token too; the original's cache ends before it
-            kv.truncate(kv.length - 1)
-        out = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        self.inplace_output_ids = out
+        out = self._decode(embeds, kv, max_length, kwargs)
         if isinstance(past_key_values, core.KVCache):
             return out, kv
-        self._kv = kv
-        return out, kv.to_legacy()
+        if self._last_out is not None:
+            self._handed_out.add(id(self._last_out))
+        self._kv, self._last_out = kv, kv.to_legacy()
+        return out, self._last_out
+
+    def _decode(self, embeds, kv, max_length, kwargs):
+        """output_ids [1, n] as the original returns them; kv ends before the last output token."""
+        sampling = _sampling(kwargs)
+        stops = self._stop_ids(kwargs.get("eos_token_id"))
+        r = self.engine.greedy_generate(embeds, kv, max_length, stops, keep_generated_in_cache=True, **sampling)
+        tokens = list(r.tokens)
+        if len(tokens) < max_length:  # stopped by an end token, which the original returns (it is never fed)
+            tokens += stops[:1]  # with several end tokens, the first stands for whichever came
+        else:  # the engine fed the last token too; the original's cache ends before it
+            kv.truncate(kv.length - 1)
+        self.inplace_output_ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        return self.inplace_output_ids
 
     @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_attention_mask=None,
@@ -154,14 +165,17 @@ class SmolVLMWithStrategies:
         """transformers-style: the prompt followed by the new tokens, [1, T + n], from a fresh cache."""
         if input_ids is None or input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"input_ids expected a [1, T] tensor, got {input_ids!r:.80}")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens expected an int >= 1, got {max_new_tokens!r}")
         embeds = self.engine.joint_embed(input_ids.to(self.device), pixel_values, pixel_attention_mask)
-        out, _ = self.fast_greedy_generate(embeds, None, max_new_tokens, **kwargs)
-        self._kv = None
+        kv = self.engine.make_cache(embeds.shape[1] + max_new_tokens)  # its own: the carried cache stays
+        out = self._decode(embeds, kv, max_new_tokens, kwargs)
         return torch.cat([input_ids.to(self.device), out], dim=1)
 
 
 def _sampling(kwargs):
-    unknown = set(kwargs) - {"do_sample", "temperature", "top_p", "seed", "top_k", "eos_token_id", "pad_token_id"}
+    # pad_token_id has no use at batch 1; eos_token_id replaces the config's end tokens.
+    unknown = set(kwargs) - {"do_sample", "temperature", "top_p", "seed", "eos_token_id", "pad_token_id"}
     if unknown:
         raise TypeError(f"unsupported generation arguments {sorted(unknown)}")
     if not kwargs.get("do_sample"):

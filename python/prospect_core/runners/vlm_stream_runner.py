@@ -101,6 +101,7 @@ class VLMStreamRunner:
                              f"{self.transition_detection_prompt!r}")
         self.prev_substep = self.current_substep = None
         self.cache_manager.reset()
+        refs = reference_frames(conversation, self.fps)
         outputs = []
         for frame_idx, frame in enumerate(frames):
             t = frame_idx / self.fps
@@ -112,7 +113,7 @@ class VLMStreamRunner:
                     gen = self._generate_dialogue_with_cache(frame, self.prev_substep, curr, t, frame_idx)
                 else:
                     gen = self._generate_dialogue(frame, self.prev_substep, curr, frame_idx)
-            outputs.append(FrameOutput(gen=gen, ref=self._get_reference_dialogue(conversation, t), image=frame,
+            outputs.append(FrameOutput(gen=gen, ref=refs.get(frame_idx, ""), image=frame,
                                        frame_idx_in_stream=frame_idx, timestamp_in_stream=t))
             self.prev_substep = curr
         return {"predictions": outputs, "video_id": video_id}
@@ -180,7 +181,7 @@ class VLMStreamRunner:
         past_key_values, _ = self.context_strategy.compress_cache(
             past_key_values=past_key_values, attention_mask=None, model=self.model, processor=self.processor,
             current_frame=frame, chat_formatter=self.chat_formatter, current_timestamp=timestamp,
-            frame_idx=frame_idx, trace=self.trace, dst_annotations=self._rows)
+            frame_idx=frame_idx, trace=self.trace, dst_annotations=self._rows or None)
         if self.trace is not None:
             self.trace.add_compression_event(timestamp=timestamp, frame_idx=frame_idx, tokens_before=before,
                                              tokens_after=self._get_cache_length(past_key_values),
@@ -212,10 +213,16 @@ class VLMStreamRunner:
                                             frame_path=self._save_frame(frame, frame_idx))
         return dialogue
 
-    @staticmethod
-    def _get_reference_dialogue(conversation, timestamp):
-        """The reference assistant turn within half a second of this frame, or ""."""
-        for turn in conversation:
-            if turn.get("from") == "assistant" and abs(turn.get("timestamp", 0) - timestamp) < 0.5:
-                return turn.get("value", "")
-        return ""
+    def _get_reference_dialogue(self, conversation, timestamp):
+        """The reference assistant turn of the frame at this time, or "" (each turn belongs to one frame)."""
+        return reference_frames(conversation, self.fps).get(round(timestamp * self.fps), "")
+
+
+def reference_frames(conversation, fps):
+    """{frame index: reference text}: an assistant turn at time t belongs to frame floor(t * fps), as in
+    ProAssist (the original gave a turn to every frame within 0.5 s, so one turn could count twice)."""
+    refs = {}
+    for turn in conversation:
+        if turn.get("from") == "assistant":
+            refs.setdefault(math.floor(float(turn.get("timestamp", 0)) * fps), turn.get("value", ""))
+    return refs
