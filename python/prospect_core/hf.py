@@ -18,7 +18,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from prospect_core import _C as core
 from prospect_core.backends import python_generate
-from prospect_core.model import rope_theta
+from prospect_core.model import TORCH_DTYPES, rope_theta
 
 
 class ProspectLayer(CacheLayerMixin):
@@ -127,7 +127,7 @@ class HFBackend:
 
         from prospect_core.model import resolve_model_path
 
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+        torch_dtype = TORCH_DTYPES.get(dtype)
         if torch_dtype is None:
             raise ValueError(f"dtype expected float32, bfloat16 or float16, got {dtype!r}")
         self.model = SmolVLMForConditionalGeneration.from_pretrained(

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from prospect_core.model import TORCH_DTYPES
+
 # Shapes from the public SmolVLM2 configs (see the project's reference notes).
 _VISION_512 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                    image_size=512, patch_size=16)
@@ -128,7 +130,7 @@ def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = "float32",
 
     if preset not in PRESETS and preset != SMOLLM2:
         raise ValueError(f"preset expected one of {', '.join(PRESET_NAMES)}, got '{preset}'")
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    torch_dtype = TORCH_DTYPES.get(dtype)
     if torch_dtype is None:
         raise ValueError(f"dtype expected float32, bfloat16 or float16, got '{dtype}'")
     out = Path(out)

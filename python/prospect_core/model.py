@@ -4,7 +4,21 @@ from pathlib import Path
 
 from prospect_core import _C as core
 
-DTYPES = ("float32", "bfloat16", "float16")
+import torch
+
+# The one table of dtype names: the CLI, the loaders and the mirrored API all read it.
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = tuple(TORCH_DTYPES)
+
+
+def dtype_name(torch_dtype) -> str:
+    """'float32' | 'bfloat16' | 'float16' from a torch.dtype or its name; None (or "auto") means float32."""
+    if torch_dtype is None or torch_dtype == "auto":
+        return "float32"
+    for name, dt in TORCH_DTYPES.items():
+        if torch_dtype == name or torch_dtype is dt:
+            return name
+    raise ValueError(f"torch_dtype expected one of {', '.join(DTYPES)} (or the torch dtype), got {torch_dtype!r}")
 
 
 def resolve_model_path(model_name, cache_dir=None) -> Path:
@@ -42,8 +56,6 @@ def load_model(path, dtype: str = "float32", device: str = "cpu") -> core.SmolVL
     if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
         raise ValueError(f"device expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if device.startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise ValueError(f"device '{device}' requested but torch sees no CUDA device")
     return core.SmolVLM(str(resolve_model_path(path)), dtype, device)

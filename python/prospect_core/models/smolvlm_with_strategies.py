@@ -16,21 +16,7 @@ import torch
 
 from prospect_core import _C as core
 from prospect_core.context_strategies.base_strategy import cache_length
-from prospect_core.model import DTYPES, load_model, resolve_model_path, rope_theta
-
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def dtype_name(torch_dtype) -> str:
-    """'float32' | 'bfloat16' | 'float16' from a torch.dtype or its name; None means float32."""
-    if torch_dtype is None or torch_dtype == "auto":
-        return "float32"
-    if isinstance(torch_dtype, torch.dtype) and torch_dtype in _DTYPE_NAMES:
-        return _DTYPE_NAMES[torch_dtype]
-    if isinstance(torch_dtype, str) and torch_dtype in DTYPES:
-        return torch_dtype
-    raise ValueError(f"torch_dtype expected one of {', '.join(DTYPES)} (or the torch dtype), got {torch_dtype!r}")
-
+from prospect_core.model import dtype_name, load_model, resolve_model_path, rope_theta
 
 def _device_name(device_map) -> str:
     if device_map is None:
