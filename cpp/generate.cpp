@@ -15,7 +15,9 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 
 int64_t pick(const at::Tensor& logits, const generate_options& o, at::Generator& gen) {
     if (o.temperature <= 0) return logits.argmax(-1).item<int64_t>();
-    auto probs = at::softmax(logits.to(at::kCPU, at::kFloat).view({-1}) / o.temperature, -1);
+    // In float64 and from the max: a tiny temperature (even subnormal) then tends to greedy, never to NaN.
+    auto l = logits.to(at::kCPU, at::kDouble).view({-1});
+    auto probs = at::softmax((l - l.max()) / o.temperature, -1);
     if (o.top_p < 1.0) {
         auto [sorted, idx] = probs.sort(-1, true);
         auto cum = sorted.cumsum(-1);
@@ -67,7 +69,10 @@ generate_result greedy_generate(const SmolVLM& model, const at::Tensor& embeds, 
         if (std::find(stops.begin(), stops.end(), tok) != stops.end()) break;
         r.tokens.push_back(tok);
         const bool go_on = !o.on_token || o.on_token(tok);
-        if (cache.length() >= cache.capacity()) break;  // the reply fills the cache: keep what fits
+        // The reply fills the cache, or the model's positions: keep what fits.
+        if (cache.length() >= cache.capacity() ||
+            cache.next_position() >= model.config().text.max_position_embeddings)
+            break;
         logits = model.forward(model.embed_sampled(tok), cache, SPAN_ASSISTANT, o.frame_index, step > 0);
         if (!go_on || step + 1 == o.max_new_tokens) break;
         tok = pick(logits, o, gen);

@@ -40,7 +40,12 @@ KVCache::KVCache(int64_t num_layers, int64_t num_kv_heads, int64_t head_dim, int
     TORCH_CHECK_VALUE(capacity > 0, "KVCache: capacity expected > 0, got ", capacity);
     TORCH_CHECK_VALUE(batch > 0, "KVCache: batch expected > 0, got ", batch);
     TORCH_CHECK_VALUE(rope_theta > 0, "KVCache: rope_theta expected > 0, got ", rope_theta);
-    TORCH_CHECK_TYPE(at::isFloatingType(dtype), "KVCache: dtype expected a floating dtype, got ", dtype);
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
+                     "KVCache: dtype expected float32, float16, bfloat16 or float64 (what RoPE re-rotation "
+                     "supports), got ", dtype);
+    // "cpu:7" would silently mean the one CPU; "meta" holds no data to cut.
+    TORCH_CHECK_VALUE((device.is_cpu() && (!device.has_index() || device.index() == 0)) || device.is_cuda(),
+                      "KVCache: device expected 'cpu' or 'cuda[:N]', got '", device.str(), "'");
     storage_ = at::zeros({L_, 2, B_, H_, capacity_, D_}, at::TensorOptions().dtype(dtype).device(device));
 }
 
@@ -114,10 +119,21 @@ void KVCache::write(int64_t layer, const at::Tensor& keys, const at::Tensor& val
     written_ = T;
 }
 
+void KVCache::check_written(int64_t tokens, const char* who) const {
+    // Committing slots nobody wrote would make stale data from an earlier stream visible.
+    TORCH_CHECK_VALUE(written_ > 0 && tokens == written_, who, ": tokens expected the ", written_,
+                      " tokens written since the last commit (write() every layer first), got ", tokens);
+}
+
+void KVCache::note_written(int64_t tokens) {
+    TORCH_CHECK_VALUE(tokens > 0 && length_ + tokens <= capacity_, "KVCache.note_written: tokens expected in [1, ",
+                      capacity_ - length_, "], got ", tokens);
+    written_ = tokens;
+}
+
 int64_t KVCache::commit(int64_t tokens, SpanKind kind, std::optional<int64_t> frame_index) {
     use_guard g(*this);
-    TORCH_CHECK_VALUE(tokens > 0 && length_ + tokens <= capacity_, "KVCache.commit: tokens expected in [1, ",
-                      capacity_ - length_, "], got ", tokens);
+    check_written(tokens, "KVCache.commit");
     spans_.push_back({next_span_id_++, kind, frame_index, length_, length_ + tokens, next_position_, false});
     length_ += tokens;
     next_position_ += tokens;
@@ -128,8 +144,7 @@ int64_t KVCache::commit(int64_t tokens, SpanKind kind, std::optional<int64_t> fr
 void KVCache::commit_extend(int64_t tokens) {
     use_guard g(*this);
     TORCH_CHECK_VALUE(!spans_.empty(), "KVCache.commit_extend: the cache has no span to extend");
-    TORCH_CHECK_VALUE(tokens > 0 && length_ + tokens <= capacity_, "KVCache.commit_extend: tokens expected in [1, ",
-                      capacity_ - length_, "], got ", tokens);
+    check_written(tokens, "KVCache.commit_extend");
     spans_.back().end += tokens;
     length_ += tokens;
     next_position_ += tokens;

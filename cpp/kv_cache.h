@@ -84,6 +84,8 @@ public:
     int64_t commit(int64_t tokens, SpanKind kind, std::optional<int64_t> frame_index = std::nullopt);
     // Grow the last span by `tokens` already written (decode steps of one reply).
     void commit_extend(int64_t tokens);
+    // For an engine that writes all layers straight into storage(): `tokens` are now written.
+    void note_written(int64_t tokens);
     // Forget tokens written but not committed (a forward pass that failed midway).
     void discard_pending() { written_ = 0; }
 
@@ -130,6 +132,7 @@ public:
 
 private:
     void check_layer(int64_t layer, const char* who) const;
+    void check_written(int64_t tokens, const char* who) const;
     void check_kv(const at::Tensor& t, const char* who, const char* arg, int64_t tokens) const;
     // Keeps the spans at the given ledger indices (ascending), compacts, re-rotates.
     int64_t keep_only(const std::vector<size_t>& keep, PositionMode mode);

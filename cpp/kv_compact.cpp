@@ -1,5 +1,6 @@
 #include "kv_compact.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
 #include <cstring>
@@ -74,8 +75,16 @@ std::vector<token_move> kv_compact_plan(const std::vector<std::pair<int64_t, int
     return moves;
 }
 
-void kv_compact_(const at::Tensor& t, const std::vector<token_move>& moves) {
+void check_kv_compact(const at::Tensor& t) {
+    TORCH_CHECK_TYPE(t.defined(), "kv_compact_: tensor expected, got None");
     TORCH_CHECK_VALUE(t.dim() == 4, "kv_compact_: tensor expected [B, H, T, D], got shape ", t.sizes());
+    TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes,
+                      "kv_compact_: tensor expected elements that do not overlap, got an expanded view with strides ",
+                      t.strides());
+}
+
+void kv_compact_(const at::Tensor& t, const std::vector<token_move>& moves) {
+    check_kv_compact(t);
     const int64_t T = t.size(2);
     int64_t last_src = -1;
     for (const auto& m : moves) {

@@ -24,6 +24,8 @@ struct token_move {
 // other strides) uses non-overlapping chunked copies through a small bounce
 // buffer, so the extra memory stays a few MB whatever the cache size.
 void kv_compact_(const at::Tensor& t, const std::vector<token_move>& moves);
+// What kv_compact_ checks of the tensor, for callers that check every layer before moving any.
+void check_kv_compact(const at::Tensor& t);
 
 // The moves that turn the kept [start, end) ranges (sorted, disjoint) into one
 // contiguous prefix; adjacent ranges merge into one move.

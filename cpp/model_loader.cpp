@@ -20,6 +20,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
+std::string kind_of(const fs::file_status& st) {
+    switch (st.type()) {
+        case fs::file_type::directory: return "directory";
+        case fs::file_type::fifo: return "FIFO (named pipe)";
+        case fs::file_type::socket: return "socket";
+        case fs::file_type::block: return "block device";
+        case fs::file_type::character: return "character device";
+        default: return "special file";
+    }
+}
+
 // A read-only mapping of a whole file, unmapped when the last tensor viewing it goes.
 struct mapped_file {
     void* addr = MAP_FAILED;
@@ -29,8 +40,18 @@ struct mapped_file {
     }
 };
 
+// Opening a FIFO or a device for reading blocks until a writer comes: refuse anything but a regular file.
+void require_regular_file(const fs::path& path) {
+    std::error_code ec;
+    const auto st = fs::status(path, ec);
+    if (ec || !fs::exists(st)) throw format_error(path.string() + ": cannot open (no such file)");
+    if (!fs::is_regular_file(st)) throw format_error(path.string() + ": expected a regular file, got a " + kind_of(st));
+}
+
 std::shared_ptr<mapped_file> map_file(const fs::path& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    require_regular_file(path);
+    // O_NONBLOCK: should the file be swapped for a FIFO after the check, open does not wait for a writer.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw format_error(path.string() + ": cannot open (" + std::strerror(errno) + ")");
     struct stat st {};
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -57,6 +78,7 @@ at::ScalarType scalar_type_of(const std::string& dtype) {
 }
 
 std::string read_text(const fs::path& path) {
+    require_regular_file(path);
     std::ifstream in(path, std::ios::binary);
     if (!in) throw format_error(path.string() + ": cannot read");
     std::ostringstream ss;
@@ -89,6 +111,11 @@ at::Tensor weight_map::take(const std::string& name, at::IntArrayRef shape) {
     if (it == tensors_.end()) throw format_error("checkpoint: missing weight '" + name + "'");
     at::Tensor t = std::move(it->second);
     tensors_.erase(it);
+    // Integer or bool data read as weights would run and generate garbage.
+    if (!at::isFloatingType(t.scalar_type())) {
+        throw format_error("checkpoint: weight '" + name + "' expected a floating dtype (F32, F16, BF16 or F64), got " +
+                           std::string(c10::toString(t.scalar_type())));
+    }
     if (t.sizes() != shape) {
         std::ostringstream os;
         os << "checkpoint: weight '" << name << "' expected shape " << shape << " from config.json, got " << t.sizes();
@@ -99,7 +126,7 @@ at::Tensor weight_map::take(const std::string& name, at::IntArrayRef shape) {
 
 model_config load_model_config(const std::string& dir) {
     const fs::path path = fs::path(dir) / "config.json";
-    if (!fs::exists(path)) throw format_error(dir + ": no config.json (expected a Hugging Face model folder)");
+    if (!fs::exists(fs::status(path))) throw format_error(dir + ": no config.json (expected a Hugging Face model folder)");
     return parse_model_config(read_text(path), path.string());
 }
 

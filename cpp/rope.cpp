@@ -1,6 +1,7 @@
 #include "rope.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -8,15 +9,21 @@
 
 namespace prospect {
 
-namespace {
-
-void check_keys(const at::Tensor& keys, double theta) {
+void check_rope_shift(const at::Tensor& keys, double theta) {
+    TORCH_CHECK_TYPE(keys.defined(), "rope_shift_: keys expected a tensor, got None");
     TORCH_CHECK_VALUE(keys.dim() >= 2, "rope_shift_: keys expected [..., T, head_dim], got shape ", keys.sizes());
     TORCH_CHECK_VALUE(keys.size(-1) % 2 == 0, "rope_shift_: keys expected an even head_dim, got ", keys.size(-1));
-    TORCH_CHECK_TYPE(at::isFloatingType(keys.scalar_type()),
-                     "rope_shift_: keys expected a floating dtype, got ", keys.scalar_type());
+    const auto t = keys.scalar_type();
+    TORCH_CHECK_TYPE(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble,
+                     "rope_shift_: keys expected float32, float16, bfloat16 or float64, got ", t);
+    // An expanded (stride-0) view shares elements between rows: rotating one row in place rotates them all.
+    TORCH_CHECK_VALUE(at::has_internal_overlap(keys) != at::MemOverlap::Yes,
+                      "rope_shift_: keys expected a tensor whose elements do not overlap, got an expanded view with "
+                      "strides ", keys.strides(), " (pass .contiguous() and use the result)");
     TORCH_CHECK_VALUE(std::isfinite(theta) && theta > 0, "rope_shift_: rope_theta expected > 0, got ", theta);
 }
+
+namespace {
 
 // cos/sin tables [T, D/2] in fp32 for per-token deltas.
 std::pair<std::vector<float>, std::vector<float>> tables(const std::vector<int64_t>& delta, int64_t D, double theta) {
@@ -91,13 +98,13 @@ at::Tensor rope_inv_freq(int64_t head_dim, double theta) {
 }
 
 void rope_shift_(const at::Tensor& keys, int64_t delta, double theta) {
-    check_keys(keys, theta);
+    check_rope_shift(keys, theta);
     if (delta == 0) return;
     dispatch(keys, {delta}, theta);
 }
 
 void rope_shift_(const at::Tensor& keys, const at::Tensor& delta, double theta) {
-    check_keys(keys, theta);
+    check_rope_shift(keys, theta);
     TORCH_CHECK_VALUE(delta.dim() == 1 && delta.size(0) == keys.size(-2),
                       "rope_shift_: delta expected an int or an int64 tensor [T] with T = ", keys.size(-2),
                       " (keys' token dim), got shape ", delta.sizes());

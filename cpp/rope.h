@@ -11,6 +11,10 @@ namespace prospect {
 // Inverse frequencies as the model computes them, in fp32: [head_dim / 2].
 at::Tensor rope_inv_freq(int64_t head_dim, double theta);
 
+// What rope_shift_ checks before it touches anything (throws ValueError/TypeError);
+// surgery calls it on every layer before the first byte moves.
+void check_rope_shift(const at::Tensor& keys, double theta);
+
 // keys [..., T, D] rotated at positions p are re-rotated in place to p + delta.
 // Angles are formed in double from the fp32 inverse frequencies and the
 // rotation runs in fp32, then the result is cast back to the keys' dtype.

@@ -256,6 +256,11 @@ at::Tensor SmolVLM::check_embeds(const at::Tensor& embeds, const KVCache& cache)
     TORCH_CHECK_VALUE(cache.length() + embeds.size(1) <= cache.capacity(), "cache full: ", embeds.size(1),
                       " new tokens at length ", cache.length(), " exceed capacity ", cache.capacity(),
                       "; shrink it first (drop_middle, drop_all)");
+    // Past the trained positions RoPE still computes, but the model answers garbage.
+    TORCH_CHECK_VALUE(cache.next_position() + embeds.size(1) <= t.max_position_embeddings, "positions ",
+                      cache.next_position(), "..", cache.next_position() + embeds.size(1) - 1,
+                      " exceed the model's max_position_embeddings (", t.max_position_embeddings,
+                      "); renumber the cache first (surgery with position_mode='shift')");
     return embeds.to(device_, dtype_);
 }
 
@@ -345,6 +350,7 @@ at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind
         decode_layer(x.data_ptr<float>(), w, shape, kv + i * per_layer, cache.capacity(), L0, c.data_ptr<float>(),
                      s.data_ptr<float>(), scratch.data_ptr<float>());
     }
+    cache.note_written(1);
     if (extend_last_span) {
         cache.commit_extend(1);
     } else {

@@ -21,6 +21,8 @@ VideoReader::VideoReader(const std::string& path, double fps) : impl_(std::make_
     namespace fs = std::filesystem;
     if (!fs::exists(path)) throw file_not_found_error("VideoReader: no such file: '" + path + "'");
     if (fs::is_directory(path)) throw format_error("VideoReader: '" + path + "' is a directory, not a video file");
+    // A FIFO or device would block the decoder forever, waiting for data.
+    if (!fs::is_regular_file(path)) throw format_error("VideoReader: '" + path + "' is not a regular file");
     if (fs::file_size(path) == 0) throw format_error("VideoReader: '" + path + "' is empty");
     // FFmpeg prints every slice error of a damaged stream; a broken stream is reported once, by next().
     setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", 0);
@@ -39,6 +41,13 @@ VideoReader::VideoReader(const std::string& path, double fps) : impl_(std::make_
 VideoReader::~VideoReader() = default;
 
 std::optional<std::pair<double, at::Tensor>> VideoReader::next() {
+    bool idle = false;
+    TORCH_CHECK(busy_.compare_exchange_strong(idle, true), "VideoReader '", path_, "' is in use by another thread: ",
+                "one reader per thread (open the file once per thread)");
+    struct release {
+        std::atomic<bool>& busy;
+        ~release() { busy.store(false); }
+    } guard{busy_};
     while (!done_) {
         if (!impl_->cap.read(impl_->bgr) || impl_->bgr.empty()) {
             done_ = true;

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,7 +19,8 @@ public:
     ~VideoReader();
 
     // The next sampled frame: (seconds, [H, W, 3] uint8 RGB), or nullopt at the end.
-    // Holds one decoded frame at a time.
+    // Holds one decoded frame at a time. One thread at a time: a call while another
+    // thread is inside next() raises RuntimeError (the decoder is not thread-safe).
     std::optional<std::pair<double, at::Tensor>> next();
 
     const std::string& path() const { return path_; }
@@ -39,6 +41,7 @@ private:
     int64_t header_frames_ = 0, decoded_ = 0, emitted_ = 0, width_ = 0, height_ = 0;
     double next_target_ = 0;  // seconds of the next sample
     bool done_ = false;
+    std::atomic<bool> busy_{false};
 };
 
 }  // namespace prospect

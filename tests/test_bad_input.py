@@ -39,7 +39,11 @@ CASES = [
     ("KVCache capacity", lambda o: pc.KVCache(L, H, D, 0), ValueError, "capacity expected > 0, got 0"),
     ("KVCache batch", lambda o: pc.KVCache(L, H, D, 8, batch=0), ValueError, "batch expected > 0, got 0"),
     ("KVCache dtype name", lambda o: pc.KVCache(L, H, D, 8, dtype="int8"), ValueError, "got 'int8'"),
-    ("KVCache dtype int", lambda o: pc.KVCache(L, H, D, 8, dtype=torch.int32), TypeError, "floating dtype"),
+    ("KVCache dtype int", lambda o: pc.KVCache(L, H, D, 8, dtype=torch.int32), TypeError, "float64 .*got Int"),
+    ("KVCache dtype float8", lambda o: pc.KVCache(L, H, D, 8, dtype=torch.float8_e4m3fn), TypeError,
+     "got Float8_e4m3fn"),
+    ("KVCache device meta", lambda o: pc.KVCache(L, H, D, 8, device="meta"), ValueError, "got 'meta'"),
+    ("KVCache device index", lambda o: pc.KVCache(L, H, D, 8, device="cpu:7"), ValueError, "got 'cpu:7'"),
     ("KVCache dtype type", lambda o: pc.KVCache(L, H, D, 8, dtype=5), TypeError, "dtype expected a torch.dtype"),
     ("KVCache device", lambda o: pc.KVCache(L, H, D, 8, device="gpu"), ValueError, "device expected 'cpu'"),
     ("KVCache rope_theta", lambda o: pc.KVCache(L, H, D, 8, rope_theta=-1.0), ValueError, "rope_theta expected > 0"),
@@ -58,11 +62,15 @@ CASES = [
     ("drop_middle mode", lambda o: o["cache"].drop_middle(4, position_mode="up"), ValueError, "got 'up'"),
     ("drop_spans id", lambda o: o["cache"].drop_spans([99]), IndexError, "span_id 99"),
     ("truncate length", lambda o: o["cache"].truncate(50), ValueError, r"length expected in \[0, 4\], got 50"),
-    ("commit tokens", lambda o: o["cache"].commit(0), ValueError, "tokens expected in"),
+    ("commit tokens", lambda o: o["cache"].commit(0), ValueError, "tokens expected the 0 tokens written"),
+    ("commit unwritten", lambda o: o["cache"].commit(2), ValueError, "written since the last commit"),
+    ("commit_extend unwritten", lambda o: o["cache"].commit_extend(1), ValueError, "written since the last commit"),
     ("write layer", lambda o: o["cache"].write(9, T(1, H, 1, D), T(1, H, 1, D)), IndexError, "got 9"),
     # RoPE, joint_embed, matching
     ("rope head_dim", lambda o: pc.rope_shift_(T(1, 3, 5), 1, 1e4), ValueError, "even head_dim, got 5"),
-    ("rope dtype", lambda o: pc.rope_shift_(T(1, 3, 4, dtype=torch.int64), 1, 1e4), TypeError, "floating dtype"),
+    ("rope dtype", lambda o: pc.rope_shift_(T(1, 3, 4, dtype=torch.int64), 1, 1e4), TypeError, "float64, got Long"),
+    ("rope float8", lambda o: pc.rope_shift_(T(1, 3, 4).to(torch.float8_e5m2), 1, 1e4), TypeError, "got Float8_e5m2"),
+    ("rope expanded", lambda o: pc.rope_shift_(T(1, 1, 4).expand(2, 3, 4), 1, 1e4), ValueError, "do not overlap"),
     ("rope delta type", lambda o: pc.rope_shift_(T(1, 3, 4), "1", 1e4), TypeError, "delta expected an int"),
     ("rope delta shape", lambda o: pc.rope_shift_(T(1, 3, 4), torch.zeros(2, dtype=torch.long), 1e4), ValueError,
      "T = 3"),
@@ -84,6 +92,12 @@ CASES = [
      ValueError, "keep_first expected >= 0, got -1"),
     ("pkv rope_theta", lambda o: pc.drop_middle(((T(1, 1, 4, 2), T(1, 1, 4, 2)),), 1, 1), ValueError,
      "rope_theta expected"),
+    ("pkv float8", lambda o: pc.drop_middle(((T(1, 1, 4, 2).to(torch.float8_e4m3fn),) * 2,), 1, 1, rope_theta=1e4),
+     TypeError, "got Float8_e4m3fn"),
+    ("pkv expanded", lambda o: pc.drop_middle(((T(1, 1, 1, 2).expand(1, 2, 4, 2),) * 2,), 1, 1, rope_theta=1e4),
+     ValueError, "do not overlap"),
+    ("pkv rope_theta type", lambda o: pc.drop_middle(((T(1, 1, 4, 2),) * 2,), 1, 1, rope_theta="x"), TypeError,
+     "rope_theta expected a number, got str"),
     ("pkv lengths", lambda o: pc.drop_all(((T(1, 1, 4, 2), T(1, 1, 3, 2)),)), ValueError, "equal T"),
     # Loading
     ("load path", lambda o: prospect_core.load_model("/no/such/model"), FileNotFoundError, "no such folder"),
@@ -118,6 +132,12 @@ CASES = [
      ValueError, "silence threshold expected in \\[0, 1\\], got 2"),
     ("generate temperature", lambda o: o["model"].greedy_generate(o["e"], o["mcache"], 1, [], temperature=-1.0),
      ValueError, "temperature expected >= 0"),
+    ("generate temperature nan", lambda o: o["model"].greedy_generate(o["e"], o["mcache"], 1, [],
+                                                                      temperature=float("nan")),
+     ValueError, "temperature expected >= 0, got nan"),
+    ("prefill positions", lambda o: o["model"].prefill(o["model"].embed_tokens(torch.ones(1, 8193, dtype=torch.long)),
+                                                       o["model"].make_cache(8200)), ValueError,
+     r"positions 0..8192 exceed the model's max_position_embeddings \(8192\)"),
     ("generate top_p", lambda o: o["model"].greedy_generate(o["e"], o["mcache"], 1, [], top_p=0.0), ValueError,
      r"top_p expected in \(0, 1\]"),
     ("generate on_token", lambda o: o["model"].greedy_generate(o["e"], o["mcache"], 1, [], on_token=1), TypeError,
@@ -149,6 +169,20 @@ CASES = [
      r"\['frames'\]\[0\] expected 3 colour channels"),
     ("runner float range", lambda o: o["runner"].run_inference_on_video({"frames": [torch.full((4, 4, 3), 2.0)]}),
      ValueError, r"float pixels in \[0, 1\]"),
+    ("runner frame time inf", lambda o: o["runner"].add_frame(T(8, 8, 3, dtype=torch.uint8), 0, float("inf")),
+     ValueError, "t expected seconds, a finite number >= 0, got inf"),
+    ("runner frame time nan", lambda o: o["runner"].add_frame(T(8, 8, 3, dtype=torch.uint8), 0, float("nan")),
+     ValueError, "got nan"),
+    ("runner turn time inf", lambda o: o["runner"].run_inference_on_video(
+        {"frames": [], "conversation": [{"role": "user", "time": float("inf"), "content": "hi"}]}), ValueError,
+     r"\['time'\] expected seconds"),
+    ("runner user turn time", lambda o: o["runner"].add_user_turn("hi", t=-3.0), ValueError, "got -3.0"),
+    ("runner positions", lambda o: __import__("prospect_core.runners", fromlist=["x"]).StreamRunner(
+        o["path"], max_seq_len=9000, reserved_seq_len=64, context_strategy_type="drop_all"), ValueError,
+     r"max_position_embeddings \(8192\), got 9000"),
+    ("runner context too small", lambda o: __import__("prospect_core.runners", fromlist=["x"]).StreamRunner(
+        o["path"], max_seq_len=40, reserved_seq_len=4, max_new_tokens=8, context_strategy_type="drop_all"),
+     ValueError, "max_seq_len expected >= "),
     ("runner missing video", lambda o: o["runner"].run_inference_on_video({"video_path": "/no.avi"}),
      FileNotFoundError, "no such file: '/no.avi'"),
     # Evaluation and data
@@ -165,7 +199,7 @@ CASES = [
 
 
 def test_table_has_enough_cases():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 85
 
 
 @pytest.mark.parametrize("name, call, exc, fragment", CASES, ids=[c[0] for c in CASES])

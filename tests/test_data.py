@@ -6,6 +6,8 @@ import pytest
 
 from prospect_core.data import DatasetError, load_dataset
 
+VIDEO = "opencv-doc:examples/data/vtest.avi"
+
 
 def test_sample_resolves_real_videos():
     records = load_dataset("sample")
@@ -31,9 +33,11 @@ def test_jsonl_and_frame_folders(tmp_path):
 
 @pytest.mark.parametrize("record, fragment", [
     ({"video": "x.avi", "conversation": []}, "record 0: field 'video_id' expected a non-empty string"),
-    ({"video_id": "v", "video": "missing.avi", "conversation": []}, "missing.avi not found"),
+    ({"video_id": "v", "video": "missing.avi", "conversation": []},
+     "record 0 \\(v\\): field 'video'.*missing.avi not found"),
+    ({"video_id": "v", "video": "empty", "conversation": []}, "field 'video' expected a video file, got a folder"),
     ({"video_id": "v", "video": "opencv-doc:examples/data/vtest.avi", "fps": -1, "conversation": []},
-     "record 0 \\(v\\): field 'fps' expected a positive number"),
+     "record 0 \\(v\\): field 'fps' expected a finite number > 0, got -1"),
     ({"video_id": "v", "video": "opencv-doc:examples/data/vtest.avi", "conversation": "hi"},
      "field 'conversation' expected a list"),
     ({"video_id": "v", "video": "opencv-doc:examples/data/vtest.avi",
@@ -41,8 +45,20 @@ def test_jsonl_and_frame_folders(tmp_path):
     ({"video_id": "v", "video": "opencv-doc:examples/data/vtest.avi",
       "conversation": [{"role": "user", "time": "soon", "content": "x"}]}, "field 'conversation\\[0\\].time'"),
     ({"video_id": "v", "frames_dir": "nowhere", "conversation": []}, "field 'frames_dir' expected an existing folder"),
+    ({"video_id": "v", "frames_dir": "empty", "conversation": []}, "field 'frames_dir' expected a folder of .*frames"),
+    # JSON readers accept Infinity and NaN; a time or rate that is not a finite number breaks the run later.
+    ({"video_id": "v", "video": VIDEO, "fps": float("inf"), "conversation": []},
+     "record 0 \\(v\\): field 'fps' expected a finite number > 0, got inf"),
+    ({"video_id": "v", "video": VIDEO, "fps": True, "conversation": []}, "field 'fps' expected a finite number > 0"),
+    ({"video_id": "v", "video": VIDEO, "conversation": [{"role": "user", "time": float("inf"), "content": "x"}]},
+     "field 'conversation\\[0\\].time' expected seconds, a finite number >= 0, got inf"),
+    ({"video_id": "v", "video": VIDEO, "conversation": [{"role": "user", "time": 1, "content": "x" * 10**7}]},
+     "field 'conversation\\[0\\].content' expected at most 20000 characters, got 10000000"),
+    ({"video_id": "v", "video": VIDEO, "knowledge": "x" * 10**6, "conversation": []},
+     "field 'knowledge' expected at most 100000 characters, got 1000000"),
 ])
 def test_bad_records_name_record_and_field(tmp_path, record, fragment):
+    (tmp_path / "empty").mkdir()
     (tmp_path / "d.json").write_text(json.dumps([record]))
     with pytest.raises((DatasetError, FileNotFoundError), match=fragment):
         load_dataset(tmp_path / "d.json")
@@ -60,3 +76,32 @@ def test_bad_files(tmp_path):
         load_dataset(tmp_path / "c.json")
     with pytest.raises(FileNotFoundError, match="dataset .*nope.json not found"):
         load_dataset(tmp_path / "nope.json")
+
+
+def _write(tmp_path, records, name="d.json"):
+    (tmp_path / name).write_text(json.dumps(records))
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("vid", ["../../../x", "/tmp/x", "a/b", "..", "a\\b", "x" * 200])
+def test_video_ids_must_be_plain_file_names(tmp_path, vid):
+    # The id names the result files: one that climbs out of --out must not get that far.
+    path = _write(tmp_path, [{"video_id": vid, "video": VIDEO, "conversation": []}])
+    with pytest.raises(DatasetError, match="d.json record 0: field 'video_id' expected a plain file name"):
+        load_dataset(path)
+
+
+def test_duplicate_video_ids_are_refused(tmp_path):
+    rec = lambda vid: {"video_id": vid, "video": VIDEO, "conversation": []}  # noqa: E731
+    with pytest.raises(DatasetError, match="record 2 \\(box\\): field 'video_id' repeats record 0"):
+        load_dataset(_write(tmp_path, [rec("box"), rec("cup"), rec("box")]))
+    # box.json and Box.json are one file on macOS and Windows.
+    with pytest.raises(DatasetError, match="record 1 \\(Box\\): field 'video_id' differs only in case from record 0"):
+        load_dataset(_write(tmp_path, [rec("box"), rec("Box")]))
+
+
+@pytest.mark.parametrize("name, text", [("e.json", "[]"), ("e.jsonl", "\n  \n")])
+def test_empty_dataset_is_refused(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DatasetError, match=f"dataset .*{name} holds no video records"):
+        load_dataset(tmp_path / name)

@@ -118,15 +118,29 @@ py::object pkv_drop_middle(const py::object& pkv, int64_t keep_first, int64_t ke
                       "drop_middle: rope_theta expected the model's rope_theta for position_mode='shift', got None");
     const int64_t T = p.length;
     if (keep_first + keep_last >= T) return write_back(p, T);
+    const bool shift = mode == POSITION_SHIFT && keep_last > 0;
+    double theta = 0;
+    if (shift) {
+        try {
+            theta = rope_theta.cast<double>();
+        } catch (const py::cast_error&) {
+            TORCH_CHECK_TYPE(false, "drop_middle: rope_theta expected a number, got ", py_type_name(rope_theta));
+        }
+    }
+    // Every layer is checked before any moves: a refusal halfway would leave layers cut differently.
+    for (size_t l = 0; l < p.keys.size(); ++l) {
+        if (p.keys[l].dim() != 4) continue;
+        check_kv_compact(p.keys[l]);
+        check_kv_compact(p.values[l]);
+        if (shift) check_rope_shift(p.keys[l], theta);
+    }
     const auto moves = kv_compact_plan({{0, keep_first}, {T - keep_last, T}});
     const int64_t delta = -(T - keep_last - keep_first);
     for (size_t l = 0; l < p.keys.size(); ++l) {
         if (p.keys[l].dim() != 4) continue;
         kv_compact_(p.keys[l], moves);
         kv_compact_(p.values[l], moves);
-        if (mode == POSITION_SHIFT && keep_last > 0) {
-            rope_shift_(p.keys[l].narrow(2, keep_first, keep_last), delta, rope_theta.cast<double>());
-        }
+        if (shift) rope_shift_(p.keys[l].narrow(2, keep_first, keep_last), delta, theta);
     }
     return write_back(p, keep_first + keep_last);
 }

@@ -76,7 +76,8 @@ def python_generate(backend, embeds, cache, max_new_tokens, stop_token_ids, sile
     def pick(lg):
         if temperature <= 0:
             return int(lg.argmax(-1).item())
-        return int(torch.multinomial(torch.softmax(lg.float().cpu()[0] / temperature, -1), 1, generator=gen).item())
+        lg = lg.double().cpu()[0]  # float64 from the max, as the C++ loop: a tiny temperature tends to greedy
+        return int(torch.multinomial(torch.softmax((lg - lg.max()) / temperature, -1), 1, generator=gen).item())
 
     tok = pick(logits) if max_new_tokens > 0 else -1
     prefill_ms = (time.perf_counter() - t0) * 1e3

@@ -3,6 +3,10 @@
 Each strategy runs in its own worker process, so its peak memory is its own and a crash takes only
 that strategy down. Results are written per video as they finish (to a temporary file, then renamed),
 so an interrupted run resumes without redoing finished videos.
+
+A video that fails (a damaged file, an error in the run) fails alone: its error goes to
+<strategy>/errors/<video_id>.json, the other videos run and are scored, and the metrics and summary list
+the failures. A rerun retries the failed videos.
 """
 
 import datetime
@@ -12,6 +16,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -89,25 +94,40 @@ def _oracle_predictions(frames, conversation, fps):
     return out
 
 
+def _now():
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
 def run_videos(runner, records, sdir, strategy, cfg, log):
-    """Runs the records not yet done; writes <sdir>/videos/<video_id>.json for each."""
+    """Runs the records not yet done; writes <sdir>/videos/<video_id>.json for each, or, for a video
+    that fails, <sdir>/errors/<video_id>.json, and goes on with the next."""
     from tqdm import tqdm
 
     from prospect_core.data import frames_of
 
-    vdir = sdir / "videos"
+    vdir, edir = sdir / "videos", sdir / "errors"
     vdir.mkdir(parents=True, exist_ok=True)
+    edir.mkdir(parents=True, exist_ok=True)
     todo = [r for r in records if not (vdir / f"{r['video_id']}.json").exists()]
     for rec in tqdm(todo, desc=strategy, unit="video", disable=not cfg.get("progress", True), file=sys.stderr):
+        vid = rec["video_id"]
+        # Written first, so a process that dies inside native code still leaves the name of the video.
+        write_json(edir / f"{vid}.json", {"video_id": vid, "error": "the process died while running this video"})
         t0 = time.perf_counter()
-        out = runner.run_inference_on_video(frames_of(rec, cfg.get("max_frames")))
-        if cfg["oracle"]:
-            out["predictions"] = _oracle_predictions(out["frames"], rec["conversation"], rec["fps"])
-        out["video_id"] = rec["video_id"]
-        write_json(vdir / f"{rec['video_id']}.json", out)
+        try:
+            out = runner.run_inference_on_video(frames_of(rec, cfg.get("max_frames")))
+            if cfg["oracle"]:
+                out["predictions"] = _oracle_predictions(out["frames"], rec["conversation"], rec["fps"])
+        except Exception as e:
+            write_json(edir / f"{vid}.json", {"video_id": vid, "error": f"{type(e).__name__}: {e}"})
+            log.write(f"{_now()} {vid} failed:\n{traceback.format_exc()}")
+            log.flush()
+            continue
+        out["video_id"] = vid
+        write_json(vdir / f"{vid}.json", out)
+        (edir / f"{vid}.json").unlink()
         t = out["totals"]
-        log.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {rec['video_id']}: "
-                  f"{t['frames_processed']} frames, {len(out['predictions'])} turns, "
+        log.write(f"{_now()} {vid}: {t['frames_processed']} frames, {len(out['predictions'])} turns, "
                   f"{t['cache_compressions']} compressions, {t['time_per_frame'] * 1e3:.1f} ms/frame, "
                   f"{time.perf_counter() - t0:.1f} s\n")
         log.flush()
@@ -132,21 +152,53 @@ def _worker(strategy, records, cfg):
             raise
 
 
-def evaluate_strategy(sdir, strategy, records, cfg, embedder):
-    """Metrics over every video of one strategy, from the per-video files."""
+def _run_in_workers(strategy, records, cfg):
+    """The strategy's videos in a worker process. A worker that dies mid-video (a crash in native code)
+    has left that video's error file; a new worker runs the videos after it. Returns None, or why the
+    worker failed when it got no video done."""
+    sdir = Path(cfg["out"]) / strategy
+    todo = records
+    while todo:
+        p = mp.get_context("spawn").Process(target=_worker, args=(strategy, todo, cfg), name=f"prospect-{strategy}")
+        p.start()
+        p.join()
+        if p.exitcode == 0:
+            return None
+        # Each video before the crash left a result or an error file; so did the one it died in.
+        left = [r for r in todo if not any((sdir / d / f"{r['video_id']}.json").exists() for d in ("videos", "errors"))]
+        if len(left) == len(todo):
+            return f"worker exited with code {p.exitcode}; see {sdir / (strategy + '.log')}"
+        todo = left
+    return None
+
+
+def _video_error(sdir, vid, why_missing):
+    path = sdir / "errors" / f"{vid}.json"
+    error = json.loads(path.read_text())["error"] if path.exists() else why_missing
+    return {"video_id": vid, "error": error}
+
+
+def evaluate_strategy(sdir, strategy, records, cfg, embedder, why_missing="no result was written"):
+    """Metrics over the videos of one strategy that have results, from the per-video files, and the
+    errors of those that have none: ({...metrics, "videos_scored", "errors": [{video_id, error}]},
+    predictions)."""
     from prospect_core.evaluation.matching import (SEMANTIC_THRESHOLD, _turns, _window, counts_to_metrics,
                                                    match_dialogue, weighted_text_metrics)
     from prospect_core.evaluation.text_metrics import text_metrics
 
     win = _window(cfg.get("window"), cfg.get("eval_dataset"))
     counts = dict(matched=0, good=0, redundant=0, missed=0)
-    good_pairs, sem, tdiff = [], [], []
+    good_pairs, sem, tdiff, errors = [], [], [], []
     frames = dialogues = compressions = 0
     cache_sum = peak_cache = 0
     time_sum = peak_mem = 0.0
     predictions = {}
     for rec in records:
-        out = json.loads((sdir / "videos" / f"{rec['video_id']}.json").read_text())
+        path = sdir / "videos" / f"{rec['video_id']}.json"
+        if not path.exists():
+            errors.append(_video_error(sdir, rec["video_id"], why_missing))
+            continue
+        out = json.loads(path.read_text())
         preds = _turns(out["predictions"], "predictions")
         refs = _turns([t for t in rec["conversation"] if t["role"] == "assistant"], "reference")
         pairs, redundant, missed = match_dialogue(preds, refs, win, rec["fps"], embedder)
@@ -168,7 +220,8 @@ def evaluate_strategy(sdir, strategy, records, cfg, embedder):
         peak_mem = max(peak_mem, t["peak_memory_mb"])
         predictions[rec["video_id"]] = out["predictions"]
     metrics = {
-        "strategy": strategy, "frames_processed": frames, "dialogues_generated": dialogues,
+        "strategy": strategy, "videos_scored": len(predictions), "errors": errors,
+        "frames_processed": frames, "dialogues_generated": dialogues,
         "dialogues_matched": counts["good"],
         **counts_to_metrics(counts["matched"], counts["good"], counts["redundant"], counts["missed"]),
         "semantic_score": sum(sem) / len(sem) if sem else 0.0, "time_diff": sum(tdiff) / len(tdiff) if tdiff else 0.0,
@@ -235,15 +288,29 @@ def _plots(out, results):
     return files + ["memory.png"]
 
 
-COLUMNS = [("frames", "frames_processed", "{}"), ("turns", "dialogues_generated", "{}"),
-           ("good", "dialogues_matched", "{}"), ("P", "precision", "{:.2f}"), ("R", "recall", "{:.2f}"),
-           ("F1", "f1", "{:.2f}"), ("compressions", "cache_compressions", "{}"),
-           ("avg cache", "avg_cache_size", "{:.0f}"), ("peak cache", "peak_cache_size", "{}"),
-           ("ms/frame", "time_per_frame", "{:.1f}"), ("peak MB", "peak_memory_mb", "{:.0f}"),
-           ("BLEU-4", "Bleu_4", "{:.3f}"), ("METEOR", "METEOR", "{:.3f}"), ("CIDEr", "CIDEr", "{:.3f}")]
+COLUMNS = [("videos", "videos_scored", "{}"), ("frames", "frames_processed", "{}"),
+           ("turns", "dialogues_generated", "{}"), ("good", "dialogues_matched", "{}"),
+           ("P", "precision", "{:.2f}"), ("R", "recall", "{:.2f}"), ("F1", "f1", "{:.2f}"),
+           ("compressions", "cache_compressions", "{}"), ("avg cache", "avg_cache_size", "{:.0f}"),
+           ("peak cache", "peak_cache_size", "{}"), ("ms/frame", "time_per_frame", "{:.1f}"),
+           ("peak MB", "peak_memory_mb", "{:.0f}"), ("BLEU-4", "Bleu_4", "{:.3f}"), ("METEOR", "METEOR", "{:.3f}"),
+           ("CIDEr", "CIDEr", "{:.3f}")]
 
 
-def summary_markdown(results):
+def failures(results):
+    """(strategy, video_id, error) for each video that failed; video_id is None where a whole strategy
+    failed without naming one."""
+    out = []
+    for s, r in results.items():
+        errors = r["metrics"]["errors"] if "metrics" in r else r.get("errors", [])
+        out += [(s, e["video_id"], e["error"]) for e in errors]
+        if "metrics" not in r and not errors:
+            out.append((s, None, r.get("error", "?")))
+    return out
+
+
+def summary_markdown(results, shown=20):
+    """The table, then the failed videos (the first `shown` of them; summary.json has them all)."""
     lines = ["| strategy | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]
     for s, r in results.items():
@@ -253,6 +320,14 @@ def summary_markdown(results):
         m = dict(r["metrics"], time_per_frame=r["metrics"]["time_per_frame"] * 1e3)
         lines.append(f"| {s} | " + " | ".join(f.format(m[k]) if m.get(k) is not None else "-"
                                               for _, k, f in COLUMNS) + " |")
+    failed = failures(results)
+    if failed:
+        lines += ["", f"Failed ({len(failed)}; not in the scores above, retried by a rerun):"]
+        for s, vid, error in failed[:shown]:
+            first = (error.splitlines() or ["?"])[0]
+            lines.append(f"- {s}, {vid or 'all videos'}: {first[:300]}")
+        if len(failed) > shown:
+            lines.append(f"- ... and {len(failed) - shown} more (summary.json lists all)")
     return "\n".join(lines)
 
 
@@ -278,12 +353,15 @@ def compare(dataset, model, strategies=None, out="outputs/compare", *, max_seq_l
             not_talk_threshold=0.5, window=None, eval_dataset=None, oracle=False, device="cpu", dtype="float32",
             backend="native", seed=0, max_frames=None, text_metrics=True, progress=True, workers=True,
             launcher=None):
-    """Runs the comparison and returns {strategy: {"metrics": ...} or {"error": ...}}.
+    """Runs the comparison and returns {strategy: {"metrics": ...} or {"error": ..., "errors": [...]}}.
+
+    A video that fails is listed in its strategy's metrics["errors"] ({video_id, error}) and the others
+    are scored; a strategy with no video done gets "error" and no metrics. `failures(results)` lists them.
 
     launcher="torchrun" (or a run under torchrun, detected from its environment) shares the (strategy, video)
     units across the ranks; rank 0 evaluates and returns the results, the other ranks return {}."""
     from prospect_core.context_strategies import ContextStrategyFactory
-    from prospect_core.data import load_dataset
+    from prospect_core.data import check_video_ids, load_dataset
     from prospect_core.evaluation.embedder import default_embedder
     from prospect_core.model import resolve_model_path
 
@@ -293,7 +371,13 @@ def compare(dataset, model, strategies=None, out="outputs/compare", *, max_seq_l
             raise ValueError(f"strategies expected names from {', '.join(ContextStrategyFactory.known())}, got {s!r}")
     if window is None and eval_dataset is None:
         window = (-2.0, 4.0)
-    records = load_dataset(dataset) if isinstance(dataset, (str, Path)) else dataset
+    if isinstance(dataset, (str, Path)):
+        records = load_dataset(dataset)
+    else:  # records already parsed; their ids still name files under out
+        records = list(dataset)
+        if not records:
+            raise ValueError("dataset expected at least one video record, got none")
+        check_video_ids(records, "dataset")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob("*.json.tmp*"):  # left by a run that was killed while writing
@@ -325,26 +409,33 @@ def compare(dataset, model, strategies=None, out="outputs/compare", *, max_seq_l
     for s in strategies:
         sdir = out / s
         sdir.mkdir(parents=True, exist_ok=True)
-        if s in failed:
-            results[s] = {"error": "; ".join(f"{f['video_id']} on rank {f['rank']}: {f['error']}"
-                                             for f in failed[s]), "failed_units": failed[s]}
-            continue
+        if workers is not None:
+            shutil.rmtree(sdir / "errors", ignore_errors=True)  # from an earlier run; those videos run again
+        for f in failed.get(s, []):  # torchrun units that raised outside a video (the runner was not built)
+            (sdir / "errors").mkdir(exist_ok=True)
+            write_json(sdir / "errors" / f"{f['video_id']}.json",
+                       {"video_id": f["video_id"], "error": f"on rank {f['rank']}: {f['error']}"})
+        why = None  # why the strategy's process failed, if it did
         if workers:  # one process per strategy: its peak memory is its own, its crash too
-            p = mp.get_context("spawn").Process(target=_worker, args=(s, records, cfg), name=f"prospect-{s}")
-            p.start()
-            p.join()
-            if p.exitcode != 0:
-                results[s] = {"error": f"worker exited with code {p.exitcode}; see {sdir / (s + '.log')}"}
-                continue
+            why = _run_in_workers(s, records, cfg)
         elif workers is not None:
-            _worker(s, records, cfg)
-        metrics, predictions = evaluate_strategy(sdir, s, records, cfg, embedder)
+            try:
+                _worker(s, records, cfg)
+            except Exception as e:
+                why = f"{type(e).__name__}: {e}"
+        metrics, predictions = evaluate_strategy(sdir, s, records, cfg, embedder, why or "no result was written")
+        if not predictions:  # no video done: no row of numbers to show
+            e = metrics["errors"][0]
+            results[s] = {"error": why or f"all {len(records)} videos failed; {e['video_id']}: {e['error']}",
+                          "errors": metrics["errors"]}
+            continue
         metrics["metadata"] = _metadata(cfg, s, embedder)
         write_json(sdir / f"{s}_predictions.json", predictions)
         write_json(sdir / f"{s}_metrics.json", metrics)
         results[s] = {"metrics": metrics}
     plots = _plots(out, results)
     summary = {s: r.get("metrics", r) for s, r in results.items()}
-    write_json(out / "summary.json", {"strategies": summary, "plots": plots, "dataset": str(dataset)})
+    name = str(dataset) if isinstance(dataset, (str, Path)) else f"{len(records)} records"
+    write_json(out / "summary.json", {"strategies": summary, "plots": plots, "dataset": name})
     (out / "summary.md").write_text(summary_markdown(results) + "\n")
     return results

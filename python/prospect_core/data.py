@@ -3,12 +3,21 @@ knowledge, and the conversation (role, time, content). A dataset is a JSON list 
 
 import gzip
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc")
 SAMPLE = Path(__file__).parent / "data" / "sample.json"
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# A video_id names its result files (<out>/<strategy>/videos/<id>.json), so it must be a plain file name:
+# no separators, no '.' or '..', not so long that the file system refuses it.
+VIDEO_ID = re.compile(r"\w[\w.-]{0,127}")
+# Far above any real turn or task description; a longer one is a broken record, better refused at load
+# than found hours into a run.
+MAX_TURN_CHARS = 20_000
+MAX_KNOWLEDGE_CHARS = 100_000
 
 
 class DatasetError(ValueError):
@@ -50,26 +59,57 @@ def _check(cond, where, field, msg):
         raise DatasetError(f"{where}: field '{field}' {msg}")
 
 
+def _finite(x):
+    # JSON readers accept Infinity and NaN, and True is an int to Python: neither is a time or a rate.
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_id(vid, where):
+    _check(isinstance(vid, str) and VIDEO_ID.fullmatch(vid), where, "video_id",
+           "expected a plain file name (letters, digits, '_', '-', '.'; not starting with '.' or '-'; "
+           f"at most 128 characters), got {vid!r}")
+
+
+def _check_text(text, where, field, limit):
+    _check(isinstance(text, str), where, field, f"expected a string, got {text!r:.80}")
+    _check(len(text) <= limit, where, field, f"expected at most {limit} characters, got {len(text)}")
+
+
+def _video_file(spec, where, base):
+    try:
+        path = resolve_video(spec, base)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{where}: field 'video': {e}") from e
+    _check(path.is_file(), where, "video", f"expected a video file, got a folder or device: {str(path)!r}")
+    return path
+
+
+def _frames_dir(d, where, base):
+    _check(isinstance(d, str), where, "frames_dir", f"expected a folder path, got {d!r}")
+    folder = Path(d) if Path(d).is_absolute() else base / d
+    _check(folder.is_dir(), where, "frames_dir", f"expected an existing folder, got {str(folder)!r}")
+    _check(any(p.suffix.lower() in FRAME_SUFFIXES for p in folder.iterdir()), where, "frames_dir",
+           f"expected a folder of {'/'.join(FRAME_SUFFIXES)} frames, got none in {str(folder)!r}")
+    return folder
+
+
 def parse_record(rec, where: str, base: Path) -> dict:
     _check(isinstance(rec, dict), where, "<record>", f"expected an object, got {type(rec).__name__}")
     vid = rec.get("video_id", rec.get("video_uid"))
     _check(isinstance(vid, str) and vid, where, "video_id", f"expected a non-empty string, got {vid!r}")
+    _check_id(vid, where)
     where = f"{where} ({vid})"
     fps = rec.get("fps", 2.0)
-    _check(isinstance(fps, (int, float)) and fps > 0, where, "fps", f"expected a positive number, got {fps!r}")
+    _check(_finite(fps) and fps > 0, where, "fps", f"expected a finite number > 0, got {fps!r}")
     out = {"video_id": vid, "fps": float(fps)}
     if "frames_dir" in rec:
-        d = rec["frames_dir"]
-        _check(isinstance(d, str), where, "frames_dir", f"expected a folder path, got {d!r}")
-        folder = Path(d) if Path(d).is_absolute() else base / d
-        _check(folder.is_dir(), where, "frames_dir", f"expected an existing folder, got {str(folder)!r}")
-        out["frames_dir"] = str(folder)
+        out["frames_dir"] = str(_frames_dir(rec["frames_dir"], where, base))
     else:
         spec = rec.get("video", rec.get("video_path"))
         _check(isinstance(spec, str) and spec, where, "video", f"expected a video path, got {spec!r}")
-        out["video_path"] = str(resolve_video(spec, base))
+        out["video_path"] = str(_video_file(spec, where, base))
     if "knowledge" in rec and rec["knowledge"] is not None:
-        _check(isinstance(rec["knowledge"], str), where, "knowledge", "expected a string")
+        _check_text(rec["knowledge"], where, "knowledge", MAX_KNOWLEDGE_CHARS)
         out["knowledge"] = rec["knowledge"]
     conv = rec.get("conversation")
     _check(isinstance(conv, list), where, "conversation", f"expected a list of turns, got {type(conv).__name__}")
@@ -78,9 +118,9 @@ def parse_record(rec, where: str, base: Path) -> dict:
         _check(isinstance(t, dict), where, f, "expected an object with role, time, content")
         _check(t.get("role") in ("system", "user", "assistant"), where, f + ".role",
                f"expected system, user or assistant, got {t.get('role')!r}")
-        _check(isinstance(t.get("time"), (int, float)) and t["time"] >= 0, where, f + ".time",
-               f"expected seconds >= 0, got {t.get('time')!r}")
-        _check(isinstance(t.get("content"), str), where, f + ".content", f"expected a string, got {t.get('content')!r}")
+        _check(_finite(t.get("time")) and t["time"] >= 0, where, f + ".time",
+               f"expected seconds, a finite number >= 0, got {t.get('time')!r}")
+        _check_text(t.get("content"), where, f + ".content", MAX_TURN_CHARS)
     out["conversation"] = [{"role": t["role"], "time": float(t["time"]), "content": t["content"]} for t in conv]
     return out
 
@@ -106,12 +146,25 @@ def load_dataset(path) -> list:
             raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
         if not isinstance(records, list):
             raise DatasetError(f"{path}: expected a JSON list of video records, got {type(records).__name__}")
+    if not records:
+        raise DatasetError(f"dataset {path} holds no video records: nothing to compare")
     out = [parse_record(r, f"{path.name} record {i}", path.parent) for i, r in enumerate(records)]
-    ids = [r["video_id"] for r in out]
-    dup = {x for x in ids if ids.count(x) > 1}
-    if dup:
-        raise DatasetError(f"{path}: video_id {sorted(dup)[0]!r} appears more than once")
+    check_video_ids(out, path.name)
     return out
+
+
+def check_video_ids(records, where):
+    """Each record's results are <video_id>.json: two ids that name one file would overwrite each other,
+    including ids that differ only in case (one file on macOS and Windows)."""
+    seen = {}
+    for i, r in enumerate(records):
+        vid = r.get("video_id")
+        _check_id(vid, f"{where} record {i}")
+        if vid.casefold() in seen:
+            j, other = seen[vid.casefold()]
+            how = "repeats" if other == vid else "differs only in case from"
+            raise DatasetError(f"{where} record {i} ({vid}): field 'video_id' {how} record {j} ({other})")
+        seen[vid.casefold()] = (i, vid)
 
 
 def frames_of(record, max_frames=None):

@@ -30,6 +30,9 @@ class Engine:
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = self.processor.tokenizer
         self.eou_id = self.tokenizer.convert_tokens_to_ids(prompt.EOU)
+        if prompt.EOU not in self.tokenizer.get_vocab():  # else the id is the unknown token's: replies never stop
+            raise ValueError(f"model_name: the tokenizer of {path} has no {prompt.EOU} token, which ends every "
+                             "SmolVLM2 turn (expected a SmolVLM2 tokenizer)")
 
     def ids(self, text):
         """Token ids [1, T] of text, no special tokens added."""

@@ -25,7 +25,7 @@ def resolve_model_path(model_name, cache_dir=None) -> Path:
     """A local folder, or a Hugging Face id already in the local HF cache (or `cache_dir`); never downloaded."""
     p = Path(model_name).expanduser()
     if p.is_dir():
-        return p
+        return check_model_folder(p)
     name = str(model_name)
     if p.exists():
         raise NotADirectoryError(f"model_name expected a checkpoint folder, got the file '{name}'")
@@ -41,6 +41,15 @@ def resolve_model_path(model_name, cache_dir=None) -> Path:
                 f"`prospect make-model DIR --preset tiny` makes a random-weight one.") from e
     raise FileNotFoundError(f"model_name expected a checkpoint folder or a Hugging Face id, got '{name}' "
                             f"(no such folder)")
+
+
+def check_model_folder(path: Path) -> Path:
+    """Refuses a folder holding a FIFO, socket or device: opening one for reading waits forever for a writer."""
+    for entry in path.iterdir():
+        if entry.exists() and not (entry.is_file() or entry.is_dir()):
+            raise ValueError(f"model_name: '{entry}' expected a regular file, got a special file (FIFO, socket or "
+                             "device); a checkpoint folder holds regular files only")
+    return path
 
 
 def rope_theta(text_config) -> float:

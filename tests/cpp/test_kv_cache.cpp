@@ -224,6 +224,36 @@ TEST(KVCache, EngineWriteCommitAndExtend) {
     EXPECT_THROW(c.write(L, tokens(0, 0, 0, 1), tokens(0, 1, 0, 1)), c10::IndexError);
 }
 
+TEST(KVCache, CommitNeedsWhatWasWritten) {
+    KVCache c(L, H, D, 16);
+    for (int64_t l = 0; l < L; ++l) c.write(l, tokens(l, 0, 0, 4), tokens(l, 1, 0, 4));
+    c.commit(4, SPAN_USER);
+    c.truncate(1);                                           // slots 1..3 keep stale data
+    EXPECT_THROW(c.commit(2, SPAN_USER), c10::ValueError);   // nothing written
+    EXPECT_THROW(c.commit_extend(1), c10::ValueError);
+    for (int64_t l = 0; l < L; ++l) c.write(l, tokens(l, 0, 1, 2), tokens(l, 1, 1, 2));
+    EXPECT_THROW(c.commit(3, SPAN_USER), c10::ValueError);   // more than was written
+    EXPECT_EQ(c.length(), 1);
+    c.commit(2, SPAN_USER);
+    expect_tags(c, range(0, 3));
+}
+
+TEST(KVCache, RefusesDtypesAndDevicesItCannotServe) {
+    EXPECT_THROW(KVCache(L, H, D, 8, at::kFloat8_e4m3fn), c10::TypeError);
+    EXPECT_THROW(KVCache(L, H, D, 8, at::kInt), c10::TypeError);
+    EXPECT_THROW(KVCache(L, H, D, 8, at::kFloat, at::Device("meta")), c10::ValueError);
+    EXPECT_THROW(KVCache(L, H, D, 8, at::kFloat, at::Device("cpu:7")), c10::ValueError);
+}
+
+TEST(Rope, RefusesOverlappingKeysBeforeTouchingThem) {
+    auto row = at::arange(8, at::kFloat).view({1, 1, 1, 8});
+    auto keys = row.expand({1, 2, 3, 8});
+    EXPECT_THROW(rope_shift_(keys, 3, 10000.0), c10::ValueError);
+    EXPECT_TRUE(at::equal(row.view({8}), at::arange(8, at::kFloat)));
+    EXPECT_THROW(check_kv_compact(keys), c10::ValueError);
+    EXPECT_THROW(rope_shift_(at::zeros({2, 8}).to(at::kFloat8_e5m2), 1, 10000.0), c10::TypeError);
+}
+
 TEST(KvCompact, OverlappingMovesMatchReference) {
     // A gap of 1 with long blocks: source and destination overlap heavily.
     for (bool contiguous : {true, false}) {

@@ -102,8 +102,9 @@ class BaseContextStrategy(ABC):
         """What an emptied cache restarts from (a summary strategy's summary), or None."""
         return None
 
-    def overflow_headroom(self) -> int:
-        """Tokens handle_overflow itself appends before the cache shrinks (a summary's request and reply)."""
+    def overflow_headroom(self, summary_room: int | None = None) -> int:
+        """Tokens handle_overflow itself appends before the cache shrinks (a summary's request and reply);
+        summary_room: the most a summary may take, when the caller bounds it."""
         return 0
 
     def config(self) -> dict:

@@ -74,8 +74,9 @@ class SummarizeAndDropStrategy(BaseContextStrategy):
         """The last summary as a system turn (no generation prompt after it): what compress_cache prefills."""
         return prompt.system_turn(self.summaries[-1]["text"], first=True) if self.summaries else None
 
-    def overflow_headroom(self):
-        return 64 + self.summary_max_length  # the request (a few tokens; 64 bounds it) and the summary
+    def overflow_headroom(self, summary_room=None):
+        summary = self.summary_max_length if summary_room is None else min(self.summary_max_length, summary_room)
+        return 64 + summary  # the request (a few tokens; 64 bounds it) and the summary
 
     def handle_overflow(self, past_key_values, last_msg, **context):
         summarize = context.get("summarize") or model_summarizer(context, past_key_values, self.name)

@@ -15,22 +15,46 @@ from prospect_core.context_strategies import ContextStrategyFactory
 from prospect_core.engine import Engine
 from prospect_core.frames import FramePreprocessor
 
+SUMMARY_REQUEST_TOKENS = 64  # bounds a summary request, as summarize_and_drop's overflow_headroom counts it
 TALK_POLICIES = ("silence_threshold", "every_frame", "annotations")
 # This runner's cut: whole spans (a frame is never cut in half), positions re-rotated to stay contiguous.
 NATIVE_STRATEGY_DEFAULTS = {"drop_middle": {"cut": "span", "position_mode": "shift"}}
 
 
-def restart_context(model, tokenizer, cache, system_prompt, knowledge=None, summary=None):
-    """Prefills the anchor into an empty cache: system prompt, then summary and knowledge, all pinned."""
-    pieces = [("system", prompt.system_turn(system_prompt or prompt.DEFAULT_SYSTEM_PROMPT, first=True))]
+def _text_ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+
+
+def summary_ids(tokenizer, summary, budget=None):
+    """The summary turn's ids, cut to `budget` tokens if it is longer (the end of the summary goes)."""
+    ids = _text_ids(tokenizer, prompt.summary_turn(summary))
+    if budget is None or len(ids) <= budget:
+        return ids
+    head, tail = (_text_ids(tokenizer, part) for part in prompt.summary_turn("\0").split("\0"))
+    body = _text_ids(tokenizer, summary)[:max(0, budget - len(head) - len(tail))]
+    return torch.cat([head, body, tail]) if len(head) + len(tail) <= budget else ids[:0]
+
+
+def restart_context(model, tokenizer, cache, system_prompt, knowledge=None, summary=None, summary_budget=None):
+    """Prefills the anchor into an empty cache: system prompt, then summary and knowledge, all pinned.
+    summary_budget: the most tokens the summary turn may take (it is cut to fit)."""
+    pieces = [("system", _text_ids(tokenizer, prompt.system_turn(system_prompt or prompt.DEFAULT_SYSTEM_PROMPT,
+                                                                   first=True)))]
     if summary is not None:
-        pieces.append(("summary", prompt.summary_turn(summary)))
+        pieces.append(("summary", summary_ids(tokenizer, summary, summary_budget)))
     if knowledge:
-        pieces.append(("system", prompt.knowledge_turn(knowledge)))
-    for kind, text in pieces:
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-        model.prefill(model.embed(ids), cache, kind)
+        pieces.append(("system", _text_ids(tokenizer, prompt.knowledge_turn(knowledge))))
+    for kind, ids in pieces:
+        if len(ids) == 0:
+            continue
+        model.prefill(model.embed(ids.unsqueeze(0)), cache, kind)
         cache.pin(cache.spans[-1].id)
+
+
+def check_time(name, t):
+    """Seconds into the video: a finite number >= 0 (a frame's timestamp is printed from it)."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < math.inf:
+        raise ValueError(f"{name} expected seconds, a finite number >= 0, got {t!r}")
 
 
 def _peak_memory_mb(device):
@@ -67,6 +91,10 @@ class StreamRunner:
             raise ValueError(f"max_new_tokens expected < max_seq_len ({max_seq_len}), got {max_new_tokens}")
 
         engine = model_name if isinstance(model_name, Engine) else Engine(model_name, backend, torch_dtype, device)
+        self.max_positions = engine.backend.max_position_embeddings
+        if max_seq_len > self.max_positions:
+            raise ValueError(f"max_seq_len expected <= the model's max_position_embeddings ({self.max_positions}), "
+                             f"got {max_seq_len}")
         self.engine = engine
         self.model_path, self.backend, self.processor = engine.path, engine.backend, engine.processor
         self.tokenizer, self.eou_id, self.device = engine.tokenizer, engine.eou_id, engine.device
@@ -79,13 +107,27 @@ class StreamRunner:
         self.cache = self.backend.make_cache(max_seq_len)
         self._prompt_ids = self._ids(prompt.ASSISTANT_PROMPT)[0]
         self._empty = torch.zeros(0, dtype=torch.long)
+        step = (len(_text_ids(self.tokenizer, prompt.system_turn(self.system_prompt, first=True)))
+                + len(_text_ids(self.tokenizer, prompt.frame_turn(0, self.backend.image_seq_len)))
+                + len(self._prompt_ids) + max_new_tokens)
+        if step > max_seq_len:  # no strategy could make room for even one frame
+            raise ValueError(f"max_seq_len expected >= {step} (the system prompt, one frame and a reply of "
+                             f"max_new_tokens={max_new_tokens}), got {max_seq_len}")
         self.reset()
 
     # ---- helpers -------------------------------------------------------------------------
     def _ids(self, text):
         return self.engine.ids(text)
 
-    def _compress(self, frame_index, t):
+    def _summary_room(self, incoming):
+        """The most tokens a summary turn may take: a third of what the anchor, the next step (its input and a
+        reply) and a summary request leave in the cache. The other thirds are the room the next summary is
+        generated in and the frames in between, so the stream goes on before it summarises again."""
+        free = (self.max_seq_len - self._anchor_len - incoming - self.max_new_tokens - SUMMARY_REQUEST_TOKENS)
+        return max(0, free // 3)
+
+    def _compress(self, frame_index, t, incoming=0):
+        self._summary_budget = self._summary_room(incoming)
         ctx = {"model": self.backend, "tokenizer": self.tokenizer, "system_prompt": self.system_prompt,
                "knowledge": self._knowledge, "frame_index": frame_index, "time": t,
                "rope_theta": self.cache.rope_theta, "summarize": self._summarize}
@@ -97,7 +139,8 @@ class StreamRunner:
         self.cache.drop_all()
         self._last_msg = None
         if isinstance(msg, str):
-            restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, self._knowledge, msg)
+            restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, self._knowledge, msg,
+                            summary_budget=self._summary_budget)
         return self.strategy.name
 
     def _summarize(self, text, max_tokens):
@@ -106,9 +149,11 @@ class StreamRunner:
         if self._last_msg is not None:  # the close of the last reply goes first
             ids = torch.cat([self._last_msg.view(1, -1), ids], 1)
         room = self.cache.capacity - self.cache.length - ids.shape[1]
-        if room <= 0:
+        wrap = len(summary_ids(self.tokenizer, ""))
+        max_tokens = min(max_tokens, room, self._summary_budget - wrap)  # the summary must fit where it goes
+        if max_tokens <= 0:
             return ""
-        r = self.backend.generate(self.backend.embed(ids), self.cache, min(max_tokens, room), [self.eou_id],
+        r = self.backend.generate(self.backend.embed(ids), self.cache, max_tokens, [self.eou_id],
                                   kind="user", keep_generated_in_cache=False)
         self.cache.truncate(self.cache.length - ids.shape[1])  # the request goes too
         return self._decode(r.tokens)
@@ -117,11 +162,15 @@ class StreamRunner:
         """Compresses first if `incoming` tokens and a reply would not fit; refills an empty cache with the
         anchor. Returns the strategy's name if it ran."""
         applied = None
-        need = incoming + self.max_new_tokens + self.strategy.overflow_headroom()
+        need = incoming + self.max_new_tokens + self.strategy.overflow_headroom(self._summary_room(incoming))
         need += len(self._last_msg) if self._last_msg is not None else 0
         if self.cache.length > 0 and self.cache.length + need > self.max_seq_len:
-            applied = self._compress(frame_index, t)
+            applied = self._compress(frame_index, t, incoming)
         self.ensure_context()
+        if self.cache.next_position + incoming + self.max_new_tokens > self.max_positions:
+            # position_mode "keep" counts on past the model's positions: renumber the survivors from 0.
+            self.cache.drop_spans([], "shift")
+        self._last_incoming = incoming
         return applied
 
     def _take_last_msg(self):
@@ -187,7 +236,7 @@ class StreamRunner:
             if turn["role"] not in ("system", "user", "assistant"):
                 raise ValueError(f"video_data['conversation'][{i}]['role'] expected system, user or assistant, "
                                  f"got {turn['role']!r}")
-            if not isinstance(turn["time"], (int, float)) or turn["time"] < 0:
+            if not isinstance(turn["time"], (int, float)) or not 0 <= turn["time"] < math.inf:
                 raise ValueError(f"video_data['conversation'][{i}]['time'] expected seconds >= 0, "
                                  f"got {turn['time']!r}")
         return float(fps), conv
@@ -222,6 +271,10 @@ class StreamRunner:
             self.strategy.summaries.clear()
         self._knowledge = knowledge
         self._last_msg, self._anchor_pinned = None, False
+        self._last_incoming, self._summary_budget = 0, self.max_seq_len
+        self._anchor_len = len(_text_ids(self.tokenizer, prompt.system_turn(self.system_prompt, first=True)))
+        if knowledge:
+            self._anchor_len += len(_text_ids(self.tokenizer, prompt.knowledge_turn(knowledge)))
         self._history = []  # the conversation so far as text, for the stateless baseline
 
     def ensure_context(self):
@@ -234,6 +287,7 @@ class StreamRunner:
         """One frame at time t (seconds), after the system/user turns placed before it. talk=False only
         watches; otherwise the talk policy decides. Returns the frame's record: time, frame_index, text
         (or None), talked, cache lengths, strategy_applied, and vision/prefill/decode times in ms."""
+        check_time("t", t)
         rec = {"frame_index": frame_index, "time": t, "cache_len_before": self.cache.length,
                "strategy_applied": None}
         pixel_values, mask, rows, cols = self.preprocess(frame, where)
@@ -288,6 +342,8 @@ class StreamRunner:
         returns the record with the reply's text (None when not asked to respond)."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text expected a non-empty string, got {text!r}")
+        if t is not None:
+            check_time("t", t)
         turn = {"role": "user", "content": text}
         rec = {"frame_index": frame_index, "time": t, "cache_len_before": self.cache.length,
                "strategy_applied": None}
@@ -340,7 +396,7 @@ class StreamRunner:
 
     def _after_step(self, rec, frame_index, t):
         if self.use_kv_cache and self.strategy.should_reduce_cache(self.cache.length):
-            rec["strategy_applied"] = self._compress(frame_index, t)
+            rec["strategy_applied"] = self._compress(frame_index, t, self._last_incoming)
         rec["cache_len_after"] = self.cache.length
 
     # ---- the stream ------------------------------------------------------------------------
