@@ -113,6 +113,29 @@ CASES = [
      "unknown config keys", "context_strategy_config"),
     ("tiny context", ("POST", "/v1/sessions", {"context_strategy_config": {"max_seq_len": 10}}), 400,
      "expected an int in [64", "context_strategy_config.max_seq_len"),
+    # Inputs that once reached the engine and failed there with a 500 (which also dropped the connection).
+    ("seed negative", chat(seed=-1, temperature=1), 400, "greater than or equal to 0", "seed"),
+    ("seed over 64 bits", chat(seed=2**64, temperature=1), 400, "less than 18446744073709551616", "seed"),
+    ("temperature NaN", ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], '
+                                                         b'"temperature": NaN}'), 400, "finite number", "temperature"),
+    ("lone surrogate", ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+     400, "lone surrogate", "messages[0].content"),
+    ("lone surrogate in a part", ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": '
+                                  b'[{"type": "text", "text": "\\udfff"}]}]}'), 400, "lone surrogate",
+     "messages[0].content[0].text"),
+    ("lone surrogate in a note", ("POST", "/v1/sessions/{sid}/messages", b'{"content": "\\ud83d"}'), 400,
+     "lone surrogate", "content"),
+    ("lone surrogate in knowledge", ("POST", "/v1/sessions", b'{"knowledge": "\\udc00"}'), 400, "lone surrogate",
+     "knowledge"),
+    ("NUL in a local path", chat(messages=image_msg("ok\u0000.png")), 400, "NUL character",
+     "messages[0].content[0].image_url"),
+    ("frame time infinite", ("POST", "/v1/sessions/{sid}/frames",
+                             b'{"frames": [{"time": Infinity, "image_url": "' + SMALL.encode() + b'"}]}'), 400,
+     "finite number", "frames[0].time"),
+    ("frame time huge", ("POST", "/v1/sessions/{sid}/frames", {"frames": [{"time": 1e308, "image_url": SMALL}]}),
+     400, "less than or equal to 10000000", "frames[0].time"),
+    ("session max_new_tokens over cap", ("POST", "/v1/sessions", {"max_new_tokens": 65}), 400, "at most 64",
+     "max_new_tokens"),
     ("unknown route", ("POST", "/v1/completions", {"prompt": "x"}), 404, "no route", None),
     ("wrong method", ("GET", "/v1/chat/completions", None), 405, "not allowed", None),
 ]
@@ -134,7 +157,40 @@ def test_bad_request(setup, name, request_, status, text, param):
     assert err["param"] == param
     after = http.get(f"/v1/sessions/{sid}").json()
     assert after["cache_length"] == before["cache_length"] and after["frames"] == before["frames"]
-    assert http.get("/health").json()["status"] == "ok"
+    ok = http.get("/health")
+    assert ok.json()["status"] == "ok"
+    assert local_port(ok) == local_port(r)  # on the same keep-alive connection: an error never drops it
+
+
+def local_port(response):
+    return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+def test_unexpected_error_is_a_json_500_on_a_live_connection(setup):
+    http, sid = setup["http"], setup["sid"]
+    session = setup["server"].app.state.sessions.get(sid)
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    session.add_message = broken
+    try:
+        r = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"})
+    finally:
+        del session.add_message
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    assert "RuntimeError" in r.json()["error"]["message"] and "a bug" not in r.text  # the log has the details
+    ok = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi again"})
+    assert ok.status_code == 200 and local_port(ok) == local_port(r)
+
+
+def test_near_zero_temperature_is_greedy(setup):
+    """1e-320 once made the sampler divide by zero (500); below 0.001 sampling is greedy in all but name."""
+    http = setup["http"]
+    replies = [http.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 8, "temperature": t, "seed": 1})
+               for t in (1e-320, 1e-4, 0)]
+    assert [r.status_code for r in replies] == [200] * 3, replies[0].text
+    assert len({r.json()["choices"][0]["message"]["content"] for r in replies}) == 1
 
 
 def test_body_limit_without_content_length(setup):

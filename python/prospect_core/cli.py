@@ -1,6 +1,7 @@
 """The `prospect` command line."""
 
 import argparse
+import os
 import sys
 
 
@@ -28,7 +29,7 @@ def _verify(args):
 
 
 def _compare(args):
-    from prospect_core.compare import compare, dialogue_excerpt, summary_markdown
+    from prospect_core.compare import compare, dialogue_excerpt, failures, summary_markdown
 
     window = tuple(float(x) for x in args.window.split(",")) if args.window else None
     if window is not None and len(window) != 2:
@@ -46,7 +47,12 @@ def _compare(args):
     if args.show:
         print("\n" + dialogue_excerpt(args.out, list(results), args.show))
     print(f"\nwrote {args.out}/summary.json, summary.md and plots")
-    return 0 if all("metrics" in r for r in results.values()) else 1
+    failed = failures(results)
+    if failed:  # the rest is written and scored; the exit status still says the run is incomplete
+        print(f"prospect compare: {len(failed)} (strategy, video) runs failed, listed above; a rerun retries "
+              "them and skips the finished ones", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run(args):
@@ -73,17 +79,22 @@ def _run(args):
 
 def _serve(args):
     from prospect_core.engine import Engine
-    from prospect_core.server import ServerLimits, serve
+    from prospect_core.server import Access, ServerLimits, serve
 
     limits = ServerLimits(max_sessions=args.max_sessions, max_cache_mb=args.max_cache_mb,
                           session_ttl_s=args.session_ttl, session_max_seq_len=args.max_seq_len,
                           max_body_mb=args.max_body_mb, max_tokens=args.max_tokens,
-                          allow_local_images=args.allow_local_images)
+                          max_request_pixels=args.max_request_pixels, max_images_per_request=args.max_images,
+                          max_text_chars=args.max_text_chars, read_timeout_s=args.read_timeout,
+                          max_connections=args.max_connections, allow_local_images=args.allow_local_images)
+    names = lambda v: tuple(x.strip() for x in (v or "").split(",") if x.strip())  # noqa: E731
+    access = Access(api_key=args.api_key or None, allowed_hosts=names(args.allowed_hosts),
+                    allowed_origins=names(args.allowed_origins))
     engine = Engine(args.model, args.backend, args.dtype, args.device)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"prospect serve: listening on {args.host}, reachable from other machines; there is no "
-              "authentication", file=sys.stderr)
-    serve(engine, args.host, args.port, limits)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not access.api_key:
+        print(f"prospect serve: listening on {args.host}, reachable from other machines, without --api-key: "
+              "anyone who can reach the port can use it", file=sys.stderr)
+    serve(engine, args.host, args.port, limits, access=access)
     return 0
 
 
@@ -117,7 +128,10 @@ def main(argv=None) -> int:
     vf.add_argument("--prompt", help="a user message for the greedy comparison (default: random token ids)")
     vf.set_defaults(func=_verify)
 
-    cp = sub.add_parser("compare", help="run context strategies over a dataset and compare them")
+    cp = sub.add_parser("compare", help="run context strategies over a dataset and compare them",
+                        description="Exit status: 0 when every strategy ran every video; 1 when some video or "
+                        "strategy failed (the rest is still run, scored and written, and the failures are "
+                        "listed); 2 for a bad argument or dataset, before anything runs.")
     cp.add_argument("--dataset", default="sample", help="a ProAssist-format JSON/JSONL file, or 'sample'")
     cp.add_argument("--model", required=True)
     cp.add_argument("--strategies", default="none,drop_all,drop_middle,summarize_and_drop")
@@ -173,6 +187,21 @@ def main(argv=None) -> int:
     sv.add_argument("--max-body-mb", type=float, default=32)
     sv.add_argument("--max-tokens", type=int, default=1024, help="the most max_tokens a request may ask for")
     sv.add_argument("--allow-local-images", metavar="DIR", help="accept image paths under DIR (default: none)")
+    sv.add_argument("--max-request-pixels", type=int, default=64 * 2**20,
+                    help="decoded image pixels per request, all images together (default 64 Mi)")
+    sv.add_argument("--max-images", type=int, default=16, help="images per chat completion (default 16)")
+    sv.add_argument("--max-text-chars", type=int, default=100_000, help="characters of text per request")
+    sv.add_argument("--read-timeout", type=float, default=15,
+                    help="seconds a connection has to send each whole request, headers and body (default 15)")
+    sv.add_argument("--max-connections", type=int, default=64, help="open at once; past it, 503 (default 64)")
+    sv.add_argument("--api-key", default=os.environ.get("PROSPECT_API_KEY"),
+                    help="require 'Authorization: Bearer KEY' on every request (default: $PROSPECT_API_KEY; none)")
+    sv.add_argument("--allowed-hosts", metavar="NAMES",
+                    help="comma-separated Host names to answer besides localhost, 127.0.0.1, ::1 and --host "
+                         "('*': any, e.g. behind a proxy that checks them)")
+    sv.add_argument("--allowed-origins", metavar="ORIGINS",
+                    help="comma-separated browser origins (https://app.example) allowed to call the server, "
+                         "with CORS; other requests with an Origin header get 403")
     sv.set_defaults(func=_serve)
 
     args = parser.parse_args(argv)

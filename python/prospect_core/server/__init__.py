@@ -1,21 +1,26 @@
 """`prospect serve`: an OpenAI-compatible HTTP server with stateful streaming video sessions."""
 
+import dataclasses
 import threading
 
+from prospect_core.server.access import Access
 from prospect_core.server.app import ServerLimits, create_app
+from prospect_core.server.connections import uvicorn_server
 
-__all__ = ["ServerLimits", "create_app", "serve", "start_in_thread"]
-
-
-def _uvicorn_server(app, host, port, log_level):
-    import uvicorn
-
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30))
+__all__ = ["Access", "ServerLimits", "create_app", "serve", "start_in_thread"]
 
 
-def serve(engine, host="127.0.0.1", port=8080, limits=None, log_level="info"):
+def _with_host(access, host):
+    """The address the server is bound to is one of the Host names it answers to."""
+    access = access or Access()
+    return dataclasses.replace(access, allowed_hosts=(*access.allowed_hosts, host))
+
+
+def serve(engine, host="127.0.0.1", port=8080, limits=None, log_level="info", access=None):
     """Serves until interrupted."""
-    _uvicorn_server(create_app(engine, limits), host, port, log_level).run()
+    limits = limits or ServerLimits()
+    app = create_app(engine, limits, access=_with_host(access, host))
+    uvicorn_server(app, host, port, log_level, limits).run()
 
 
 class RunningServer:
@@ -29,11 +34,13 @@ class RunningServer:
         self.thread.join(timeout=30)
 
 
-def start_in_thread(engine, host="127.0.0.1", port=0, limits=None, log_level="warning") -> RunningServer:
+def start_in_thread(engine, host="127.0.0.1", port=0, limits=None, log_level="warning",
+                    access=None) -> RunningServer:
     """Starts the server on a background thread (port 0: any free port) and returns once it listens;
     for notebooks and tests. `.url`, `.app.state.sessions`, `.stop()`."""
-    app = create_app(engine, limits)
-    server = _uvicorn_server(app, host, port, log_level)
+    limits = limits or ServerLimits()
+    app = create_app(engine, limits, access=_with_host(access, host))
+    server = uvicorn_server(app, host, port, log_level, limits)
     thread = threading.Thread(target=server.run, name="prospect-server", daemon=True)
     thread.start()
     while not server.started:

@@ -7,6 +7,7 @@ parses, decodes images and streams bytes.
 import asyncio
 import json
 import re
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +17,16 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import StreamingResponse
 
 from prospect_core.frames import FramePreprocessor
 from prospect_core.server import errors
+from prospect_core.server.access import Access, caller_check, site_check
 from prospect_core.server.chat import Completion, render
 from prospect_core.server.errors import APIError
-from prospect_core.server.images import image_url_of, load_image
+from prospect_core.server.images import image_url_of, load_images
+from prospect_core.server.middleware import BodyLimit, Guard
 from prospect_core.server.schemas import ChatRequest, FramesRequest, SessionCreate, SessionMessage
 from prospect_core.server.sessions import SessionStore
 
@@ -36,59 +40,44 @@ class ServerLimits:
     max_body_mb: float = 32
     max_image_mb: float = 16
     max_image_pixels: int = 4096 * 4096
-    max_tokens: int = 1024
+    max_request_pixels: int = 64 * 2**20  # a request's images together, decoded: about 200 MB as RGB
+    max_images_per_request: int = 16  # chat completions; frames have their own limit
     max_frames_per_request: int = 64
+    max_text_chars: int = 100_000  # a request's text, counted before the engine thread tokenizes it
+    max_tokens: int = 1024
     allow_local_images: str | None = None
+    read_timeout_s: float = 15  # to receive each whole request, headers and body
+    keep_alive_s: float = 5  # an idle connection between requests
+    max_connections: int = 64  # open at once; past it, new requests get 503
 
 
-class BodyLimit:
-    """Refuses bodies over the limit with 413, whether or not the client sent Content-Length."""
-
-    def __init__(self, app, limit):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(send)
-        # Read the body here, so an over-long one is refused before the app parses any of it.
-        chunks, seen, more = [], 0, True
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return
-            chunks.append(msg.get("body", b""))
-            seen += len(chunks[-1])
-            if seen > self.limit:
-                return await self._refuse(send)
-            more = msg.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: disconnect notices, as the server sends them
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, send):
-        body = json.dumps(errors.error_body(413, f"request body exceeds the limit of {self.limit} bytes")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+def check_text(limit, texts):
+    """texts: [(param, text)]. Refuses a request whose text together exceeds `limit` characters, naming its
+    longest field, before any of it reaches the tokenizer on the engine thread."""
+    total = sum(len(t) for _, t in texts)
+    if total > limit:
+        param = max(texts, key=lambda x: len(x[1]))[0]
+        raise APIError(400, f"{param}: expected at most {limit} characters of text per request, got {total}", param)
 
 
-def create_app(engine, limits: ServerLimits | None = None, model_id: str | None = None) -> FastAPI:
-    limits = limits or ServerLimits()
+async def finish_unless_gone(work, request: Request, gone: threading.Event):
+    """Awaits the engine's work; a client that hangs up first sets `gone`, which stops the work at its next
+    token, so an abandoned request does not hold the engine thread."""
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=0.1)
+        if done:
+            return work.result()
+        if not gone.is_set() and await request.is_disconnected():
+            gone.set()
+
+
+def create_app(engine, limits: ServerLimits | None = None, model_id: str | None = None,
+               access: Access | None = None) -> FastAPI:
+    limits, access = limits or ServerLimits(), access or Access()
     model_id = model_id or engine.path.name
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prospect-engine")
     store = SessionStore(engine, limits.max_sessions, int(limits.max_cache_mb * 2**20), limits.session_ttl_s,
-                         min(limits.session_max_seq_len, engine.backend.max_position_embeddings))
+                         min(limits.session_max_seq_len, engine.backend.max_position_embeddings), limits.max_tokens)
     preprocess = FramePreprocessor(engine.processor)
     local_dir = Path(limits.allow_local_images).resolve() if limits.allow_local_images else None
     started = time.time()
@@ -96,12 +85,10 @@ def create_app(engine, limits: ServerLimits | None = None, model_id: str | None 
     async def on_engine(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    async def images(pairs):
+    async def images(pairs, where):
         """[(param, url)] -> [(param, array)], decoded off the event loop; 400 on the first bad one."""
-        def decode():
-            return [(p, load_image(u, p, int(limits.max_image_mb * 2**20), limits.max_image_pixels, local_dir))
-                    for p, u in pairs]
-        return await run_in_threadpool(decode)
+        return await run_in_threadpool(load_images, pairs, where, int(limits.max_image_mb * 2**20),
+                                       limits.max_image_pixels, limits.max_request_pixels, local_dir)
 
     async def expire_idle():
         while True:
@@ -116,7 +103,15 @@ def create_app(engine, limits: ServerLimits | None = None, model_id: str | None 
         pool.shutdown(wait=True)
 
     app = FastAPI(title="prospect", lifespan=lifespan)
+    # The last added runs first: unexpected errors, Host and Origin, CORS for allowed origins (a preflight
+    # carries no key), the API key and content type, the body limit.
     app.add_middleware(BodyLimit, limit=int(limits.max_body_mb * 2**20))
+    app.add_middleware(Guard, check=caller_check(access))
+    if access.allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(access.allowed_origins),
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["authorization", "content-type"])
+    app.add_middleware(Guard, check=site_check(access))
+    app.add_middleware(errors.CatchAll)
     errors.install(app)
     app.state.engine, app.state.sessions, app.state.limits = engine, store, limits
 
@@ -133,14 +128,20 @@ def create_app(engine, limits: ServerLimits | None = None, model_id: str | None 
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
+        check_text(limits.max_text_chars, req.texts())
         text, pairs = render(req.messages, engine.backend.image_seq_len)
-        imgs = await images(pairs)
+        if len(pairs) > limits.max_images_per_request:
+            raise APIError(400, f"messages: expected at most {limits.max_images_per_request} images per request, "
+                                f"got {len(pairs)}", "messages")
+        imgs = await images(pairs, "messages")
         job = await on_engine(Completion, engine, preprocess, req, text, imgs, limits.max_tokens)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         usage = lambda n: {"prompt_tokens": job.prompt_tokens, "completion_tokens": n,  # noqa: E731
                            "total_tokens": job.prompt_tokens + n}
         if not req.stream:
-            text, finish, n = await on_engine(job.run)
+            gone = threading.Event()
+            work = asyncio.ensure_future(on_engine(job.run, None, gone.is_set))
+            text, finish, n = await finish_unless_gone(work, request, gone)
             return {"id": cid, "object": "chat.completion", "created": created, "model": model_id,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": finish, "logprobs": None}],
@@ -177,6 +178,10 @@ def create_app(engine, limits: ServerLimits | None = None, model_id: str | None 
     @app.post("/v1/sessions")
     async def create_session(body: SessionCreate | None = None):
         body = body or SessionCreate()
+        check_text(limits.max_text_chars, body.texts())
+        if body.max_new_tokens is not None and body.max_new_tokens > limits.max_tokens:
+            raise APIError(400, f"max_new_tokens: expected at most {limits.max_tokens} (the server's limit), got "
+                                f"{body.max_new_tokens}", "max_new_tokens")
         n = store.session_len(body)
         nbytes = store.reserve(n)
         try:
@@ -188,8 +193,9 @@ def create_app(engine, limits: ServerLimits | None = None, model_id: str | None 
             store.release(nbytes)
             raise
         s = store.add(runner, nbytes)
-        return {"id": s.id, "object": "session", "created": int(s.created), "context_strategy": runner.strategy.config(),
-                "talk_policy": runner.talk_policy, "capacity": runner.cache.capacity}
+        return {"id": s.id, "object": "session", "created": int(s.created),
+                "context_strategy": runner.strategy.config(), "talk_policy": runner.talk_policy,
+                "capacity": runner.cache.capacity}
 
     async def in_session(sid, fn, *args):
         s = store.get(sid)
@@ -215,13 +221,15 @@ def create_app(engine, limits: ServerLimits | None = None, model_id: str | None 
                 raise APIError(400, f"frames[{k}].time: expected times in order, got {f.time} after {last}",
                                f"frames[{k}].time")
             last = f.time
-        imgs = await images([(f"frames[{k}].image_url", image_url_of(f.image_url)) for k, f in enumerate(body.frames)])
+        imgs = await images([(f"frames[{k}].image_url", image_url_of(f.image_url)) for k, f in enumerate(body.frames)],
+                            "frames")
         return {"results": await in_session(sid, s.add_frames, [(f.time, img) for f, (_, img) in
                                                                  zip(body.frames, imgs)])}
 
     @app.post("/v1/sessions/{sid}/messages")
     async def messages(sid: str, body: SessionMessage):
         s = store.get(sid)
+        check_text(limits.max_text_chars, body.texts())
         if body.max_tokens is not None and body.max_tokens > limits.max_tokens:
             raise APIError(400, f"max_tokens: expected at most {limits.max_tokens} (the server's limit), got "
                                 f"{body.max_tokens}", "max_tokens")

@@ -9,6 +9,8 @@ from prospect_core.server.errors import APIError
 from prospect_core.server.images import image_url_of
 
 ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
+# Below this, sampling is greedy in all but name, and logits / temperature would overflow float32 (NaN).
+GREEDY_BELOW = 1e-3
 
 
 def render(messages, image_seq_len):
@@ -104,10 +106,15 @@ class Completion:
             raise APIError(400, f"stop: expected at most 4 strings, got {len(stops)}", "stop")
         self.stream = TextStream(engine.tokenizer, stops)
         self.temperature = float(req.temperature or 0.0)
+        if self.temperature < GREEDY_BELOW:
+            self.temperature = 0.0
         self.seed = req.seed if req.seed is not None else secrets.randbits(62)
 
     def run(self, on_delta=None, cancelled=lambda: False):
-        """Generates; on_delta(text) gets each released piece. Returns (text, finish_reason, tokens)."""
+        """Generates; on_delta(text) gets each released piece; cancelled() (the client hung up) stops it before
+        the next token. Returns (text, finish_reason, tokens)."""
+        if cancelled():  # gone while this waited in the engine queue
+            return "", "stop", 0
         backend = self.engine.backend
         cache = backend.make_cache(self.prompt_tokens + self.max_tokens)
         embeds = backend.embed(self.ids, self.features)

@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 
+from prospect_core import prompt
 from prospect_core.runners import StreamRunner
 from prospect_core.server.errors import APIError
 
@@ -21,6 +22,16 @@ def _public(rec):
     return out
 
 
+def kept_on_compress(strategy, engine, unpinned) -> int:
+    """The most tokens besides the pinned anchor that a compression can leave: drop_middle's newest spans
+    (at most last_keep_len of the `unpinned` tokens there are), or a summary restarted as a system turn."""
+    cfg = strategy.config()
+    kept = min(cfg.get("last_keep_len", 0), unpinned)
+    if "summary_max_length" in cfg:
+        kept += cfg["summary_max_length"] + len(engine.ids(prompt.system_turn(".", first=True))[0])
+    return kept
+
+
 class Session:
     def __init__(self, sid, runner, nbytes):
         self.id, self.runner, self.nbytes = sid, runner, nbytes
@@ -29,12 +40,35 @@ class Session:
         self.frames = self.turns = self.compressions = 0
         self.last_time = 0.0
 
-    # These run on the engine thread.
+    # These run on the engine thread. Each checks its whole request before it changes anything, so that a
+    # refused request leaves the session exactly as it was.
+    def _room(self, later=False):
+        """The most tokens one input may take: an input refused by this bound is refused before a compression
+        could cut the cache to make room for it. later: for an input after others in the same request, when
+        the cache may hold more."""
+        r = self.runner
+        pinned = sum(len(s) for s in r.cache.spans if s.pinned)
+        unpinned = r.cache.capacity if later else r.cache.length - pinned
+        owed = len(r.engine.ids(prompt.AFTER_REPLY)[0])  # the close of the last reply goes in front
+        return r.cache.capacity - pinned - kept_on_compress(r.strategy, r.engine, unpinned) - owed
+
+    def _check_fits(self, text, param, what, later=False):
+        n = len(self.runner.engine.ids(text)[0])
+        room = self._room(later)
+        if n > room:
+            raise APIError(400, f"{param}: expected {what} of at most {room} tokens (the session's context of "
+                                f"{self.runner.cache.capacity} less its pinned anchor and what a compression "
+                                f"keeps), got {n}", param)
+
     def add_frames(self, frames):
         """frames: [(time, HxWx3 uint8)] -> one result per frame, in order."""
         if frames and frames[0][0] < self.last_time:
             raise ValueError(f"frames[0].time: expected >= the session's last frame time {self.last_time}, "
                              f"got {frames[0][0]}")
+        image_seq_len = self.runner.backend.image_seq_len
+        for k, (t, _) in enumerate(frames):
+            self._check_fits(prompt.frame_turn(t, image_seq_len) + prompt.ASSISTANT_PROMPT, f"frames[{k}]",
+                             "a frame", later=k > 0)
         results = []
         for k, (t, image) in enumerate(frames):
             rec = self.runner.add_frame(image, self.frames, t, where=f"frames[{k}].image_url")
@@ -45,6 +79,8 @@ class Session:
         return results
 
     def add_message(self, content, respond, max_tokens=None):
+        self._check_fits(prompt.user_turn(content) + (prompt.ASSISTANT_PROMPT if respond else ""), "content",
+                         "a message")
         rec = self.runner.add_user_turn(content, frame_index=max(self.frames - 1, 0), t=self.last_time,
                                         respond=respond, max_new_tokens=max_tokens)
         self.turns += 1
@@ -69,11 +105,12 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self, engine, max_sessions, max_cache_bytes, ttl_s, max_seq_len):
+    def __init__(self, engine, max_sessions, max_cache_bytes, ttl_s, max_seq_len, max_tokens):
         self.engine, self.max_sessions, self.max_cache_bytes = engine, max_sessions, max_cache_bytes
-        self.ttl_s, self.max_seq_len = ttl_s, max_seq_len
+        self.ttl_s, self.max_seq_len, self.max_tokens = ttl_s, max_seq_len, max_tokens
         self.sessions: dict[str, Session] = {}
         self.reserved = 0  # bytes of sessions being built
+        self.building = 0  # sessions being built: they count against max_sessions already
         self.bytes_per_token = engine.backend.make_cache(1).capacity_bytes()
 
     @property
@@ -90,8 +127,9 @@ class SessionStore:
         return n
 
     def reserve(self, max_seq_len):
-        """Claims room for a new session's cache, or refuses with 429 (too many) / 503 (memory)."""
-        if len(self.sessions) >= self.max_sessions:
+        """Claims a slot and room for a new session's cache, or refuses with 429 (too many) / 503 (memory).
+        Called on the event loop with no await between check and claim, so concurrent creates cannot overshoot."""
+        if len(self.sessions) + self.building >= self.max_sessions:
             raise APIError(429, f"session limit reached ({self.max_sessions} open); delete one or wait for "
                                 "idle ones to expire", code="too_many_sessions")
         nbytes = self.bytes_per_token * max_seq_len
@@ -100,10 +138,12 @@ class SessionStore:
                                 f"{nbytes / 2**20:.1f} MiB, {(self.max_cache_bytes - self.used_bytes) / 2**20:.1f} "
                                 f"MiB of {self.max_cache_bytes / 2**20:.0f} MiB are free", code="cache_memory_full")
         self.reserved += nbytes
+        self.building += 1
         return nbytes
 
     def release(self, nbytes):
         self.reserved -= nbytes
+        self.building -= 1
 
     def build(self, body, max_seq_len):
         """Runs on the engine thread: the session's runner over the shared engine."""
@@ -118,7 +158,7 @@ class SessionStore:
             cfg.setdefault("summary_max_length", min(512, max_seq_len // 8))
         kw = dict(max_seq_len=max_seq_len, reserved_seq_len=reserved, context_strategy_config=cfg,
                   system_prompt=body.system_prompt, talk_policy=body.talk_policy or "silence_threshold",
-                  max_new_tokens=body.max_new_tokens or min(100, max_seq_len // 4))
+                  max_new_tokens=body.max_new_tokens or min(100, max_seq_len // 4, self.max_tokens))
         if body.context_strategy is not None:
             kw["context_strategy_type"] = body.context_strategy
         if body.not_talk_threshold is not None:
