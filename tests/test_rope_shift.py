@@ -82,7 +82,9 @@ def test_inv_freq_matches_transformers():
     [
         ((torch.randn(2, 7), 1, THETA), ValueError, "even head_dim, got 7"),
         ((torch.randn(5), 1, THETA), ValueError, r"keys expected \[..., T, head_dim\]"),
-        ((torch.zeros(1, 4, 8, dtype=torch.int32), 1, THETA), TypeError, "floating dtype"),
+        ((torch.zeros(1, 4, 8, dtype=torch.int32), 1, THETA), TypeError, "float16, bfloat16 or float64, got Int"),
+        ((torch.zeros(1, 4, 8).to(torch.float8_e4m3fn), 1, THETA), TypeError, "got Float8_e4m3fn"),
+        ((torch.randn(1, 1, 8).expand(1, 4, 8), 1, THETA), ValueError, "elements do not overlap"),
         ((torch.randn(1, 4, 8), torch.zeros(3, dtype=torch.long), THETA), ValueError, "T = 4"),
         ((torch.randn(1, 4, 8), torch.zeros(4), THETA), TypeError, "delta expected an integer dtype"),
         ((torch.randn(1, 4, 8), 1.5, THETA), TypeError, "delta expected an int"),
