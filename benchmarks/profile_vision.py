@@ -24,9 +24,9 @@ def main():
     ap.add_argument("--rows", type=int, default=12)
     a = ap.parse_args()
 
-    import prospect_core as core
     from transformers import AutoProcessor
 
+    import prospect_core as core
     from prospect_core.frames import FramePreprocessor
 
     frame = next(iter(core.VideoReader(VIDEO, 2.0)))[1]

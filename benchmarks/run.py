@@ -21,7 +21,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import machine, matmul_gflops, memory_bandwidth_gbs, unused_path  # noqa: E402
 
-
 PARTS = ["decode", "streaming", "surgery", "long_stream"]
 
 

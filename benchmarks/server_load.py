@@ -112,10 +112,10 @@ def start_server(model, port, clients):
         try:
             httpx.get(f"http://127.0.0.1:{port}/health").raise_for_status()
             return proc
-        except httpx.TransportError:
+        except httpx.TransportError as e:
             if time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError("server did not start within 300 s")
+                raise RuntimeError("server did not start within 300 s") from e
             time.sleep(0.2)
 
 

@@ -105,7 +105,6 @@ def main():
         print(f"| {r['variant']} | {r['median_ms']:.1f} | {base['median_ms'] / r['median_ms']:.2f}x | "
               f"{r['median_extra_peak_mb']:.1f} | {100 * r['extra_peak_fraction']:.2f}% |")
 
-    import torch
 
     from common import machine, unused_path
 

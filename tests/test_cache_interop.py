@@ -77,7 +77,7 @@ def test_original_pipeline_failure_runs_to_the_end():
     model = tiny_llama()
     cache = DynamicCache()
     lengths = []
-    for frame in range(12):
+    for _frame in range(12):
         model(torch.randint(0, 97, (1, 9)), past_key_values=cache, use_cache=True)
         if cache.get_seq_length() > 40:
             cache = pc.drop_middle(cache, keep_first=5, keep_last=18, rope_theta=THETA)

@@ -3,7 +3,6 @@
 `pytest -m e2e` runs them all, `pytest -m drop_middle` one strategy."""
 
 import json
-import os
 
 import pytest
 

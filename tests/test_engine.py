@@ -1,7 +1,6 @@
 """The native SmolVLM2 engine against transformers on the same folders."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -20,11 +19,6 @@ def pair(request, tmp_path_factory):
     ours = prospect_core.load_model(path)
     ref = AutoModelForImageTextToText.from_pretrained(path).eval()
     return path, ours, ref
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return prospect_core.make_model(tmp_path_factory.mktemp("tiny"), "tiny")
 
 
 def rel(a, b):
@@ -106,9 +100,9 @@ def test_ten_frame_stream_with_carried_cache(pair):
 
 
 @torch.no_grad()
-def test_bf16_greedy_and_logits(tiny):
-    ours = prospect_core.load_model(tiny, dtype="bfloat16")
-    ref = AutoModelForImageTextToText.from_pretrained(tiny, dtype=torch.bfloat16).eval()
+def test_bf16_greedy_and_logits(tiny_model):
+    ours = prospect_core.load_model(tiny_model, dtype="bfloat16")
+    ref = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.bfloat16).eval()
     ids = frame_ids(ours, 1)
     pv = pixels(ours, 1, dtype=torch.bfloat16)
     got = ours.forward(ours.joint_embed(ids, pv), ours.make_cache(ids.shape[1]))
@@ -122,12 +116,12 @@ def test_bf16_greedy_and_logits(tiny):
 
 
 @torch.no_grad()
-def test_sharded_and_unsharded_load_identically(tiny, tmp_path):
-    ref = AutoModelForImageTextToText.from_pretrained(tiny)
+def test_sharded_and_unsharded_load_identically(tiny_model, tmp_path):
+    ref = AutoModelForImageTextToText.from_pretrained(tiny_model)
     ref.save_pretrained(tmp_path, max_shard_size="100KB")
     assert (tmp_path / "model.safetensors.index.json").exists() and not (tmp_path / "model.safetensors").exists()
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
-    a, b = prospect_core.load_model(tiny), pc.SmolVLM(str(tmp_path))
+    a, b = prospect_core.load_model(tiny_model), pc.SmolVLM(str(tmp_path))
     assert a.weight_bytes == b.weight_bytes
     ids, pv = frame_ids(a, 2), pixels(a, 2)
     assert torch.equal(a.image_features(pv), b.image_features(pv))
@@ -135,8 +129,8 @@ def test_sharded_and_unsharded_load_identically(tiny, tmp_path):
                        b.forward(b.joint_embed(ids, pv), b.make_cache(ids.shape[1])))
 
 
-def test_generate_options(tiny):
-    m = prospect_core.load_model(tiny)
+def test_generate_options(tiny_model):
+    m = prospect_core.load_model(tiny_model)
     ids = torch.tensor([[50, 51, 52]])
     e = m.embed_tokens(ids)
 
@@ -183,14 +177,13 @@ def test_make_model_cli_overrides(tmp_path):
     assert bad.returncode == 2 and "--set expected key=value, got 'nope'" in bad.stderr
 
 
-def test_verify_cli_reports_parity(tiny):
-    r = subprocess.run([sys.executable, "-m", "prospect_core", "verify", "--model", str(tiny), "--tokens", "16"],
+def test_verify_cli_reports_parity(tiny_model):
+    r = subprocess.run([sys.executable, "-m", "prospect_core", "verify", "--model", str(tiny_model), "--tokens", "16"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "16/16 tokens identical" in r.stdout and "vision features: max error" in r.stdout
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.cuda
 @torch.no_grad()
 def test_cuda_parity(pair):

@@ -4,7 +4,6 @@ Anything that could crash or block the test process runs in a child process with
 regression fails the test instead of killing or hanging the suite.
 """
 
-import json
 import math
 import os
 import shutil

@@ -39,7 +39,6 @@ def test_text_only():
     assert torch.equal(pc.joint_embed(ids, text, torch.zeros(0, 4, 8), IMG), text)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.cuda
 def test_cuda_matches_cpu():
     ids = torch.randint(10, 50, (1, 12))

@@ -180,7 +180,6 @@ def test_bf16_and_fp16_caches():
         assert c.length == 16
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.cuda
 def test_cuda_cache_matches_cpu():
     cpu = pc.KVCache(L, H, D, 64)

@@ -10,11 +10,6 @@ import prospect_core
 import prospect_core as pc
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    return prospect_core.make_model(tmp_path_factory.mktemp("good"), "tiny")
-
-
 def copy_with(good, tmp_path, safetensors_bytes=None, config=None):
     d = tmp_path / "m"
     shutil.copytree(good, d)
@@ -83,27 +78,27 @@ def damage(raw, how):
     ("negative_shape", "not a non-negative integer"),
     ("empty", "has no header"),
 ])
-def test_damaged_safetensors_rejected(good, tmp_path, how, fragment):
-    raw = (good / "model.safetensors").read_bytes()
-    d = copy_with(good, tmp_path, safetensors_bytes=damage(raw, how))
+def test_damaged_safetensors_rejected(tiny_model, tmp_path, how, fragment):
+    raw = (tiny_model / "model.safetensors").read_bytes()
+    d = copy_with(tiny_model, tmp_path, safetensors_bytes=damage(raw, how))
     with pytest.raises(ValueError, match=fragment) as e:
         prospect_core.load_model(d)
     assert "model.safetensors" in str(e.value)
 
 
-def test_pickle_checkpoint_refused(good, tmp_path):
-    d = copy_with(good, tmp_path)
+def test_pickle_checkpoint_refused(tiny_model, tmp_path):
+    d = copy_with(tiny_model, tmp_path)
     (d / "model.safetensors").unlink()
     (d / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(ValueError, match="pickle checkpoint .*convert it to safetensors"):
         prospect_core.load_model(d)
 
 
-def test_missing_weight_and_wrong_shape(good, tmp_path):
-    cfg = json.loads((good / "config.json").read_text())
+def test_missing_weight_and_wrong_shape(tiny_model, tmp_path):
+    cfg = json.loads((tiny_model / "config.json").read_text())
     cfg["text_config"]["intermediate_size"] += 1
     with pytest.raises(ValueError, match="mlp.gate_proj.weight' expected shape"):
-        prospect_core.load_model(copy_with(good, tmp_path, config=cfg))
+        prospect_core.load_model(copy_with(tiny_model, tmp_path, config=cfg))
 
 
 @pytest.mark.parametrize("edit, fragment", [
@@ -118,39 +113,39 @@ def test_missing_weight_and_wrong_shape(good, tmp_path):
     (lambda c: c.update(tie_word_embeddings="no"), "tie_word_embeddings expected true or false"),
     (lambda c: c.update(image_token_id=10**6), "image_token_id expected < text_config.vocab_size"),
 ])
-def test_config_errors_name_the_key(good, tmp_path, edit, fragment):
-    cfg = json.loads((good / "config.json").read_text())
+def test_config_errors_name_the_key(tiny_model, tmp_path, edit, fragment):
+    cfg = json.loads((tiny_model / "config.json").read_text())
     edit(cfg)
     with pytest.raises(ValueError, match=fragment):
-        prospect_core.load_model(copy_with(good, tmp_path, config=cfg))
+        prospect_core.load_model(copy_with(tiny_model, tmp_path, config=cfg))
 
 
-def test_config_defaults_fill_in(good, tmp_path):
-    cfg = json.loads((good / "config.json").read_text())
+def test_config_defaults_fill_in(tiny_model, tmp_path):
+    cfg = json.loads((tiny_model / "config.json").read_text())
     for k in ("rms_norm_eps", "max_position_embeddings", "eos_token_id"):
         cfg["text_config"].pop(k, None)
     cfg["text_config"].pop("rope_parameters")
     cfg["text_config"]["rope_theta"] = 12345.0  # the transformers 4.x spelling
-    m = prospect_core.load_model(copy_with(good, tmp_path, config=cfg))
+    m = prospect_core.load_model(copy_with(tiny_model, tmp_path, config=cfg))
     assert m.config["text_config"]["rms_norm_eps"] == 1e-6 and m.config["text_config"]["rope_theta"] == 12345.0
     assert m.make_cache(4).rope_theta == 12345.0
 
 
-def test_config_not_json(good, tmp_path):
+def test_config_not_json(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="config.json: not valid JSON"):
-        prospect_core.load_model(copy_with(good, tmp_path, config="{oops"))
+        prospect_core.load_model(copy_with(tiny_model, tmp_path, config="{oops"))
 
 
-def test_bad_arguments(good, tmp_path):
+def test_bad_arguments(tiny_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         prospect_core.load_model(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="huggingface-cli download someone/missing"):
         prospect_core.load_model("someone/missing")
     with pytest.raises(ValueError, match="dtype expected one of float32, bfloat16, float16, got 'int8'"):
-        prospect_core.load_model(good, dtype="int8")
+        prospect_core.load_model(tiny_model, dtype="int8")
     with pytest.raises(ValueError, match="device expected 'cpu', 'cuda'"):
-        prospect_core.load_model(good, device="tpu")
-    m = prospect_core.load_model(good)
+        prospect_core.load_model(tiny_model, device="tpu")
+    m = prospect_core.load_model(tiny_model)
     import torch
 
     with pytest.raises(ValueError, match=r"input_ids expected token ids in \[0, 600\), got values in \[0, 600\]"):
@@ -174,10 +169,10 @@ def test_bad_arguments(good, tmp_path):
         m.greedy_generate(m.embed_tokens(torch.tensor([[1]])), m.make_cache(8), 2, [], on_token=5)
 
 
-def test_tokenizer_files_missing(good, tmp_path):
+def test_tokenizer_files_missing(tiny_model, tmp_path):
     from prospect_core.runners import StreamRunner
 
-    d = copy_with(good, tmp_path)
+    d = copy_with(tiny_model, tmp_path)
     (d / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no tokenizer files"):
         StreamRunner(d)

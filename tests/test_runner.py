@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prospect_core import prompt
-from prospect_core.context_strategies import (BaseContextStrategy, ContextStrategyFactory, DropMiddleStrategy)
+from prospect_core.context_strategies import BaseContextStrategy, ContextStrategyFactory
 from prospect_core.runners import StreamRunner
 from stream_fixtures import CONVERSATION, video
 
@@ -210,7 +210,7 @@ def test_strategy_inside_a_transformers_loop(tiny_model):
     theta = (getattr(t, "rope_parameters", None) or {}).get("rope_theta") or t.rope_theta
     s = ContextStrategyFactory.create_strategy("drop_middle", max_seq_len=96, reserved_seq_len=16, last_keep_len=32)
     cache = DynamicCache()
-    for step in range(20):
+    for _step in range(20):
         model(input_ids=torch.randint(60, 500, (1, 9)), past_key_values=cache, use_cache=True)
         if s.should_reduce_cache(cache.get_seq_length()):
             cache, _ = s.handle_overflow(cache, None, keep_first=10, rope_theta=theta)
@@ -220,8 +220,8 @@ def test_strategy_inside_a_transformers_loop(tiny_model):
 def test_prospect_cache_in_transformers_generate(tiny_model):
     from transformers import AutoModelForImageTextToText
 
-    from prospect_core.hf import ProspectCache
     import prospect_core
+    from prospect_core.hf import ProspectCache
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()
     native = prospect_core.load_model(tiny_model)

@@ -5,7 +5,6 @@ import struct
 
 import numpy as np
 import pytest
-import torch
 
 from prospect_core import smollm2
 from prospect_core.make_model import SPECIAL_TOKENS

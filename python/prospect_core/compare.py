@@ -7,33 +7,55 @@ so an interrupted run resumes without redoing finished videos.
 A video that fails (a damaged file, an error in the run) fails alone: its error goes to
 <strategy>/errors/<video_id>.json, the other videos run and are scored, and the metrics and summary list
 the failures. A rerun retries the failed videos.
+
+The steps: check the arguments, load the records, check each strategy's folder can resume, run (worker
+processes, or torchrun ranks through distributed.py), score each strategy, write the summary.
 """
 
-import datetime
+from __future__ import annotations
+
 import hashlib
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
 import shutil
-import sys
-import time
-import traceback
+from collections.abc import Iterable
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
+
+import numpy
+import torch
+
+from prospect_core import __version__, distributed
+from prospect_core.config import (
+    DEFAULT_LAST_KEEP_LEN,
+    DEFAULT_SUMMARY_MAX_LENGTH,
+    DEFAULT_WINDOW,
+    CompareConfig,
+    RunnerConfig,
+    RunTotals,
+)
+from prospect_core.context_strategies import ContextStrategyFactory
+from prospect_core.data import check_video_ids, load_dataset
+from prospect_core.evaluation.embedder import default_embedder
+from prospect_core.evaluation.matching import (
+    MatchTally,
+    match_dialogue,
+    match_window,
+    parse_turns,
+    weighted_text_metrics,
+)
+from prospect_core.evaluation.text_metrics import text_metrics as nlg_metrics
+from prospect_core.model import resolve_model_path
+from prospect_core.video_unit import run_strategy, write_json
 
 DEFAULT_STRATEGIES = ["none", "drop_all", "drop_middle", "summarize_and_drop"]
+RUNNER_FIELDS = tuple(f.name for f in fields(RunnerConfig))
 
 
-def write_json(path, obj):
-    """Atomic: a reader (or a resumed run) never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def _weights_hash(model_dir):
+def _weights_hash(model_dir: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         with open(f, "rb") as fh:
@@ -42,34 +64,17 @@ def _weights_hash(model_dir):
     return h.hexdigest()[:16]
 
 
-def _versions():
-    import numpy
-    import torch
-    import transformers
+def _versions() -> dict[str, str]:
+    import transformers  # seconds to import, and only the metadata needs its version
 
-    import prospect_core
-
-    return {"prospect": prospect_core.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+    return {"prospect": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
 
 
-def _runner_kwargs(cfg, strategy):
-    from prospect_core.runners.stream_runner import NATIVE_STRATEGY_DEFAULTS
-
-    # The strategy as the runner builds it (its own cut and position defaults), so the metadata says what ran.
-    scfg = {**NATIVE_STRATEGY_DEFAULTS.get(strategy, {}), **cfg.get("strategy_config", {}).get(strategy, {})}
-    return dict(device=cfg["device"], torch_dtype=cfg["dtype"], max_new_tokens=cfg["max_new_tokens"],
-                context_strategy_type=strategy, context_strategy_config=scfg or None,
-                max_seq_len=cfg["max_seq_len"], reserved_seq_len=cfg["reserved_seq_len"], backend=cfg["backend"],
-                talk_policy="annotations" if cfg["oracle"] else cfg["talk_policy"],
-                not_talk_threshold=cfg["not_talk_threshold"], seed=cfg["seed"])
-
-
-def check_resume(sdir, strategy, cfg):
+def check_resume(sdir: Path, strategy: str, cfg: CompareConfig) -> None:
     """A strategy's folder remembers what made its results; resuming with other settings would mix
     two runs in one table, so it is refused."""
-    run = {"weights_hash": cfg["weights_hash"], "max_frames": cfg.get("max_frames"), "oracle": cfg["oracle"],
-           **{k: v for k, v in _runner_kwargs(cfg, strategy).items() if k != "device"}}
+    run = cfg.run_signature(strategy)
     path = Path(sdir) / "run.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
@@ -82,84 +87,15 @@ def check_resume(sdir, strategy, cfg):
         write_json(path, run)
 
 
-def _oracle_predictions(frames, conversation, fps):
-    """The reference turns, replayed at the times the pipeline gave their frames."""
-    times = {f["frame_index"]: f["time"] for f in frames}
-    out = []
-    for t in conversation:
-        if t["role"] == "assistant":
-            i = math.floor(t["time"] * fps)
-            if i in times:
-                out.append({"time": times[i], "frame_index": i, "text": t["content"]})
-    return out
-
-
-def _now():
-    return datetime.datetime.now().isoformat(timespec="seconds")
-
-
-def run_videos(runner, records, sdir, strategy, cfg, log):
-    """Runs the records not yet done; writes <sdir>/videos/<video_id>.json for each, or, for a video
-    that fails, <sdir>/errors/<video_id>.json, and goes on with the next."""
-    from tqdm import tqdm
-
-    from prospect_core.data import frames_of
-
-    vdir, edir = sdir / "videos", sdir / "errors"
-    vdir.mkdir(parents=True, exist_ok=True)
-    edir.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in records if not (vdir / f"{r['video_id']}.json").exists()]
-    for rec in tqdm(todo, desc=strategy, unit="video", disable=not cfg.get("progress", True), file=sys.stderr):
-        vid = rec["video_id"]
-        # Written first, so a process that dies inside native code still leaves the name of the video.
-        write_json(edir / f"{vid}.json", {"video_id": vid, "error": "the process died while running this video"})
-        t0 = time.perf_counter()
-        try:
-            out = runner.run_inference_on_video(frames_of(rec, cfg.get("max_frames")))
-            if cfg["oracle"]:
-                out["predictions"] = _oracle_predictions(out["frames"], rec["conversation"], rec["fps"])
-        except Exception as e:
-            write_json(edir / f"{vid}.json", {"video_id": vid, "error": f"{type(e).__name__}: {e}"})
-            log.write(f"{_now()} {vid} failed:\n{traceback.format_exc()}")
-            log.flush()
-            continue
-        out["video_id"] = vid
-        write_json(vdir / f"{vid}.json", out)
-        (edir / f"{vid}.json").unlink()
-        t = out["totals"]
-        log.write(f"{_now()} {vid}: {t['frames_processed']} frames, {len(out['predictions'])} turns, "
-                  f"{t['cache_compressions']} compressions, {t['time_per_frame'] * 1e3:.1f} ms/frame, "
-                  f"{time.perf_counter() - t0:.1f} s\n")
-        log.flush()
-
-
-def _worker(strategy, records, cfg):
-    """One strategy in its own process."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    from prospect_core.runners import StreamRunner
-
-    torch.manual_seed(cfg["seed"])
-    sdir = Path(cfg["out"]) / strategy
-    sdir.mkdir(parents=True, exist_ok=True)
-    with open(sdir / f"{strategy}.log", "a") as log:
-        try:
-            runner = StreamRunner(cfg["model"], **_runner_kwargs(cfg, strategy))
-            run_videos(runner, records, sdir, strategy, cfg, log)
-        except BaseException:
-            log.write(traceback.format_exc())
-            raise
-
-
-def _run_in_workers(strategy, records, cfg):
+def _run_in_workers(strategy: str, records: list[dict], cfg: CompareConfig) -> str | None:
     """The strategy's videos in a worker process. A worker that dies mid-video (a crash in native code)
     has left that video's error file; a new worker runs the videos after it. Returns None, or why the
     worker failed when it got no video done."""
-    sdir = Path(cfg["out"]) / strategy
+    sdir = Path(cfg.out) / strategy
     todo = records
     while todo:
-        p = mp.get_context("spawn").Process(target=_worker, args=(strategy, todo, cfg), name=f"prospect-{strategy}")
+        p = mp.get_context("spawn").Process(target=run_strategy, args=(strategy, todo, cfg),
+                                            name=f"prospect-{strategy}")
         p.start()
         p.join()
         if p.exitcode == 0:
@@ -172,89 +108,63 @@ def _run_in_workers(strategy, records, cfg):
     return None
 
 
-def _video_error(sdir, vid, why_missing):
+def _video_error(sdir: Path, vid: str, why_missing: str) -> dict[str, str]:
     path = sdir / "errors" / f"{vid}.json"
     error = json.loads(path.read_text())["error"] if path.exists() else why_missing
     return {"video_id": vid, "error": error}
 
 
-def evaluate_strategy(sdir, strategy, records, cfg, embedder, why_missing="no result was written"):
+def evaluate_strategy(sdir: Path, strategy: str, records: list[dict], cfg: CompareConfig, embedder: Any,
+                      why_missing: str = "no result was written") -> tuple[dict[str, Any], dict[str, list]]:
     """Metrics over the videos of one strategy that have results, from the per-video files, and the
     errors of those that have none: ({...metrics, "videos_scored", "errors": [{video_id, error}]},
     predictions)."""
-    from prospect_core.evaluation.matching import (SEMANTIC_THRESHOLD, _turns, _window, counts_to_metrics,
-                                                   match_dialogue, weighted_text_metrics)
-    from prospect_core.evaluation.text_metrics import text_metrics
-
-    win = _window(cfg.get("window"), cfg.get("eval_dataset"))
-    counts = dict(matched=0, good=0, redundant=0, missed=0)
-    good_pairs, sem, tdiff, errors = [], [], [], []
-    frames = dialogues = compressions = 0
-    cache_sum = peak_cache = 0
-    time_sum = peak_mem = 0.0
-    predictions = {}
+    win = match_window(cfg.window, cfg.eval_dataset)
+    tally = MatchTally()
+    totals, errors, predictions = [], [], {}
     for rec in records:
         path = sdir / "videos" / f"{rec['video_id']}.json"
         if not path.exists():
             errors.append(_video_error(sdir, rec["video_id"], why_missing))
             continue
         out = json.loads(path.read_text())
-        preds = _turns(out["predictions"], "predictions")
-        refs = _turns([t for t in rec["conversation"] if t["role"] == "assistant"], "reference")
-        pairs, redundant, missed = match_dialogue(preds, refs, win, rec["fps"], embedder)
-        good = [p for p in pairs if p[2] > SEMANTIC_THRESHOLD]
-        counts["matched"] += len(pairs)
-        counts["good"] += len(good)
-        counts["redundant"] += len(redundant)
-        counts["missed"] += len(missed)
-        good_pairs += [(preds[i][1], refs[j][1]) for i, j, _, _ in good]
-        sem += [p[2] for p in good]
-        tdiff += [abs(p[3]) for p in good]
-        t = out["totals"]
-        frames += t["frames_processed"]
-        dialogues += len(out["predictions"])
-        compressions += t["cache_compressions"]
-        cache_sum += t["avg_cache_size"] * t["frames_processed"]
-        peak_cache = max(peak_cache, t["peak_cache_size"])
-        time_sum += t["time_per_frame"] * t["frames_processed"]
-        peak_mem = max(peak_mem, t["peak_memory_mb"])
+        preds = parse_turns(out["predictions"], "predictions")
+        refs = parse_turns([t for t in rec["conversation"] if t["role"] == "assistant"], "reference")
+        tally.add(preds, refs, *match_dialogue(preds, refs, win, rec["fps"], embedder))
+        totals.append(RunTotals(**out["totals"]))
         predictions[rec["video_id"]] = out["predictions"]
+    t = RunTotals.combine(totals)
     metrics = {
         "strategy": strategy, "videos_scored": len(predictions), "errors": errors,
-        "frames_processed": frames, "dialogues_generated": dialogues,
-        "dialogues_matched": counts["good"],
-        **counts_to_metrics(counts["matched"], counts["good"], counts["redundant"], counts["missed"]),
-        "semantic_score": sum(sem) / len(sem) if sem else 0.0, "time_diff": sum(tdiff) / len(tdiff) if tdiff else 0.0,
-        "cache_compressions": compressions, "avg_cache_size": cache_sum / frames if frames else 0.0,
-        "peak_cache_size": peak_cache, "time_per_frame": time_sum / frames if frames else 0.0,
-        "peak_memory_mb": peak_mem,
+        "frames_processed": t.frames_processed,
+        "dialogues_generated": sum(len(p) for p in predictions.values()),  # the oracle's replayed turns too
+        "dialogues_matched": tally.good, **tally.scores(),
+        "cache_compressions": t.cache_compressions, "avg_cache_size": t.avg_cache_size,
+        "peak_cache_size": t.peak_cache_size, "time_per_frame": t.time_per_frame, "peak_memory_mb": t.peak_memory_mb,
     }
-    if cfg.get("text_metrics", True):
-        text = text_metrics(good_pairs)
+    if cfg.text_metrics:
+        text = nlg_metrics(tally.good_texts)
         metrics.update(text)
         metrics.update(weighted_text_metrics(text, metrics["jaccard_index"]))
     return metrics, predictions
 
 
-def _metadata(cfg, strategy, embedder):
-    from prospect_core.context_strategies import ContextStrategyFactory
-    from prospect_core.runners.stream_runner import NATIVE_STRATEGY_DEFAULTS
-
+def _metadata(cfg: CompareConfig, strategy: str, embedder: Any) -> dict[str, Any]:
+    r = cfg.runner_for(strategy)
     # The strategy as the runner builds it (its own cut and position defaults), so the metadata says what ran.
-    scfg = {**NATIVE_STRATEGY_DEFAULTS.get(strategy, {}), **cfg.get("strategy_config", {}).get(strategy, {})}
-    strat = ContextStrategyFactory.create_strategy(strategy, cfg["max_seq_len"], cfg["reserved_seq_len"], **scfg)
+    strat = ContextStrategyFactory.create_strategy(r.strategy, r.max_seq_len, r.reserved_seq_len, **r.strategy_kwargs())
     return {
-        "versions": _versions(), "model": str(cfg["model"]), "weights_sha256_16": cfg["weights_hash"],
-        "strategy_config": strat.config(), "talk_policy": "annotations" if cfg["oracle"] else cfg["talk_policy"],
-        "not_talk_threshold": cfg["not_talk_threshold"], "max_new_tokens": cfg["max_new_tokens"],
-        "window": cfg.get("window") or cfg.get("eval_dataset"), "embedder": embedder.name, "seed": cfg["seed"],
-        "oracle": cfg["oracle"], "backend": cfg["backend"], "device": cfg["device"], "dtype": cfg["dtype"],
+        "versions": _versions(), "model": str(cfg.model), "weights_sha256_16": cfg.weights_hash,
+        "strategy_config": strat.config(), "talk_policy": r.talk_policy,
+        "not_talk_threshold": r.not_talk_threshold, "max_new_tokens": r.max_new_tokens,
+        "window": list(cfg.window) if cfg.window else cfg.eval_dataset, "embedder": embedder.name, "seed": r.seed,
+        "oracle": cfg.oracle, "backend": r.backend, "device": r.device, "dtype": r.torch_dtype,
         "machine": {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count()},
     }
 
 
-def _plots(out, results):
-    import matplotlib
+def _plots(out: Path, results: dict[str, dict]) -> list[str]:
+    import matplotlib  # the hf extra's, and slow to import: only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -297,7 +207,7 @@ COLUMNS = [("videos", "videos_scored", "{}"), ("frames", "frames_processed", "{}
            ("CIDEr", "CIDEr", "{:.3f}")]
 
 
-def failures(results):
+def failures(results: dict[str, dict]) -> list[tuple[str, str | None, str]]:
     """(strategy, video_id, error) for each video that failed; video_id is None where a whole strategy
     failed without naming one."""
     out = []
@@ -309,7 +219,7 @@ def failures(results):
     return out
 
 
-def summary_markdown(results, shown=20):
+def summary_markdown(results: dict[str, dict], shown: int = 20) -> str:
     """The table, then the failed videos (the first `shown` of them; summary.json has them all)."""
     lines = ["| strategy | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]
@@ -331,7 +241,7 @@ def summary_markdown(results, shown=20):
     return "\n".join(lines)
 
 
-def dialogue_excerpt(out, strategies, turns=4):
+def dialogue_excerpt(out: Path | str, strategies: Iterable[str], turns: int = 4) -> str:
     """The first turns each strategy said on the first video, and its summaries: what the table
     cannot show."""
     lines = []
@@ -348,94 +258,129 @@ def dialogue_excerpt(out, strategies, turns=4):
     return "\n".join(lines)
 
 
-def compare(dataset, model, strategies=None, out="outputs/compare", *, max_seq_len=4096, reserved_seq_len=128,
-            last_keep_len=512, summary_max_length=512, max_new_tokens=100, talk_policy="silence_threshold",
-            not_talk_threshold=0.5, window=None, eval_dataset=None, oracle=False, device="cpu", dtype="float32",
-            backend="native", seed=0, max_frames=None, text_metrics=True, progress=True, workers=True,
-            launcher=None):
+# ---- compare() and its steps ---------------------------------------------------------------------------
+def _runner_config(runner: RunnerConfig | None, settings: dict[str, Any]) -> RunnerConfig:
+    """`runner` (or the defaults) with the keyword settings compare() was given on top."""
+    if "dtype" in settings:  # compare's own name for torch_dtype
+        settings["torch_dtype"] = settings.pop("dtype")
+    unknown = sorted(set(settings) - set(RUNNER_FIELDS))
+    if unknown:
+        raise TypeError(f"compare() got unexpected keyword arguments {unknown} (the runner settings are "
+                        f"RunnerConfig's fields: {', '.join(RUNNER_FIELDS)})")
+    return replace(runner or RunnerConfig(), **settings)
+
+
+def _records(dataset: str | Path | Iterable[dict]) -> list[dict]:
+    if isinstance(dataset, (str, Path)):
+        return load_dataset(dataset)
+    records = list(dataset)  # records already parsed; their ids still name files under out
+    if not records:
+        raise ValueError("dataset expected at least one video record, got none")
+    check_video_ids(records, "dataset")
+    return records
+
+
+def _clean_out(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.rglob("*.json.tmp*"):  # left by a run that was killed while writing
+        stale.unlink()
+    return out
+
+
+def _run_strategy(strategy: str, records: list[dict], cfg: CompareConfig, workers: bool | None,
+                  rank_failures: list[dict]) -> str | None:
+    """Runs the strategy's videos not done yet: workers=True in a worker process, False here, None not at all
+    (torchrun ranks ran them). Returns why the strategy's process failed, if it did."""
+    sdir = Path(cfg.out) / strategy
+    sdir.mkdir(parents=True, exist_ok=True)
+    if workers is not None:
+        shutil.rmtree(sdir / "errors", ignore_errors=True)  # from an earlier run; those videos run again
+    for f in rank_failures:  # torchrun units that raised outside a video (the runner was not built)
+        (sdir / "errors").mkdir(exist_ok=True)
+        write_json(sdir / "errors" / f"{f['video_id']}.json",
+                   {"video_id": f["video_id"], "error": f"on rank {f['rank']}: {f['error']}"})
+    if workers:  # one process per strategy: its peak memory is its own, its crash too
+        return _run_in_workers(strategy, records, cfg)
+    if workers is not None:
+        try:
+            run_strategy(strategy, records, cfg)
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _score_strategy(strategy: str, records: list[dict], cfg: CompareConfig, embedder: Any,
+                    why: str | None) -> dict[str, Any]:
+    """{"metrics": ...}, also written to <strategy>_metrics.json; {"error", "errors"} when no video was done."""
+    sdir = Path(cfg.out) / strategy
+    metrics, predictions = evaluate_strategy(sdir, strategy, records, cfg, embedder, why or "no result was written")
+    if not predictions:  # no video done: no row of numbers to show
+        e = metrics["errors"][0]
+        return {"error": why or f"all {len(records)} videos failed; {e['video_id']}: {e['error']}",
+                "errors": metrics["errors"]}
+    metrics["metadata"] = _metadata(cfg, strategy, embedder)
+    write_json(sdir / f"{strategy}_predictions.json", predictions)
+    write_json(sdir / f"{strategy}_metrics.json", metrics)
+    return {"metrics": metrics}
+
+
+def _write_summary(out: Path, results: dict[str, dict], dataset: Any, records: list[dict]) -> None:
+    plots = _plots(out, results)
+    summary = {s: r.get("metrics", r) for s, r in results.items()}
+    name = str(dataset) if isinstance(dataset, (str, Path)) else f"{len(records)} records"
+    write_json(out / "summary.json", {"strategies": summary, "plots": plots, "dataset": name})
+    (out / "summary.md").write_text(summary_markdown(results) + "\n")
+
+
+def compare(dataset: str | Path | Iterable[dict], model: str | Path, strategies: Iterable[str] | None = None,
+            out: str | Path = "outputs/compare", *, runner: RunnerConfig | None = None,
+            last_keep_len: int = DEFAULT_LAST_KEEP_LEN, summary_max_length: int = DEFAULT_SUMMARY_MAX_LENGTH,
+            window: tuple[float, float] | None = None, eval_dataset: str | None = None, oracle: bool = False,
+            max_frames: int | None = None, text_metrics: bool = True, progress: bool = True,
+            workers: bool = True, launcher: str | None = None, **runner_settings: Any) -> dict[str, dict]:
     """Runs the comparison and returns {strategy: {"metrics": ...} or {"error": ..., "errors": [...]}}.
+
+    runner: the RunnerConfig every strategy shares (its strategy fields are set per strategy); keyword
+    arguments named as its fields (max_seq_len=..., and dtype= for torch_dtype) override it.
 
     A video that fails is listed in its strategy's metrics["errors"] ({video_id, error}) and the others
     are scored; a strategy with no video done gets "error" and no metrics. `failures(results)` lists them.
 
     launcher="torchrun" (or a run under torchrun, detected from its environment) shares the (strategy, video)
     units across the ranks; rank 0 evaluates and returns the results, the other ranks return {}."""
-    from prospect_core.context_strategies import ContextStrategyFactory
-    from prospect_core.data import check_video_ids, load_dataset
-    from prospect_core.evaluation.embedder import default_embedder
-    from prospect_core.model import resolve_model_path
-
     strategies = list(strategies or DEFAULT_STRATEGIES)
     for s in strategies:
         if s not in ContextStrategyFactory.known():
             raise ValueError(f"strategies expected names from {', '.join(ContextStrategyFactory.known())}, got {s!r}")
-    if window is None and eval_dataset is None:
-        window = (-2.0, 4.0)
-    if isinstance(dataset, (str, Path)):
-        records = load_dataset(dataset)
-    else:  # records already parsed; their ids still name files under out
-        records = list(dataset)
-        if not records:
-            raise ValueError("dataset expected at least one video record, got none")
-        check_video_ids(records, "dataset")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.rglob("*.json.tmp*"):  # left by a run that was killed while writing
-        stale.unlink()
-    model = resolve_model_path(model)
-    cfg = dict(model=str(model), out=str(out), max_seq_len=max_seq_len, reserved_seq_len=reserved_seq_len,
-               max_new_tokens=max_new_tokens, talk_policy=talk_policy, not_talk_threshold=not_talk_threshold,
-               window=list(window) if window else None, eval_dataset=eval_dataset, oracle=oracle, device=device,
-               dtype=dtype, backend=backend, seed=seed, max_frames=max_frames, text_metrics=text_metrics,
-               progress=progress, weights_hash=_weights_hash(model),
-               strategy_config={"drop_middle": {"last_keep_len": last_keep_len},
-                                "summarize_and_drop": {"summary_max_length": summary_max_length}})
-    for s in strategies:
-        check_resume(out / s, s, cfg)
-    from prospect_core import distributed
-
     if launcher not in (None, "torchrun"):
         raise ValueError(f"launcher expected None or 'torchrun', got {launcher!r}")
-    failed = {}
+    shared = _runner_config(runner, runner_settings)
+    if window is None and eval_dataset is None:
+        window = DEFAULT_WINDOW
+    records = _records(dataset)
+    out = _clean_out(Path(out))
+    model = resolve_model_path(model)
+    cfg = CompareConfig(model=str(model), out=str(out), weights_hash=_weights_hash(model), runner=shared,
+                        strategy_config={"drop_middle": {"last_keep_len": last_keep_len},
+                                         "summarize_and_drop": {"summary_max_length": summary_max_length}},
+                        oracle=oracle, window=(window[0], window[1]) if window else None, eval_dataset=eval_dataset,
+                        max_frames=max_frames, text_metrics=text_metrics, progress=progress)
+    for s in strategies:
+        check_resume(out / s, s, cfg)
+    run_here: bool | None = workers
+    rank_failures: dict[str, list[dict]] = {}
     if launcher == "torchrun" or distributed.launched_by_torchrun():
-        rank, world, cfg["device"] = distributed.init(device)
+        rank, world, device = distributed.init(shared.device)
+        cfg = replace(cfg, runner=replace(shared, device=device))
         for f in distributed.run_units(strategies, records, cfg, rank, world):
-            failed.setdefault(f["strategy"], []).append(f)
+            rank_failures.setdefault(f["strategy"], []).append(f)
         if rank != 0:
             return {}
-        workers = None  # units are done; rank 0 only evaluates
+        run_here = None  # units are done; rank 0 only evaluates
     embedder = default_embedder()
     results = {}
     for s in strategies:
-        sdir = out / s
-        sdir.mkdir(parents=True, exist_ok=True)
-        if workers is not None:
-            shutil.rmtree(sdir / "errors", ignore_errors=True)  # from an earlier run; those videos run again
-        for f in failed.get(s, []):  # torchrun units that raised outside a video (the runner was not built)
-            (sdir / "errors").mkdir(exist_ok=True)
-            write_json(sdir / "errors" / f"{f['video_id']}.json",
-                       {"video_id": f["video_id"], "error": f"on rank {f['rank']}: {f['error']}"})
-        why = None  # why the strategy's process failed, if it did
-        if workers:  # one process per strategy: its peak memory is its own, its crash too
-            why = _run_in_workers(s, records, cfg)
-        elif workers is not None:
-            try:
-                _worker(s, records, cfg)
-            except Exception as e:
-                why = f"{type(e).__name__}: {e}"
-        metrics, predictions = evaluate_strategy(sdir, s, records, cfg, embedder, why or "no result was written")
-        if not predictions:  # no video done: no row of numbers to show
-            e = metrics["errors"][0]
-            results[s] = {"error": why or f"all {len(records)} videos failed; {e['video_id']}: {e['error']}",
-                          "errors": metrics["errors"]}
-            continue
-        metrics["metadata"] = _metadata(cfg, s, embedder)
-        write_json(sdir / f"{s}_predictions.json", predictions)
-        write_json(sdir / f"{s}_metrics.json", metrics)
-        results[s] = {"metrics": metrics}
-    plots = _plots(out, results)
-    summary = {s: r.get("metrics", r) for s, r in results.items()}
-    name = str(dataset) if isinstance(dataset, (str, Path)) else f"{len(records)} records"
-    write_json(out / "summary.json", {"strategies": summary, "plots": plots, "dataset": name})
-    (out / "summary.md").write_text(summary_markdown(results) + "\n")
+        why = _run_strategy(s, records, cfg, run_here, rank_failures.get(s, []))
+        results[s] = _score_strategy(s, records, cfg, embedder, why)
+    _write_summary(out, results, dataset, records)
     return results

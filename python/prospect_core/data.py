@@ -8,6 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
+from prospect_core.config import DEFAULT_FPS
+
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc")
 SAMPLE = Path(__file__).parent / "data" / "sample.json"
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -99,7 +101,7 @@ def parse_record(rec, where: str, base: Path) -> dict:
     _check(isinstance(vid, str) and vid, where, "video_id", f"expected a non-empty string, got {vid!r}")
     _check_id(vid, where)
     where = f"{where} ({vid})"
-    fps = rec.get("fps", 2.0)
+    fps = rec.get("fps", DEFAULT_FPS)
     _check(_finite(fps) and fps > 0, where, "fps", f"expected a finite number > 0, got {fps!r}")
     out = {"video_id": vid, "fps": float(fps)}
     if "frames_dir" in rec:
@@ -171,7 +173,7 @@ def frames_of(record, max_frames=None):
     """The video_data the runner takes: a video_path, or the frames of a frame folder."""
     data = {k: v for k, v in record.items() if k != "frames_dir"}
     if "frames_dir" in record:
-        from PIL import Image
+        from PIL import Image  # pillow: the hf extra's, needed only for frame folders
 
         files = sorted(p for p in Path(record["frames_dir"]).iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
         data["frames"] = (Image.open(p) for p in files[:max_frames])

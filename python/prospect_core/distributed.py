@@ -5,19 +5,26 @@ Each unit is a file of its own, written as it finishes, so a unit finished by an
 whatever the world size of a later run. Rank 0 evaluates and writes the summary once all ranks are done.
 """
 
+from __future__ import annotations
+
 import os
+import traceback
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from prospect_core.config import CompareConfig
+from prospect_core.runners import StreamRunner
+from prospect_core.video_unit import build_runner, now, run_videos
 
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def init(device: str):
+def init(device: str) -> tuple[int, int, str]:
     """Joins the process group torchrun describes (gloo on CPU, nccl on GPUs); returns (rank, world, device)."""
-    import torch
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -28,32 +35,25 @@ def init(device: str):
     return rank, world, device
 
 
-def run_units(strategies, records, cfg, rank, world):
+def run_units(strategies: list[str], records: list[dict], cfg: CompareConfig, rank: int,
+              world: int) -> list[dict]:
     """This rank's share of the units not yet done. Returns the failures of every rank."""
-    import datetime
-    import traceback
-
-    import torch.distributed as dist
-
-    from prospect_core.compare import _runner_kwargs, run_videos
-    from prospect_core.runners import StreamRunner
-
     units = [(s, r) for s in strategies for r in records]
-    failures, runners = [], {}
+    failures: list[dict] = []
+    runners: dict[str, StreamRunner] = {}
     for s, rec in units[rank::world]:
-        sdir = Path(cfg["out"]) / s
+        sdir = Path(cfg.out) / s
         if (sdir / "videos" / f"{rec['video_id']}.json").exists():
             continue
         sdir.mkdir(parents=True, exist_ok=True)
         with open(sdir / f"{s}.rank{rank}.log", "a") as log:
             try:
                 if s not in runners:
-                    runners[s] = StreamRunner(cfg["model"], **_runner_kwargs(cfg, s))
-                run_videos(runners[s], [rec], sdir, s, dict(cfg, progress=False), log)
+                    runners[s] = build_runner(cfg, s)
+                run_videos(runners[s], [rec], sdir, s, cfg, log, progress=False)
             except Exception as e:  # the other units go on; the run reports this one
-                log.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} rank {rank} "
-                          f"{rec['video_id']}: {traceback.format_exc()}")
+                log.write(f"{now()} rank {rank} {rec['video_id']}: {traceback.format_exc()}")
                 failures.append({"strategy": s, "video_id": rec["video_id"], "rank": rank, "error": repr(e)})
-    gathered = [None] * world
+    gathered: list[list[dict] | None] = [None] * world
     dist.all_gather_object(gathered, failures)
-    return [f for part in gathered for f in part]
+    return [f for part in gathered for f in part or []]

@@ -4,22 +4,25 @@ One Engine can serve many runners (the server gives each session its own
 runner, cache and strategy over one Engine), so the weights are loaded once.
 """
 
+from pathlib import Path
+
 import torch
 
 from prospect_core import prompt
 from prospect_core.backends import BACKENDS, make_backend
-from prospect_core.model import DTYPES
+from prospect_core.config import DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_DTYPE
+from prospect_core.model import DTYPES, resolve_model_path
 
 
 class Engine:
-    def __init__(self, model_name, backend="native", torch_dtype="float32", device="cpu"):
+    def __init__(self, model_name: str | Path, backend: str = DEFAULT_BACKEND, torch_dtype: str = DEFAULT_DTYPE,
+                 device: str = DEFAULT_DEVICE):
         if torch_dtype not in DTYPES:
             raise ValueError(f"torch_dtype expected one of {', '.join(DTYPES)}, got {torch_dtype!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        # Imported here: `import prospect_core` imports this module, and transformers takes seconds to import.
         from transformers import AutoProcessor
-
-        from prospect_core.model import resolve_model_path
 
         path = resolve_model_path(model_name)
         if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
@@ -34,7 +37,7 @@ class Engine:
             raise ValueError(f"model_name: the tokenizer of {path} has no {prompt.EOU} token, which ends every "
                              "SmolVLM2 turn (expected a SmolVLM2 tokenizer)")
 
-    def ids(self, text):
+    def ids(self, text: str) -> torch.Tensor:
         """Token ids [1, T] of text, no special tokens added."""
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
 

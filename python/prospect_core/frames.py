@@ -58,7 +58,7 @@ class FramePreprocessor:
 
 def _resample_name(resample) -> str:
     """transformers resizes video frames with LANCZOS where torchvision >= 0.27 supports it, else BICUBIC."""
-    import torchvision
+    import torchvision  # the hf extra's; only this version check needs it
 
     lanczos = int(resample) == 1
     major, minor = (int(x) for x in torchvision.__version__.split("+")[0].split(".")[:2])

@@ -12,13 +12,19 @@ argument (4.57 the cache_position tensor, 5.x the query length), lazy_initializa
 count to remove; 5.x a negative count). ProspectLayer answers both.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from transformers import SmolVLMForConditionalGeneration
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from prospect_core import _C as core
-from prospect_core.backends import python_generate
-from prospect_core.model import TORCH_DTYPES, rope_theta
+from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE
+from prospect_core.model import DTYPES, TORCH_DTYPES, resolve_model_path, rope_theta
+from prospect_core.sampling import GenerateResult, python_generate
 
 
 class ProspectLayer(CacheLayerMixin):
@@ -86,7 +92,7 @@ class ProspectCache(Cache):
     undeclared span, or open one of kind "other".
     """
 
-    def __init__(self, kv):
+    def __init__(self, kv: core.KVCache):
         if not isinstance(kv, core.KVCache):
             raise TypeError(f"kv expected a prospect_core.KVCache, got {type(kv).__name__}")
         self.kv = kv
@@ -94,7 +100,7 @@ class ProspectCache(Cache):
         self._last_undeclared = False
         super().__init__(layers=[ProspectLayer(self, i) for i in range(kv.num_layers)])
 
-    def next_span(self, kind="other", frame_index=None, extend=False):
+    def next_span(self, kind: str = "other", frame_index: int | None = None, extend: bool = False) -> ProspectCache:
         self._declared = (kind, frame_index, extend)
         return self
 
@@ -122,14 +128,10 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, path, dtype="float32", device="cpu"):
-        from transformers import SmolVLMForConditionalGeneration
-
-        from prospect_core.model import resolve_model_path
-
+    def __init__(self, path: Any, dtype: str = DEFAULT_DTYPE, device: str = DEFAULT_DEVICE):
         torch_dtype = TORCH_DTYPES.get(dtype)
         if torch_dtype is None:
-            raise ValueError(f"dtype expected float32, bfloat16 or float16, got {dtype!r}")
+            raise ValueError(f"dtype expected one of {', '.join(DTYPES)}, got {dtype!r}")
         self.model = SmolVLMForConditionalGeneration.from_pretrained(
             resolve_model_path(path), dtype=torch_dtype).to(device).eval()
         cfg = self.model.config
@@ -139,7 +141,7 @@ class HFBackend:
         self.max_position_embeddings = cfg.text_config.max_position_embeddings
         self._caches = {}
 
-    def make_cache(self, capacity):
+    def make_cache(self, capacity: int) -> core.KVCache:
         t = self.model.config.text_config
         head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
         theta = rope_theta(t)
@@ -153,7 +155,8 @@ class HFBackend:
         return pc
 
     @torch.no_grad()
-    def image_features(self, pixel_values, pixel_attention_mask=None):
+    def image_features(self, pixel_values: torch.Tensor,
+                       pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         pv = pixel_values.to(self.device, self.dtype)
         mask = pixel_attention_mask.to(self.device) if pixel_attention_mask is not None else None
         out = self.model.model.get_image_features(pv, mask)
@@ -162,14 +165,15 @@ class HFBackend:
         return torch.cat(list(out)).view(-1, L, out[0].shape[-1])
 
     @torch.no_grad()
-    def embed(self, ids, features=None):
+    def embed(self, ids: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         text = self.model.get_input_embeddings()(ids.to(self.device))
         if features is None:
             return text
         return core.joint_embed(ids.to(self.device), text, features.to(text.dtype), self.image_token_id)
 
     @torch.no_grad()
-    def prefill(self, embeds, cache, kind, frame_index=None, extend=False):
+    def prefill(self, embeds: torch.Tensor, cache: core.KVCache, kind: str, frame_index: int | None = None,
+                extend: bool = False) -> torch.Tensor:
         pc = self._wrap(cache).next_span(kind, frame_index, extend)
         T = embeds.shape[1]
         if cache.length + T > cache.capacity:
@@ -184,8 +188,11 @@ class HFBackend:
             raise
         return out.logits[:, -1]
 
-    def generate(self, embeds, cache, max_new_tokens, stop_token_ids, silence=None, kind="user", frame_index=None,
-                 keep_generated_in_cache=True, temperature=0.0, seed=None, on_token=None):
+    def generate(self, embeds: torch.Tensor, cache: core.KVCache, max_new_tokens: int,
+                 stop_token_ids: Sequence[int], silence: tuple[int, float] | None = None, kind: str = "user",
+                 frame_index: int | None = None, keep_generated_in_cache: bool = True, temperature: float = 0.0,
+                 seed: int | None = None, on_token: Callable[[int], Any] | None = None,
+                 top_p: float = 1.0) -> GenerateResult:
         with torch.no_grad():
             return python_generate(self, embeds, cache, max_new_tokens, stop_token_ids, silence, kind, frame_index,
-                                   keep_generated_in_cache, temperature, seed, on_token)
+                                   keep_generated_in_cache, temperature, seed, on_token, top_p)

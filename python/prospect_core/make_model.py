@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from prospect_core.model import TORCH_DTYPES
+from prospect_core import smollm2
+from prospect_core.config import DEFAULT_DTYPE
+from prospect_core.model import DTYPES, TORCH_DTYPES
 
 # Shapes from the public SmolVLM2 configs (see the project's reference notes).
 _VISION_512 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
@@ -77,6 +79,7 @@ Assistant: You missed a step: tighten the bolt before attaching the door. User: 
 
 def build_tokenizer(vocab_size: int = 600):
     """A byte-level BPE tokenizer trained on a small built-in text, with SmolVLM2's special tokens."""
+    # Imported here: transformers takes seconds, and `import prospect_core` imports this module.
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -117,33 +120,8 @@ def parse_overrides(pairs):
     return out
 
 
-def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = "float32", overrides: dict | None = None,
-               lm_head_scale: float = 4.0):
-    """Writes a complete random-weight SmolVLM2 folder to `out` and returns its path.
-
-    overrides: {"text_config.num_key_value_heads": 2, "scale_factor": 2, ...} applied to the preset.
-    lm_head_scale: lm_head rows have std lm_head_scale / sqrt(hidden), so next-token distributions
-    are peaked and greedy choices are not ties within rounding.
-    """
-    from transformers import (SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor,
-                              SmolVLMProcessor, SmolVLMVideoProcessor)
-
-    if preset not in PRESETS and preset != SMOLLM2:
-        raise ValueError(f"preset expected one of {', '.join(PRESET_NAMES)}, got '{preset}'")
-    torch_dtype = TORCH_DTYPES.get(dtype)
-    if torch_dtype is None:
-        raise ValueError(f"dtype expected float32, bfloat16 or float16, got '{dtype}'")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    text_weights = None
-    if preset == SMOLLM2:
-        from prospect_core import smollm2
-
-        meta, text_weights = smollm2.read()
-        tokenizer = smollm2.build_tokenizer(meta, SPECIAL_TOKENS)
-    else:
-        tokenizer = build_tokenizer()
+def _config(preset: str, tokenizer, overrides: dict | None) -> dict:
+    """The preset's config with the overrides applied and the tokenizer's ids filled in."""
     cfg = copy.deepcopy(PRESETS["256m" if preset == SMOLLM2 else preset])
     cfg["text_config"].setdefault("vocab_size", len(tokenizer))
     for k, v in (overrides or {}).items():
@@ -156,6 +134,51 @@ def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = "float32",
                 eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
                 pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     cfg["image_token_id"] = tokenizer.convert_tokens_to_ids("<image>")
+    return cfg
+
+
+def _save_processor(out: Path, config, tokenizer) -> None:
+    from transformers import SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor  # as make_model's
+
+    v = config.vision_config
+    image_seq_len = (v.image_size // v.patch_size) ** 2 // config.scale_factor**2
+    size = {"longest_edge": v.image_size}
+    image_processor = SmolVLMImageProcessor(size={"longest_edge": 4 * v.image_size}, max_image_size=size)
+    video_processor = SmolVLMVideoProcessor(
+        size=size, max_image_size=size, video_sampling={"fps": 1, "max_frames": 64, "video_size": size})
+    processor = SmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=video_processor, image_seq_len=image_seq_len,
+                                 chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(out)
+
+
+def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = DEFAULT_DTYPE, overrides: dict | None = None,
+               lm_head_scale: float = 4.0) -> Path:
+    """Writes a complete random-weight SmolVLM2 folder to `out` and returns its path.
+
+    overrides: {"text_config.num_key_value_heads": 2, "scale_factor": 2, ...} applied to the preset.
+    lm_head_scale: lm_head rows have std lm_head_scale / sqrt(hidden), so next-token distributions
+    are peaked and greedy choices are not ties within rounding.
+    """
+    # transformers takes seconds to import, and `import prospect_core` imports this module.
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    if preset not in PRESETS and preset != SMOLLM2:
+        raise ValueError(f"preset expected one of {', '.join(PRESET_NAMES)}, got '{preset}'")
+    torch_dtype = TORCH_DTYPES.get(dtype)
+    if torch_dtype is None:
+        raise ValueError(f"dtype expected one of {', '.join(DTYPES)}, got '{dtype}'")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    text_weights = None
+    if preset == SMOLLM2:
+        meta, text_weights = smollm2.read()
+        tokenizer = smollm2.build_tokenizer(meta, SPECIAL_TOKENS)
+    else:
+        tokenizer = build_tokenizer()
+    cfg = _config(preset, tokenizer, overrides)
+    text = cfg["text_config"]
 
     torch.manual_seed(seed)
     config = SmolVLMConfig(**cfg)
@@ -171,17 +194,7 @@ def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = "float32",
                 raise ValueError(f"SmolLM2 weights do not fit the text model: missing {text_missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")
     model.to(torch_dtype).save_pretrained(out, safe_serialization=True)
-
-    v = config.vision_config
-    image_seq_len = (v.image_size // v.patch_size) ** 2 // config.scale_factor**2
-    size = {"longest_edge": v.image_size}
-    image_processor = SmolVLMImageProcessor(size={"longest_edge": 4 * v.image_size}, max_image_size=size)
-    video_processor = SmolVLMVideoProcessor(
-        size=size, max_image_size=size, video_sampling={"fps": 1, "max_frames": 64, "video_size": size})
-    processor = SmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                 video_processor=video_processor, image_seq_len=image_seq_len,
-                                 chat_template=CHAT_TEMPLATE)
-    processor.save_pretrained(out)
+    _save_processor(out, config, tokenizer)
     (out / "generation_config.json").write_text(json.dumps({
         "bos_token_id": text["bos_token_id"], "eos_token_id": text["eos_token_id"],
         "pad_token_id": text["pad_token_id"]}, indent=2))

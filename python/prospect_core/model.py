@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from prospect_core import _C as core
-
 import torch
+
+from prospect_core import _C as core
 
 # The one table of dtype names: the CLI, the loaders and the mirrored API all read it.
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -57,7 +57,7 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def read(path=None):
     """-> (metadata {key: value}, {Hugging Face text-model name: float32 tensor}) from the GGUF file."""
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # the hf extra's; only this preset reads GGUF
     from gguf.quants import dequantize
 
     path = Path(path) if path is not None else gguf_path()
@@ -93,6 +93,7 @@ def read(path=None):
 def build_tokenizer(meta, special_tokens):
     """SmolLM2's byte-level BPE from the GGUF vocabulary and merges, plus SmolVLM2's special tokens
     appended after it."""
+    # Imported here: transformers takes seconds, and `import prospect_core` imports this module.
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

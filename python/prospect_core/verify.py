@@ -2,6 +2,10 @@
 
 import torch
 
+from prospect_core import prompt as fmt
+from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE
+from prospect_core.model import load_model, resolve_model_path
+
 
 def _margin_agreement(ours, ref_tokens, ref_scores):
     """Tokens agree up to the first position where the reference's top-1 margin is below 1e-4."""
@@ -12,13 +16,24 @@ def _margin_agreement(ours, ref_tokens, ref_scores):
     return min(len(ours), len(ref_tokens)), True
 
 
+def _vs_float32(path, device: str, text_ids: torch.Tensor, text_logits: torch.Tensor, mine: list[int],
+                new_tokens: int) -> dict:
+    """What the lower precision itself costs, on the same engine: the float32 engine's logits and tokens."""
+    full = load_model(path, "float32", device)
+    full_logits = full.prefill(full.embed_tokens(text_ids.to(device)), full.make_cache(text_ids.shape[1])).float()
+    full_mine = full.greedy_generate(full.embed_tokens(text_ids.to(device)),
+                                     full.make_cache(text_ids.shape[1] + new_tokens + 1), new_tokens, []).tokens
+    same = next((i for i, (a, b) in enumerate(zip(mine, full_mine)) if a != b), min(len(mine), len(full_mine)))
+    return {"text_logit_rel_err": ((text_logits - full_logits).abs().max() / full_logits.abs().max()).item(),
+            "top1_equal": bool(text_logits.argmax() == full_logits.argmax()), "greedy_agree": same}
+
+
 @torch.no_grad()
-def verify(path, dtype="float32", device="cpu", new_tokens=32, seed=0, prompt=None) -> dict:
+def verify(path, dtype: str = DEFAULT_DTYPE, device: str = DEFAULT_DEVICE, new_tokens: int = 32, seed: int = 0,
+           prompt: str | None = None) -> dict:
     """Runs the same inputs through transformers and prospect; returns the errors measured.
     prompt: a user message for the text-only part (in the chat format); default random token ids."""
-    from transformers import AutoModelForImageTextToText
-
-    from prospect_core.model import load_model, resolve_model_path
+    from transformers import AutoModelForImageTextToText  # the reference; seconds to import
 
     path = resolve_model_path(path)
     torch_dtype = getattr(torch, dtype)
@@ -35,8 +50,6 @@ def verify(path, dtype="float32", device="cpu", new_tokens=32, seed=0, prompt=No
     tokenizer = None
     if prompt is not None:
         from transformers import AutoTokenizer
-
-        from prospect_core import prompt as fmt
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         text = fmt.system_turn("You are a helpful assistant.", first=True) + fmt.user_turn(prompt) + fmt.ASSISTANT_PROMPT
@@ -67,15 +80,7 @@ def verify(path, dtype="float32", device="cpu", new_tokens=32, seed=0, prompt=No
     cache = ours.make_cache(text_ids.shape[1] + new_tokens + 1)
     mine = ours.greedy_generate(ours.embed_tokens(text_ids.to(device)), cache, new_tokens, []).tokens
     agree, explained = _margin_agreement(mine, ref_tokens, [s[0] for s in out.scores])
-    vs_fp32 = None
-    if dtype != "float32":  # what the lower precision itself costs, on the same engine
-        full = load_model(path, "float32", device)
-        full_logits = full.prefill(full.embed_tokens(text_ids.to(device)), full.make_cache(text_ids.shape[1])).float()
-        full_mine = full.greedy_generate(full.embed_tokens(text_ids.to(device)),
-                                         full.make_cache(text_ids.shape[1] + new_tokens + 1), new_tokens, []).tokens
-        same = next((i for i, (a, b) in enumerate(zip(mine, full_mine)) if a != b), min(len(mine), len(full_mine)))
-        vs_fp32 = {"text_logit_rel_err": ((text_logits - full_logits).abs().max() / full_logits.abs().max()).item(),
-                   "top1_equal": bool(text_logits.argmax() == full_logits.argmax()), "greedy_agree": same}
+    vs_fp32 = _vs_float32(path, device, text_ids, text_logits, mine, new_tokens) if dtype != "float32" else None
     return {"model": str(path), "dtype": dtype, "device": device, "vision_feature_rel_err": vision_err,
             "max_logit_err": logit_err, "logit_scale": logits_ref.abs().max().item(), "text_logit_rel_err": text_err,
             "prompt": prompt, "reply": tokenizer.decode(mine, skip_special_tokens=True).strip() if tokenizer else None,

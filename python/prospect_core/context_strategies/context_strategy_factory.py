@@ -74,7 +74,7 @@ def load_strategy_config(path, variables=None):
     taken out, the rest the strategy's keyword arguments. Hydra interpolations such as
     ${data.dst_annotation_path} are filled from `variables` ({"data.dst_annotation_path": ...}); unknown keys,
     and interpolations left unfilled, raise."""
-    import yaml
+    import yaml  # pyyaml: the hf extra's, needed only for YAML configs
 
     p = Path(path)
     if not p.is_file():

@@ -9,7 +9,7 @@ class SentenceEmbedder:
     """Mean-pooled, L2-normalised token embeddings of a sentence-transformers checkpoint folder."""
 
     def __init__(self, path, name=None):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer  # seconds to import; only scoring needs it
 
         self.name = name or str(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -36,7 +36,7 @@ def default_embedder():
         return _cache["default"]
     emb = None
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # comes with transformers, imported as late
 
         emb = SentenceEmbedder(snapshot_download(MPNET, local_files_only=True), name=MPNET)
     except Exception:

@@ -1,10 +1,17 @@
 """ProAssist's turn matching and its precision / recall / F1."""
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from prospect_core import _C as core
+from prospect_core.evaluation import text_metrics as nlg
+from prospect_core.evaluation.embedder import default_embedder
 
 # Time windows [pred + left, pred + right] in seconds, per ProAssist dataset.
 WINDOWS = {
@@ -14,7 +21,8 @@ WINDOWS = {
 SEMANTIC_THRESHOLD = 0.5
 
 
-def _window(window, dataset):
+def match_window(window: Sequence[float] | None, dataset: str | None) -> tuple[float, float]:
+    """(left, right) seconds: the window given, or the named ProAssist dataset's."""
     if window is None and dataset is None:
         raise ValueError("evaluate_dialogue expected window=(left, right) seconds or dataset= one of "
                          f"{', '.join(WINDOWS)}; got neither")
@@ -28,7 +36,8 @@ def _window(window, dataset):
     return float(window[0]), float(window[1])
 
 
-def _turns(items, what):
+def parse_turns(items: Sequence[Any], what: str) -> list[tuple[float, str]]:
+    """[(time, text)] from turns {time, text or content}; `what` names them in errors."""
     out = []
     for i, t in enumerate(items):
         if not isinstance(t, dict) or "time" not in t:
@@ -42,7 +51,7 @@ def _turns(items, what):
     return out
 
 
-def counts_to_metrics(matched, good, redundant, missed):
+def counts_to_metrics(matched: int, good: int, redundant: int, missed: int) -> dict[str, Any]:
     """Precision, recall and F1 from the match counts, under our names and under ProAssist's
     (F1, num_matched = good pairs, num_mismatched, num_missed, num_redundant, jaccard_index), so code that
     reads either finds real values."""
@@ -60,12 +69,17 @@ def counts_to_metrics(matched, good, redundant, missed):
     }
 
 
-def weighted_text_metrics(text, jaccard):
+def weighted_text_metrics(text: dict[str, Any], jaccard: float) -> dict[str, float]:
     """ProAssist's `<metric>_w`: each text metric times the Jaccard index."""
     return {f"{k}_w": jaccard * v for k, v in text.items() if v is not None}
 
 
-def match_dialogue(predictions, reference, window, fps, embedder, dist_factor=0.3, dist_power=1.5):
+Pair = tuple[int, int, float, float]  # (prediction i, reference j, semantic score, time difference)
+
+
+def match_dialogue(predictions: list[tuple[float, str]], reference: list[tuple[float, str]],
+                   window: Sequence[float], fps: float, embedder: Callable[[list[str]], torch.Tensor],
+                   dist_factor: float = 0.3, dist_power: float = 1.5) -> tuple[list[Pair], list[int], list[int]]:
     """The matching itself: returns (pairs [(pred i, ref j, semantic score, time diff)], redundant pred indices,
     missed ref indices). Columns are the reference turns plus every silent frame; a prediction matched to a
     silent frame is redundant. The time cost is dist_factor * |frame difference|^dist_power / range^dist_power."""
@@ -77,9 +91,10 @@ def match_dialogue(predictions, reference, window, fps, embedder, dist_factor=0.
     silent = [j for j in range(last + 1) if j not in ref_frames]
     rg = max((right - left) * fps, 1.0)
 
-    emb_p = embedder([p for _, p in predictions]) if n_p else None
-    emb_r = embedder([r for _, r in reference]) if n_r else None
-    sim = (emb_p @ emb_r.T).abs() if n_p and n_r else torch.zeros(n_p, n_r)
+    if n_p and n_r:
+        sim = (embedder([p for _, p in predictions]) @ embedder([r for _, r in reference]).T).abs()
+    else:
+        sim = torch.zeros(n_p, n_r)
 
     # Columns: reference turns, silent frames, then one private fallback per prediction (redundant at the
     # cost of a silent frame) so a full matching always exists.
@@ -94,7 +109,8 @@ def match_dialogue(predictions, reference, window, fps, embedder, dist_factor=0.
                 cost[i, n_r + k] = 1.0
         cost[i, n_r + len(silent) + i] = 1.0 + 1e-6
     cols = core.min_weight_full_matching(cost) if n_p else []
-    pairs, redundant = [], []
+    pairs: list[Pair] = []
+    redundant = []
     for i, c in enumerate(cols):
         if c < n_r:
             pairs.append((i, c, sim[i, c].item(), predictions[i][0] - reference[c][0]))
@@ -105,40 +121,72 @@ def match_dialogue(predictions, reference, window, fps, embedder, dist_factor=0.
     return pairs, redundant, missed
 
 
-def evaluate_dialogue(predictions, reference_conversation, window=None, dataset=None, fps=2.0, embedder=None,
-                      text_metrics=True):
+@dataclass
+class MatchTally:
+    """Match results summed over videos. A pair is good when its semantic score is above the threshold; the
+    scores count good pairs as hits, and average the good pairs' similarity and time difference."""
+
+    threshold: float = SEMANTIC_THRESHOLD
+    matched: int = 0
+    good: int = 0
+    redundant: int = 0
+    missed: int = 0
+    semantic: list[float] = field(default_factory=list)  # of the good pairs
+    time_diff: list[float] = field(default_factory=list)  # |prediction time - reference time| of the good pairs
+    good_texts: list[tuple[str, str]] = field(default_factory=list)  # (prediction, reference) of the good pairs
+
+    def add(self, predictions: list[tuple[float, str]], reference: list[tuple[float, str]], pairs: list[Pair],
+            redundant: Sequence[int], missed: Sequence[int]) -> list[int]:
+        """One video's match_dialogue result; returns the indices into `pairs` of the good ones."""
+        good = [k for k, p in enumerate(pairs) if p[2] > self.threshold]
+        self.matched += len(pairs)
+        self.good += len(good)
+        self.redundant += len(redundant)
+        self.missed += len(missed)
+        for k in good:
+            i, j, score, dt = pairs[k]
+            self.semantic.append(score)
+            self.time_diff.append(abs(dt))
+            self.good_texts.append((predictions[i][1], reference[j][1]))
+        return good
+
+    def scores(self) -> dict[str, Any]:
+        """counts_to_metrics of the counts, then semantic_score and time_diff (means over the good pairs)."""
+        return {**counts_to_metrics(self.matched, self.good, self.redundant, self.missed),
+                "semantic_score": sum(self.semantic) / len(self.semantic) if self.semantic else 0.0,
+                "time_diff": sum(self.time_diff) / len(self.time_diff) if self.time_diff else 0.0}
+
+
+def evaluate_dialogue(predictions: list[dict], reference_conversation: list[dict],
+                      window: Sequence[float] | None = None, dataset: str | None = None, fps: float = 2.0,
+                      embedder: Callable[[list[str]], torch.Tensor] | None = None,
+                      text_metrics: bool = True) -> dict[str, Any]:
     """Scores predicted turns {time, text} against a ProAssist reference conversation {role, time, content}.
 
     Returns precision, recall, f1, the counts matched / good / redundant / missed, missing_rate,
     redundant_rate, semantic_score and time_diff (means over good pairs), and Bleu_1..Bleu_4, METEOR,
     CIDEr on the good pairs."""
-    from prospect_core.evaluation.embedder import default_embedder
-    from prospect_core.evaluation.text_metrics import NAMES, text_metrics as _text_metrics
-
-    win = _window(window, dataset)
+    win = match_window(window, dataset)
     if not isinstance(fps, (int, float)) or not fps > 0:
         raise ValueError(f"fps expected a positive number, got {fps!r}")
     if not isinstance(reference_conversation, list):
         raise TypeError(f"reference_conversation expected a list of turns, got {type(reference_conversation).__name__}")
     if not isinstance(predictions, list):
         raise TypeError(f"predictions expected a list of turns, got {type(predictions).__name__}")
-    preds = _turns(predictions, "predictions")
-    refs = _turns([t for t in reference_conversation if isinstance(t, dict) and t.get("role") == "assistant"],
-                  "reference_conversation (assistant turns)")
+    preds = parse_turns(predictions, "predictions")
+    refs = parse_turns([t for t in reference_conversation if isinstance(t, dict) and t.get("role") == "assistant"],
+                       "reference_conversation (assistant turns)")
     emb = embedder or default_embedder()
-    pairs, redundant, missed = match_dialogue(preds, refs, win, float(fps), emb)
-    good = [p for p in pairs if p[2] > SEMANTIC_THRESHOLD]
-    n_g = len(good)
+    tally = MatchTally()
+    tally.add(preds, refs, *match_dialogue(preds, refs, win, float(fps), emb))
     out = {
-        **counts_to_metrics(len(pairs), n_g, len(redundant), len(missed)),
-        "semantic_score": sum(p[2] for p in good) / n_g if n_g else 0.0,
-        "time_diff": sum(abs(p[3]) for p in good) / n_g if n_g else 0.0,
+        **tally.scores(),
         "window": list(win), "fps": float(fps), "embedder": getattr(emb, "name", type(emb).__name__),
         "semantic_threshold": SEMANTIC_THRESHOLD,
     }
     if text_metrics:
-        out.update(_text_metrics([(preds[i][1], refs[j][1]) for i, j, _, _ in good]))
-        out.update(weighted_text_metrics({k: out[k] for k in NAMES}, out["jaccard_index"]))
+        out.update(nlg.text_metrics(tally.good_texts))
+        out.update(weighted_text_metrics({k: out[k] for k in nlg.NAMES}, out["jaccard_index"]))
     else:
-        out.update({k: None for k in NAMES})
+        out.update({k: None for k in nlg.NAMES})
     return out

@@ -1,6 +1,5 @@
 """BLEU-1..4, METEOR and CIDEr on matched pairs, through pycocoevalcap (PTB tokenizer and METEOR need Java)."""
 
-import os
 import shutil
 
 NAMES = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "CIDEr"]
@@ -12,6 +11,7 @@ def text_metrics(pairs):
         return {k: 0.0 for k in NAMES}
     if shutil.which("java") is None:
         raise RuntimeError("pycocoevalcap's PTB tokenizer and METEOR need Java: apt-get install default-jre-headless")
+    # pycocoevalcap is the hf extra's and runs Java: imported once Java is known to be there.
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from prospect_core.evaluation.embedder import SentenceEmbedder, default_embedder
-from prospect_core.evaluation.matching import (SEMANTIC_THRESHOLD, counts_to_metrics, match_dialogue,
-                                               weighted_text_metrics)
+from prospect_core.evaluation.matching import SEMANTIC_THRESHOLD, MatchTally, match_dialogue, weighted_text_metrics
+from prospect_core.evaluation.text_metrics import NAMES, text_metrics
 
 
 @dataclass
@@ -106,12 +106,10 @@ class BaselineGenerator:
 
     def run(self) -> dict:
         """Runs every video, matches, writes the files, and returns the metrics."""
-        from prospect_core.evaluation.text_metrics import NAMES, text_metrics
-
         s = self.settings
         embedder = _embedder(s.sts_model_type)
-        matched, good, redundant, missed = [], [], [], []
-        tdiff, pairs_text, gen_ref = [], [], {}
+        tally = MatchTally(threshold=s.match_semantic_score_threshold)
+        matched, redundant, missed, gen_ref = [], [], [], {}
         for idx in range(len(self.dataset)):
             video = self.dataset[idx]
             result = self.runner.run_inference_on_video(video, output_dir=str(self.result_dir))
@@ -125,21 +123,16 @@ class BaselineGenerator:
                                   {"ref": refs[j][1], "timestamp_in_stream": refs[j][0]}] for i, j, _, _ in pairs],
                      "semantic_scores": [p[2] for p in pairs], "redundant": [preds[i][1] for i in red],
                      "missed": [refs[j][1] for j in mis]}
-            for k, (i, j, score, dt) in enumerate(pairs):
-                if score > s.match_semantic_score_threshold:  # a good pair: counted, scored, timed
-                    good.append(score)
-                    gen_ref[f"{idx}_{k}"] = [preds[i][1], refs[j][1], score]
-                    pairs_text.append((preds[i][1], refs[j][1]))
-                    tdiff.append(abs(dt))
+            for k in tally.add(preds, refs, pairs, red, mis):  # the good pairs: counted, scored, timed
+                i, j, score, _ = pairs[k]
+                gen_ref[f"{idx}_{k}"] = [preds[i][1], refs[j][1], score]
             matched += match["matched"]
             redundant += match["redundant"]
             missed += match["missed"]
             _dump(self.result_dir / f"{idx}.json", {"video_id": result.get("video_id"), "match_result": match,
                                                     "predictions": [o.to_dict() for o in outputs]})
-        metrics = counts_to_metrics(len(matched), len(good), len(redundant), len(missed))
-        metrics.update(semantic_score=sum(good) / len(good) if good else 0.0,
-                       time_diff=sum(tdiff) / len(tdiff) if tdiff else 0.0)
-        text = {k: v for k, v in (text_metrics(pairs_text) if s.nlg_metrics else {}).items()
+        metrics = tally.scores()
+        text = {k: v for k, v in (text_metrics(tally.good_texts) if s.nlg_metrics else {}).items()
                 if k.split("_")[0] in s.nlg_metrics}  # "Bleu" names Bleu_1..Bleu_4
         metrics.update(text)
         metrics.update(weighted_text_metrics({k: text[k] for k in NAMES if k in text}, metrics["jaccard_index"]))
@@ -149,5 +142,5 @@ class BaselineGenerator:
             self.trace.set_metrics(metrics)
         _dump(self.eval_dir / "metrics.json", metrics)
         _dump(self.eval_dir / "all_results.json", {"matched": matched, "redundant": redundant, "missed": missed,
-                                                   "gen_ref": gen_ref, "time_diff": tdiff})
+                                                   "gen_ref": gen_ref, "time_diff": tally.time_diff})
         return metrics

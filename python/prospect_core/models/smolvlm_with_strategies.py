@@ -18,6 +18,7 @@ from prospect_core import _C as core
 from prospect_core.context_strategies.base_strategy import cache_length
 from prospect_core.model import dtype_name, load_model, resolve_model_path, rope_theta
 
+
 def _device_name(device_map) -> str:
     if device_map is None:
         return "cpu"

@@ -4,28 +4,53 @@ The API mirrors the research pipeline it replaces (`run_inference_on_video`),
 and adds `stream`, which yields one record per frame as it happens.
 """
 
+from __future__ import annotations
+
 import math
 import resource
 import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
+from prospect_core import _C as core
 from prospect_core import prompt
+from prospect_core.config import (
+    DEFAULT_BACKEND,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_FPS,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_SEQ_LEN,
+    DEFAULT_NOT_TALK_THRESHOLD,
+    DEFAULT_RESERVED_SEQ_LEN,
+    DEFAULT_SEED,
+    DEFAULT_STRATEGY,
+    DEFAULT_TALK_POLICY,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    NATIVE_STRATEGY_DEFAULTS,
+    TALK_POLICIES,
+    FrameRecord,
+    RunnerConfig,
+    RunTotals,
+    TurnRecord,
+)
 from prospect_core.context_strategies import ContextStrategyFactory
 from prospect_core.engine import Engine
 from prospect_core.frames import FramePreprocessor
 
+__all__ = ["NATIVE_STRATEGY_DEFAULTS", "TALK_POLICIES", "StreamRunner", "restart_context", "summary_ids"]
+
 SUMMARY_REQUEST_TOKENS = 64  # bounds a summary request, as summarize_and_drop's overflow_headroom counts it
-TALK_POLICIES = ("silence_threshold", "every_frame", "annotations")
-# This runner's cut: whole spans (a frame is never cut in half), positions re-rotated to stay contiguous.
-NATIVE_STRATEGY_DEFAULTS = {"drop_middle": {"cut": "span", "position_mode": "shift"}}
 
 
-def _text_ids(tokenizer, text):
+def _text_ids(tokenizer: Any, text: str) -> torch.Tensor:
     return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
 
 
-def summary_ids(tokenizer, summary, budget=None):
+def summary_ids(tokenizer: Any, summary: str, budget: int | None = None) -> torch.Tensor:
     """The summary turn's ids, cut to `budget` tokens if it is longer (the end of the summary goes)."""
     ids = _text_ids(tokenizer, prompt.summary_turn(summary))
     if budget is None or len(ids) <= budget:
@@ -35,7 +60,9 @@ def summary_ids(tokenizer, summary, budget=None):
     return torch.cat([head, body, tail]) if len(head) + len(tail) <= budget else ids[:0]
 
 
-def restart_context(model, tokenizer, cache, system_prompt, knowledge=None, summary=None, summary_budget=None):
+def restart_context(model: Any, tokenizer: Any, cache: core.KVCache, system_prompt: str | None,
+                    knowledge: str | None = None, summary: str | None = None,
+                    summary_budget: int | None = None) -> None:
     """Prefills the anchor into an empty cache: system prompt, then summary and knowledge, all pinned.
     summary_budget: the most tokens the summary turn may take (it is cut to fit)."""
     pieces = [("system", _text_ids(tokenizer, prompt.system_turn(system_prompt or prompt.DEFAULT_SYSTEM_PROMPT,
@@ -51,13 +78,13 @@ def restart_context(model, tokenizer, cache, system_prompt, knowledge=None, summ
         cache.pin(cache.spans[-1].id)
 
 
-def check_time(name, t):
+def check_time(name: str, t: object) -> None:
     """Seconds into the video: a finite number >= 0 (a frame's timestamp is printed from it)."""
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < math.inf:
         raise ValueError(f"{name} expected seconds, a finite number >= 0, got {t!r}")
 
 
-def _peak_memory_mb(device):
+def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -65,54 +92,60 @@ def _peak_memory_mb(device):
 
 class StreamRunner:
     """model_name: a checkpoint folder, a Hugging Face id in the local cache, or a loaded
-    prospect.Engine to share its weights (then backend, torch_dtype and device come from it)."""
+    prospect.Engine to share its weights (then backend, torch_dtype and device come from it).
 
-    def __init__(self, model_name, device="cpu", torch_dtype="float32", max_new_tokens=100, temperature=0.0,
-                 use_kv_cache=True, context_strategy_type="drop_middle", context_strategy_config=None,
-                 max_seq_len=4096, reserved_seq_len=128, backend="native", talk_policy="silence_threshold",
-                 not_talk_threshold=0.5, system_prompt=None, split_frames=False, seed=0):
-        if talk_policy not in TALK_POLICIES:
-            raise ValueError(f"talk_policy expected one of {', '.join(TALK_POLICIES)}, got {talk_policy!r}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens expected an int >= 1, got {max_new_tokens!r}")
-        if not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"temperature expected a number >= 0, got {temperature!r}")
-        if not 0.0 <= float(not_talk_threshold) <= 1.0:
-            raise ValueError(f"not_talk_threshold expected a probability in [0, 1], got {not_talk_threshold!r}")
-        if context_strategy_config is not None and not isinstance(context_strategy_config, dict):
-            raise TypeError(f"context_strategy_config expected a dict or None, got "
-                            f"{type(context_strategy_config).__name__}")
-        if not use_kv_cache:  # the two spell the same stateless baseline; a strategy's config has no use
-            context_strategy_type, context_strategy_config = "none", None
+    The settings are a RunnerConfig: pass `config=RunnerConfig(...)`, or its fields as keyword arguments
+    (as the pipeline this mirrors takes them); with `config`, the keyword arguments are not read."""
+
+    def __init__(self, model_name: Any, device: str = DEFAULT_DEVICE, torch_dtype: str = DEFAULT_DTYPE,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = DEFAULT_TEMPERATURE,
+                 use_kv_cache: bool = True, context_strategy_type: str = DEFAULT_STRATEGY,
+                 context_strategy_config: dict[str, Any] | None = None, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+                 reserved_seq_len: int = DEFAULT_RESERVED_SEQ_LEN, backend: str = DEFAULT_BACKEND,
+                 talk_policy: str = DEFAULT_TALK_POLICY, not_talk_threshold: float = DEFAULT_NOT_TALK_THRESHOLD,
+                 system_prompt: str | None = None, split_frames: bool = False, seed: int = DEFAULT_SEED,
+                 top_p: float = DEFAULT_TOP_P, *, config: RunnerConfig | None = None):
+        if config is None:
+            config = RunnerConfig(device=device, torch_dtype=torch_dtype, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, use_kv_cache=use_kv_cache,
+                                  context_strategy_type=context_strategy_type,
+                                  context_strategy_config=context_strategy_config, max_seq_len=max_seq_len,
+                                  reserved_seq_len=reserved_seq_len, backend=backend, talk_policy=talk_policy,
+                                  not_talk_threshold=not_talk_threshold, system_prompt=system_prompt,
+                                  split_frames=split_frames, seed=seed, top_p=top_p)
+        elif not isinstance(config, RunnerConfig):
+            raise TypeError(f"config expected a RunnerConfig or None, got {type(config).__name__}")
+        self.config = c = config
         self.strategy = ContextStrategyFactory.create_strategy(
-            context_strategy_type, max_seq_len=max_seq_len, reserved_seq_len=reserved_seq_len,
-            **{**NATIVE_STRATEGY_DEFAULTS.get(context_strategy_type, {}), **(context_strategy_config or {})})
-        if max_new_tokens >= max_seq_len:
-            raise ValueError(f"max_new_tokens expected < max_seq_len ({max_seq_len}), got {max_new_tokens}")
+            c.strategy, max_seq_len=c.max_seq_len, reserved_seq_len=c.reserved_seq_len, **c.strategy_kwargs())
+        if c.max_new_tokens >= c.max_seq_len:
+            raise ValueError(f"max_new_tokens expected < max_seq_len ({c.max_seq_len}), got {c.max_new_tokens}")
 
-        engine = model_name if isinstance(model_name, Engine) else Engine(model_name, backend, torch_dtype, device)
+        engine = model_name if isinstance(model_name, Engine) else Engine(model_name, c.backend, c.torch_dtype,
+                                                                          c.device)
         self.max_positions = engine.backend.max_position_embeddings
-        if max_seq_len > self.max_positions:
+        if c.max_seq_len > self.max_positions:
             raise ValueError(f"max_seq_len expected <= the model's max_position_embeddings ({self.max_positions}), "
-                             f"got {max_seq_len}")
+                             f"got {c.max_seq_len}")
         self.engine = engine
         self.model_path, self.backend, self.processor = engine.path, engine.backend, engine.processor
         self.tokenizer, self.eou_id, self.device = engine.tokenizer, engine.eou_id, engine.device
-        self.preprocess = FramePreprocessor(self.processor, split_frames)
-        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, float(temperature), seed
-        self.max_seq_len, self.reserved_seq_len = max_seq_len, reserved_seq_len
-        self.talk_policy, self.not_talk_threshold = talk_policy, float(not_talk_threshold)
-        self.system_prompt = system_prompt or prompt.DEFAULT_SYSTEM_PROMPT
+        self.preprocess = FramePreprocessor(self.processor, c.split_frames)
+        self.sampling = c.sampling
+        self.max_new_tokens, self.temperature, self.seed = c.max_new_tokens, float(c.temperature), c.seed
+        self.max_seq_len, self.reserved_seq_len = c.max_seq_len, c.reserved_seq_len
+        self.talk_policy, self.not_talk_threshold = c.talk_policy, float(c.not_talk_threshold)
+        self.system_prompt = c.system_prompt or prompt.DEFAULT_SYSTEM_PROMPT
         self.use_kv_cache = self.strategy.name != "none"
-        self.cache = self.backend.make_cache(max_seq_len)
+        self.cache = self.backend.make_cache(c.max_seq_len)
         self._prompt_ids = self._ids(prompt.ASSISTANT_PROMPT)[0]
         self._empty = torch.zeros(0, dtype=torch.long)
         step = (len(_text_ids(self.tokenizer, prompt.system_turn(self.system_prompt, first=True)))
                 + len(_text_ids(self.tokenizer, prompt.frame_turn(0, self.backend.image_seq_len)))
-                + len(self._prompt_ids) + max_new_tokens)
-        if step > max_seq_len:  # no strategy could make room for even one frame
+                + len(self._prompt_ids) + c.max_new_tokens)
+        if step > c.max_seq_len:  # no strategy could make room for even one frame
             raise ValueError(f"max_seq_len expected >= {step} (the system prompt, one frame and a reply of "
-                             f"max_new_tokens={max_new_tokens}), got {max_seq_len}")
+                             f"max_new_tokens={c.max_new_tokens}), got {c.max_seq_len}")
         self.reset()
 
     # ---- helpers -------------------------------------------------------------------------
@@ -128,10 +161,9 @@ class StreamRunner:
 
     def _compress(self, frame_index, t, incoming=0):
         self._summary_budget = self._summary_room(incoming)
-        ctx = {"model": self.backend, "tokenizer": self.tokenizer, "system_prompt": self.system_prompt,
-               "knowledge": self._knowledge, "frame_index": frame_index, "time": t,
-               "rope_theta": self.cache.rope_theta, "summarize": self._summarize}
-        cache, msg = self.strategy.handle_overflow(self.cache, self._last_msg, **ctx)
+        # What the strategies read: where the stream is, and how to ask this runner's model for a summary.
+        cache, msg = self.strategy.handle_overflow(self.cache, self._last_msg, frame_index=frame_index, time=t,
+                                                   summarize=self._summarize)
         if cache is not None:
             self.cache, self._last_msg = cache, msg
             return self.strategy.name
@@ -223,7 +255,7 @@ class StreamRunner:
             raise TypeError(f"video_data expected a dict, got {type(video).__name__}")
         if "frames" not in video and "video_path" not in video:
             raise ValueError("video_data expected 'frames' (a list of images) or 'video_path', got neither")
-        fps = video.get("fps", 2.0)
+        fps = video.get("fps", DEFAULT_FPS)
         if not isinstance(fps, (int, float)) or not fps > 0 or math.isinf(fps):
             raise ValueError(f"video_data['fps'] expected a positive number, got {fps!r}")
         conv = video.get("conversation", [])
@@ -248,8 +280,6 @@ class StreamRunner:
             if not hasattr(frames, "__iter__"):
                 raise TypeError(f"video_data['frames'] expected a list of images, got {type(frames).__name__}")
         else:
-            from prospect_core import _C as core
-
             if not getattr(core, "has_opencv", False):
                 raise RuntimeError("video_path needs prospect_core.VideoReader, which this build lacks "
                                    "(rebuild with OpenCV: apt-get install libopencv-dev)")
@@ -264,7 +294,7 @@ class StreamRunner:
                 else prompt.system_turn(turn["content"], first=False))
 
     # ---- one step at a time (what stream() and server sessions call) --------------------------
-    def reset(self, knowledge=None):
+    def reset(self, knowledge: str | None = None) -> None:
         """Starts a new stream: an empty cache, no summaries, nothing owed from a last reply."""
         self.cache.drop_all()
         if hasattr(self.strategy, "summaries"):
@@ -275,28 +305,27 @@ class StreamRunner:
         self._anchor_len = len(_text_ids(self.tokenizer, prompt.system_turn(self.system_prompt, first=True)))
         if knowledge:
             self._anchor_len += len(_text_ids(self.tokenizer, prompt.knowledge_turn(knowledge)))
-        self._history = []  # the conversation so far as text, for the stateless baseline
+        self._history: list[str] = []  # the conversation so far as text, for the stateless baseline
 
-    def ensure_context(self):
+    def ensure_context(self) -> None:
         """Prefills the anchor (system prompt, task knowledge) if the cache is empty."""
         if self.cache.length == 0:
             restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, self._knowledge)
             self._anchor_pinned = False
 
-    def add_frame(self, frame, frame_index, t, turns=(), talk=True, where="frame"):
+    def add_frame(self, frame: Any, frame_index: int, t: float, turns: Iterable[dict] = (), talk: bool = True,
+                  where: str = "frame") -> FrameRecord:
         """One frame at time t (seconds), after the system/user turns placed before it. talk=False only
-        watches; otherwise the talk policy decides. Returns the frame's record: time, frame_index, text
-        (or None), talked, cache lengths, strategy_applied, and vision/prefill/decode times in ms."""
+        watches; otherwise the talk policy decides. Returns the frame's record."""
         check_time("t", t)
-        rec = {"frame_index": frame_index, "time": t, "cache_len_before": self.cache.length,
-               "strategy_applied": None}
+        rec = FrameRecord(frame_index=frame_index, time=t, cache_len_before=self.cache.length)
         pixel_values, mask, rows, cols = self.preprocess(frame, where)
         frame_ids = self._ids(prompt.frame_turn(t, self.backend.image_seq_len, rows, cols))[0]
         prompt_ids = self._prompt_ids if talk else self._empty
 
         t0 = time.perf_counter()
         features = self.backend.image_features(pixel_values, mask)
-        rec["vision_ms"] = (time.perf_counter() - t0) * 1e3
+        rec.vision_ms = (time.perf_counter() - t0) * 1e3
 
         t0 = time.perf_counter()
         if not self.use_kv_cache:
@@ -305,39 +334,35 @@ class StreamRunner:
         else:
             turn_ids = self._turn_ids(turns)
             incoming = len(frame_ids) + len(prompt_ids) + sum(len(ids) for _, ids in turn_ids)
-            rec["strategy_applied"] = self._make_room(incoming, frame_index, t)
+            rec.strategy_applied = self._make_room(incoming, frame_index, t)
             frame_ids = torch.cat([self._prefill_turns(turn_ids, frame_index), frame_ids])
-        prefill_ms = (time.perf_counter() - t0) * 1e3
+        rec.prefill_ms = (time.perf_counter() - t0) * 1e3
 
         ids = torch.cat([frame_ids, prompt_ids]).unsqueeze(0)
         embeds = self.backend.embed(ids, features)
-        text = None
         if talk:
             silence = (self.eou_id, self.not_talk_threshold) if self.talk_policy == "silence_threshold" else None
             room = self.cache.capacity - self.cache.length - ids.shape[1]
-            r = self.backend.generate(embeds, self.cache, max(0, min(self.max_new_tokens, room)), [self.eou_id],
-                                      silence=silence, kind="frame", frame_index=frame_index,
-                                      temperature=self.temperature, seed=self.seed + frame_index)
-            prefill_ms += r.prefill_ms
-            rec["decode_ms"], rec["silence_prob"] = r.decode_ms, r.silence_prob
+            r = self._generate(embeds, min(self.max_new_tokens, room), frame_index, kind="frame", silence=silence)
+            rec.prefill_ms += r.prefill_ms
+            rec.decode_ms, rec.silence_prob = r.decode_ms, r.silence_prob
             if r.tokens:
-                text = self._decode(r.tokens)
+                rec.text = self._decode(r.tokens)
                 self._last_msg = self._ids(prompt.AFTER_REPLY)[0]
                 if not self.use_kv_cache:  # only the stateless baseline re-reads the conversation
-                    self._history.append(prompt.assistant_turn(text))
+                    self._history.append(prompt.assistant_turn(rec.text))
             else:  # silent: take the "Assistant:" prompt back out of the cache
                 self.cache.truncate(self.cache.length - len(prompt_ids))
         else:
             t0 = time.perf_counter()
             self.backend.prefill(embeds, self.cache, "frame", frame_index)
-            prefill_ms += (time.perf_counter() - t0) * 1e3
-            rec["decode_ms"], rec["silence_prob"] = 0.0, None
-        rec.update(prefill_ms=prefill_ms, talked=text is not None, text=text,
-                   cache_len_peak=self.cache.length, max_position=self.cache.next_position)
-        self._after_step(rec, frame_index, t)
+            rec.prefill_ms += (time.perf_counter() - t0) * 1e3
+        rec.talked = rec.text is not None
+        self._finish(rec, frame_index, t)
         return rec
 
-    def add_user_turn(self, text, frame_index=None, t=None, respond=False, max_new_tokens=None, on_token=None):
+    def add_user_turn(self, text: str, frame_index: int | None = None, t: float | None = None, respond: bool = False,
+                      max_new_tokens: int | None = None, on_token: Callable[[int], Any] | None = None) -> TurnRecord:
         """A user turn between frames. respond=True: the assistant answers at once (no silence rule);
         returns the record with the reply's text (None when not asked to respond)."""
         if not isinstance(text, str) or not text.strip():
@@ -345,8 +370,7 @@ class StreamRunner:
         if t is not None:
             check_time("t", t)
         turn = {"role": "user", "content": text}
-        rec = {"frame_index": frame_index, "time": t, "cache_len_before": self.cache.length,
-               "strategy_applied": None}
+        rec = TurnRecord(frame_index=frame_index, time=t, cache_len_before=self.cache.length)
         prompt_ids = self._prompt_ids if respond else self._empty
         t0 = time.perf_counter()
         if not self.use_kv_cache:
@@ -355,30 +379,26 @@ class StreamRunner:
                 self._stateless_context(len(prompt_ids), frame_index)
         else:
             turn_ids = self._turn_ids([turn])
-            rec["strategy_applied"] = self._make_room(len(turn_ids[0][1]) + len(prompt_ids), frame_index, t)
+            rec.strategy_applied = self._make_room(len(turn_ids[0][1]) + len(prompt_ids), frame_index, t)
             self._prefill_turns(turn_ids, frame_index)  # takes the owed close of the last reply with it
-        prefill_ms = (time.perf_counter() - t0) * 1e3
-        reply, decode_ms = None, 0.0
+        rec.prefill_ms = (time.perf_counter() - t0) * 1e3
         if respond:
             limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
             room = self.cache.capacity - self.cache.length - len(prompt_ids)
-            r = self.backend.generate(self.backend.embed(prompt_ids.unsqueeze(0)), self.cache,
-                                      max(0, min(limit, room)), [self.eou_id], kind="assistant",
-                                      frame_index=frame_index, temperature=self.temperature,
-                                      seed=self.seed + (frame_index or 0), on_token=on_token)
-            prefill_ms += r.prefill_ms
-            decode_ms = r.decode_ms
-            reply = self._decode(r.tokens)
-            rec["tokens"] = list(r.tokens)
+            r = self._generate(self.backend.embed(prompt_ids.unsqueeze(0)), min(limit, room), frame_index,
+                               kind="assistant", on_token=on_token)
+            rec.prefill_ms += r.prefill_ms
+            rec.decode_ms = r.decode_ms
+            rec.text = self._decode(r.tokens)
+            rec.tokens = list(r.tokens)
             self._last_msg = self._ids(prompt.AFTER_REPLY)[0]  # even an empty reply is closed
             if not self.use_kv_cache:
-                self._history.append(prompt.assistant_turn(reply))
-        rec.update(prefill_ms=prefill_ms, decode_ms=decode_ms, talked=reply is not None, text=reply,
-                   cache_len_peak=self.cache.length, max_position=self.cache.next_position)
-        self._after_step(rec, frame_index, t)
+                self._history.append(prompt.assistant_turn(rec.text))
+        rec.talked = rec.text is not None
+        self._finish(rec, frame_index, t)
         return rec
 
-    def next_reply_logits(self, text):
+    def next_reply_logits(self, text: str) -> torch.Tensor:
         """Logits [1, V] of the first reply token after a user turn `text`, as add_user_turn(text,
         respond=True) would see them without a compression; the cache is left as it was."""
         if not self.use_kv_cache:
@@ -394,13 +414,23 @@ class StreamRunner:
         finally:
             self.cache.truncate(start)
 
-    def _after_step(self, rec, frame_index, t):
+    def _generate(self, embeds, limit, frame_index, kind, silence=None, on_token=None):
+        """A reply of at most `limit` tokens (none if negative), sampled with this runner's settings; frame i
+        samples with seed + i, so a rerun says the same."""
+        sp = self.sampling
+        return self.backend.generate(embeds, self.cache, max(0, limit), [self.eou_id], silence=silence, kind=kind,
+                                     frame_index=frame_index, temperature=sp.temperature, top_p=sp.top_p,
+                                     seed=self.seed + (frame_index or 0), on_token=on_token)
+
+    def _finish(self, rec, frame_index, t):
+        """The cache's state after a step, and the compression the strategy asks for after it, if any."""
+        rec.cache_len_peak, rec.max_position = self.cache.length, self.cache.next_position
         if self.use_kv_cache and self.strategy.should_reduce_cache(self.cache.length):
-            rec["strategy_applied"] = self._compress(frame_index, t, self._last_incoming)
-        rec["cache_len_after"] = self.cache.length
+            rec.strategy_applied = self._compress(frame_index, t, self._last_incoming)
+        rec.cache_len_after = self.cache.length
 
     # ---- the stream ------------------------------------------------------------------------
-    def stream(self, video_data):
+    def stream(self, video_data: dict) -> Iterator[FrameRecord]:
         """Yields one record per frame (see add_frame)."""
         fps, conv = self._validate(video_data)
         turns = sorted(conv, key=lambda t: t["time"])
@@ -417,27 +447,17 @@ class StreamRunner:
             talk = self.talk_policy != "annotations" or i in talk_frames
             yield self.add_frame(frame, i, t, new_turns, talk, where=f"video_data['frames'][{i}]")
 
-    def run_inference_on_video(self, video_data):
-        """Runs the whole video; returns predictions, per-frame records, summaries and totals."""
+    def run_inference_on_video(self, video_data: dict) -> dict[str, Any]:
+        """Runs the whole video; returns predictions, per-frame records, summaries and totals, as plain dicts
+        (what compare writes as JSON)."""
         t_start = time.perf_counter()
         frames = list(self.stream(video_data))
         elapsed = time.perf_counter() - t_start
-        n = len(frames)
-        lengths = [f["cache_len_after"] for f in frames]
-        summaries = list(getattr(self.strategy, "summaries", []))
         return {
             "video_id": video_data.get("video_id"),
-            "predictions": [{"time": f["time"], "frame_index": f["frame_index"], "text": f["text"]}
-                            for f in frames if f["talked"]],
-            "frames": frames,
-            "summaries": summaries,
-            "totals": {
-                "frames_processed": n,
-                "dialogues_generated": sum(f["talked"] for f in frames),
-                "cache_compressions": sum(f["strategy_applied"] is not None for f in frames),
-                "avg_cache_size": sum(lengths) / n if n else 0.0,
-                "peak_cache_size": max((f["cache_len_peak"] for f in frames), default=0),
-                "time_per_frame": elapsed / n if n else 0.0,
-                "peak_memory_mb": _peak_memory_mb(self.device),
-            },
+            "predictions": [{"time": f.time, "frame_index": f.frame_index, "text": f.text} for f in frames
+                            if f.talked],
+            "frames": [f.to_dict() for f in frames],
+            "summaries": list(getattr(self.strategy, "summaries", [])),
+            "totals": RunTotals.of_frames(frames, elapsed, _peak_memory_mb(self.device)).to_dict(),
         }

@@ -15,8 +15,8 @@ import torch
 
 from prospect_core.context_strategies import ContextStrategyFactory, cache_length
 from prospect_core.dst import active, dst_rows
-from prospect_core.models import CustomSmolVLMProcessor, SmolVLMWithStrategies
 from prospect_core.model import dtype_name, resolve_model_path
+from prospect_core.models import CustomSmolVLMProcessor, SmolVLMWithStrategies
 from prospect_core.runners.frame_output import FrameOutput
 from prospect_core.utils.cache_manager import KVCacheManager
 from prospect_core.utils.chat_formatter import ChatFormatter

@@ -1,19 +1,26 @@
 """/v1/chat/completions: a stateless completion over the shared engine, in a cache of its own."""
 
 import secrets
+from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 
 from prospect_core import prompt
+from prospect_core.config import SamplingParams
+from prospect_core.engine import Engine
+from prospect_core.frames import FramePreprocessor
 from prospect_core.server.errors import APIError
 from prospect_core.server.images import image_url_of
+from prospect_core.server.schemas import ChatRequest, Message
 
 ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 # Below this, sampling is greedy in all but name, and logits / temperature would overflow float32 (NaN).
 GREEDY_BELOW = 1e-3
 
 
-def render(messages, image_seq_len):
+def render(messages: list[Message], image_seq_len: int) -> tuple[str, list[tuple[str, str]]]:
     """Messages -> (prompt text in SmolVLM2's chat format, [(param, image url)] in the order they appear)."""
     text, images = "<|im_start|>", []
     for i, m in enumerate(messages):
@@ -39,16 +46,17 @@ class TextStream:
     multi-byte character is half decoded. Each token decodes a short window (the tokens since the
     last whole character), not the whole reply."""
 
-    def __init__(self, tokenizer, stops):
+    def __init__(self, tokenizer: Any, stops: list[str]):
         self.tokenizer, self.stops = tokenizer, [s for s in stops if s]
         self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.tokens, self.raw, self.text, self.sent, self.stopped = [], "", "", 0, False
+        self.tokens: list[int] = []
+        self.raw, self.text, self.sent, self.stopped = "", "", 0, False
         self.prefix, self.read = 0, 0  # tokens[prefix:read] decode to the end of self.raw
 
     def _decode(self, a, b=None):
         return self.tokenizer.decode(self.tokens[a:b], skip_special_tokens=True)
 
-    def push(self, tok) -> str:
+    def push(self, tok: int) -> str:
         self.tokens.append(tok)
         before, after = self._decode(self.prefix, self.read), self._decode(self.prefix)
         if len(after) <= len(before) or after.endswith("\ufffd"):
@@ -78,7 +86,8 @@ class TextStream:
 class Completion:
     """One request's prompt, checked against the limits before any token is generated."""
 
-    def __init__(self, engine, preprocess, req, text, images, max_tokens_cap):
+    def __init__(self, engine: Engine, preprocess: FramePreprocessor, req: ChatRequest, text: str,
+                 images: list[tuple[str, np.ndarray]], max_tokens_cap: int):
         """text: the prompt render() made of req.messages; images: [(param, HxWx3 array)] in its order."""
         backend = engine.backend
         self.engine, self.req = engine, req
@@ -96,7 +105,7 @@ class Completion:
         if asked is not None and asked > room:
             raise APIError(400, f"max_tokens: the prompt is {self.prompt_tokens} tokens, so at most {room} more fit "
                                 f"in the model's context of {context}; got {asked}", "max_tokens")
-        self.max_tokens = asked if asked is not None else min(max_tokens_cap, room)
+        max_tokens = asked if asked is not None else min(max_tokens_cap, room)
         self.features = None
         if images:
             feats = [backend.image_features(*preprocess(img, param)[:2]) for param, img in images]
@@ -105,12 +114,18 @@ class Completion:
         if len(stops) > 4:
             raise APIError(400, f"stop: expected at most 4 strings, got {len(stops)}", "stop")
         self.stream = TextStream(engine.tokenizer, stops)
-        self.temperature = float(req.temperature or 0.0)
-        if self.temperature < GREEDY_BELOW:
-            self.temperature = 0.0
-        self.seed = req.seed if req.seed is not None else secrets.randbits(62)
+        temperature = float(req.temperature or 0.0)
+        self.sampling = SamplingParams(temperature=temperature if temperature >= GREEDY_BELOW else 0.0,
+                                       top_p=req.top_p if req.top_p is not None else 1.0,
+                                       seed=req.seed if req.seed is not None else secrets.randbits(62),
+                                       max_new_tokens=max_tokens, stop=tuple(stops))
 
-    def run(self, on_delta=None, cancelled=lambda: False):
+    @property
+    def max_tokens(self) -> int:
+        return self.sampling.max_new_tokens
+
+    def run(self, on_delta: Callable[[str], None] | None = None,
+            cancelled: Callable[[], bool] = lambda: False) -> tuple[str, str, int]:
         """Generates; on_delta(text) gets each released piece; cancelled() (the client hung up) stops it before
         the next token. Returns (text, finish_reason, tokens)."""
         if cancelled():  # gone while this waited in the engine queue
@@ -125,8 +140,9 @@ class Completion:
                 on_delta(delta)
             return not self.stream.stopped and not cancelled()
 
-        r = backend.generate(embeds, cache, self.max_tokens, [self.engine.eou_id], kind="user",
-                             temperature=self.temperature, seed=self.seed, on_token=on_token)
+        sp = self.sampling
+        r = backend.generate(embeds, cache, sp.max_new_tokens, [self.engine.eou_id], kind="user",
+                             temperature=sp.temperature, top_p=sp.top_p, seed=sp.seed, on_token=on_token)
         tail = self.stream.finish()
         if tail and on_delta:
             on_delta(tail)

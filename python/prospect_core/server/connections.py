@@ -6,6 +6,7 @@ then sends its request slowly or not at all (slowloris, idle sockets). Here ever
 end of its last response.
 """
 
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 MAX_HEADER_BYTES = 16 * 1024  # request line + headers; h11 answers 400 to more
@@ -42,8 +43,6 @@ class _ReadDeadline(H11Protocol):
 
 
 def uvicorn_server(app, host, port, log_level, limits):
-    import uvicorn
-
     protocol = type("ReadDeadlineH11", (_ReadDeadline,), {"read_timeout_s": float(limits.read_timeout_s)})
     return uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, http=protocol,

@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from prospect_core.server.errors import APIError
 
@@ -22,8 +23,6 @@ FORMAT_NAMES = "PNG, JPEG, WebP, GIF or BMP"
 
 def _open(data: bytes, param: str, max_pixels: int):
     """The image, opened lazily: its header read, no pixel decoded."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -36,8 +35,6 @@ def _open(data: bytes, param: str, max_pixels: int):
 
 
 def _decode(img, param: str) -> np.ndarray:
-    from PIL import Image
-
     size = img.size
     try:
         img.load()

@@ -1,9 +1,10 @@
 """Request bodies. Unknown fields, wrong types, non-finite numbers and text that is not valid Unicode are
 refused (400), never ignored."""
 
-from typing import Annotated, Literal, Optional, Union
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from prospect_core.server.errors import LONE_SURROGATE
 
@@ -43,7 +44,7 @@ class Strict(BaseModel):
 
 class ImageURL(Strict):
     url: str
-    detail: Optional[Literal["auto", "low", "high"]] = None
+    detail: Literal["auto", "low", "high"] | None = None
 
 
 class TextPart(Strict):
@@ -56,33 +57,102 @@ class ImagePart(Strict):
     image_url: ImageURL
 
 
-Part = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 ShortText = Annotated[str, Field(max_length=MAX_SHORT_TEXT)]
 
 
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[Part]]
-    name: Optional[ShortText] = None
+    content: str | list[Part]
+    name: ShortText | None = None
 
 
 class StreamOptions(Strict):
     include_usage: bool = False
 
 
+# OpenAI chat parameters prospect has no use for: accepted at the value that changes nothing (or absent),
+# refused otherwise, with a 400 that names the parameter. {name: (the accepted values, why no others)}
+NEUTRAL_ONLY: dict[str, tuple[list[Any], str]] = {
+    "n": ([1], "prospect returns one choice per request"),
+    "frequency_penalty": ([0], "prospect applies no penalties"),
+    "presence_penalty": ([0], "prospect applies no penalties"),
+    "logprobs": ([False], "prospect does not return log probabilities"),
+    "top_logprobs": ([0], "prospect does not return log probabilities"),
+    "logit_bias": ([{}], "prospect does not bias logits"),
+    "response_format": ([{"type": "text"}], "prospect generates plain text only"),
+    "modalities": ([["text"]], "prospect generates text only"),
+    "tools": ([[]], "prospect does not call tools"),
+    "tool_choice": (["none", "auto"], "prospect does not call tools"),
+    "functions": ([[]], "prospect does not call functions"),
+    "function_call": (["none", "auto"], "prospect does not call functions"),
+    "audio": ([], "prospect generates text only"),
+    "prediction": ([], "prospect does not use predicted outputs"),
+    "web_search_options": ([], "prospect does not search the web"),
+    "reasoning_effort": (["none"], "prospect's model does not reason before it answers"),
+    "verbosity": ([], "prospect does not adjust reply length by verbosity; use max_tokens"),
+    "store": ([False], "prospect does not store completions"),
+    "moderation": ([], "prospect does not moderate"),
+}
+
+
+def _same(value: Any, allowed: Any) -> bool:
+    """== without True == 1: a boolean matches only a boolean."""
+    return value == allowed and isinstance(value, bool) == isinstance(allowed, bool)
+
+
 class ChatRequest(Strict):
-    """The OpenAI chat-completions fields prospect honours."""
-    model: Optional[ShortText] = None
+    """The OpenAI chat-completions fields: those prospect honours, the identifiers and hints it accepts and
+    ignores, and the rest of what OpenAI's client can send, accepted only at their neutral values."""
+    # Honoured.
+    model: ShortText | None = None
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: Optional[int] = Field(default=None, ge=1)
-    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: Optional[float] = Field(default=None, ge=0, le=2)
-    stop: Optional[Union[ShortText, list[ShortText]]] = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: ShortText | list[ShortText] | None = None
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    seed: Optional[int] = Field(default=None, ge=0, lt=2**64)  # the engine's seed is an unsigned 64-bit int
-    n: Optional[Literal[1]] = None
-    user: Optional[ShortText] = None
+    stream_options: StreamOptions | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**64)  # the engine's seed is an unsigned 64-bit int
+    # Identifiers and hints that change nothing in the reply.
+    user: ShortText | None = None
+    safety_identifier: ShortText | None = None
+    prompt_cache_key: ShortText | None = None
+    prompt_cache_retention: ShortText | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    service_tier: ShortText | None = None
+    metadata: dict[ShortText, Annotated[str, Field(max_length=512)]] | None = Field(default=None, max_length=16)
+    parallel_tool_calls: bool | None = None  # without tools there is nothing to call in parallel
+    # Neutral values only (NEUTRAL_ONLY).
+    n: Any | None = None
+    frequency_penalty: Any | None = None
+    presence_penalty: Any | None = None
+    logprobs: Any | None = None
+    top_logprobs: Any | None = None
+    logit_bias: Any | None = None
+    response_format: Any | None = None
+    modalities: Any | None = None
+    tools: Any | None = None
+    tool_choice: Any | None = None
+    functions: Any | None = None
+    function_call: Any | None = None
+    audio: Any | None = None
+    prediction: Any | None = None
+    web_search_options: Any | None = None
+    reasoning_effort: Any | None = None
+    verbosity: Any | None = None
+    store: Any | None = None
+    moderation: Any | None = None
+
+    @field_validator(*NEUTRAL_ONLY)
+    @classmethod
+    def _neutral_only(cls, value: Any, info: ValidationInfo) -> Any:
+        allowed, why = NEUTRAL_ONLY[info.field_name]
+        if value is None or any(_same(value, a) for a in allowed):
+            return value
+        accepted = " or ".join(json.dumps(a) for a in allowed)
+        raise ValueError(f"expected {accepted + ' or ' if accepted else ''}no value; {why}")
 
     def texts(self):
         """[(param, text)]: the prompt text the request carries."""
@@ -97,14 +167,14 @@ class ChatRequest(Strict):
 
 
 class SessionCreate(Strict):
-    system_prompt: Optional[str] = Field(default=None, min_length=1)
-    knowledge: Optional[str] = None
-    context_strategy: Optional[ShortText] = None
+    system_prompt: str | None = Field(default=None, min_length=1)
+    knowledge: str | None = None
+    context_strategy: ShortText | None = None
     # The strategy's own keys, plus max_seq_len and reserved_seq_len for the session's context.
-    context_strategy_config: Optional[dict] = None
-    talk_policy: Optional[Literal["silence_threshold", "every_frame"]] = None
-    not_talk_threshold: Optional[float] = Field(default=None, ge=0, le=1)
-    max_new_tokens: Optional[int] = Field(default=None, ge=1)
+    context_strategy_config: dict | None = None
+    talk_policy: Literal["silence_threshold", "every_frame"] | None = None
+    not_talk_threshold: float | None = Field(default=None, ge=0, le=1)
+    max_new_tokens: int | None = Field(default=None, ge=1)
 
     def texts(self):
         cfg = self.context_strategy_config or {}
@@ -114,7 +184,7 @@ class SessionCreate(Strict):
 
 class Frame(Strict):
     time: float = Field(ge=0, le=MAX_FRAME_TIME_S)
-    image_url: Union[str, ImageURL]
+    image_url: str | ImageURL
 
 
 class FramesRequest(Strict):
@@ -124,7 +194,7 @@ class FramesRequest(Strict):
 class SessionMessage(Strict):
     content: str = Field(min_length=1)
     respond: bool = False
-    max_tokens: Optional[int] = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
 
     def texts(self):
         return [("content", self.content)]

@@ -4,25 +4,64 @@ The store enforces the caps (sessions, cache bytes) and expires idle sessions. A
 asyncio lock keeps its requests in arrival order; the engine queue runs one at a time.
 """
 
+from __future__ import annotations
+
 import asyncio
 import time
 import uuid
+from typing import Any
+
+import numpy as np
 
 from prospect_core import prompt
+from prospect_core.config import (
+    DEFAULT_LAST_KEEP_LEN,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_NOT_TALK_THRESHOLD,
+    DEFAULT_RESERVED_SEQ_LEN,
+    DEFAULT_STRATEGY,
+    DEFAULT_SUMMARY_MAX_LENGTH,
+    DEFAULT_TALK_POLICY,
+    FrameRecord,
+    RunnerConfig,
+    TurnRecord,
+)
+from prospect_core.context_strategies import BaseContextStrategy
+from prospect_core.engine import Engine
 from prospect_core.runners import StreamRunner
 from prospect_core.server.errors import APIError
-
-RECORD_KEYS = ("time", "frame_index", "talked", "text", "cache_len_before", "cache_len_after", "strategy_applied",
-               "silence_prob", "vision_ms", "prefill_ms", "decode_ms")
+from prospect_core.server.schemas import SessionCreate
 
 
-def _public(rec):
-    out = {k: rec.get(k) for k in RECORD_KEYS}
-    out["cache_length"] = rec["cache_len_after"]
-    return out
+def _public(rec: FrameRecord | TurnRecord) -> dict[str, Any]:
+    """A step's record as the API shows it (a user turn has no vision time or silence probability)."""
+    return {"time": rec.time, "frame_index": rec.frame_index, "talked": rec.talked, "text": rec.text,
+            "cache_len_before": rec.cache_len_before, "cache_len_after": rec.cache_len_after,
+            "strategy_applied": rec.strategy_applied, "silence_prob": getattr(rec, "silence_prob", None),
+            "vision_ms": getattr(rec, "vision_ms", None), "prefill_ms": rec.prefill_ms, "decode_ms": rec.decode_ms,
+            "cache_length": rec.cache_len_after}
 
 
-def kept_on_compress(strategy, engine, unpinned) -> int:
+def session_config(body: SessionCreate, max_seq_len: int, max_tokens: int) -> RunnerConfig:
+    """A session's runner settings: what the body asks for, else the defaults, scaled down for a context
+    shorter than the DEFAULT_MAX_SEQ_LEN they suit."""
+    cfg = dict(body.context_strategy_config or {})
+    cfg.pop("max_seq_len", None)
+    reserved = cfg.pop("reserved_seq_len", min(DEFAULT_RESERVED_SEQ_LEN, max_seq_len // 4))
+    strategy = body.context_strategy or DEFAULT_STRATEGY
+    if strategy == "drop_middle":
+        cfg.setdefault("last_keep_len", min(DEFAULT_LAST_KEEP_LEN, max_seq_len // 4))
+    if strategy == "summarize_and_drop":
+        cfg.setdefault("summary_max_length", min(DEFAULT_SUMMARY_MAX_LENGTH, max_seq_len // 8))
+    threshold = body.not_talk_threshold
+    return RunnerConfig(max_seq_len=max_seq_len, reserved_seq_len=reserved, context_strategy_type=strategy,
+                        context_strategy_config=cfg, system_prompt=body.system_prompt,
+                        talk_policy=body.talk_policy or DEFAULT_TALK_POLICY,
+                        not_talk_threshold=DEFAULT_NOT_TALK_THRESHOLD if threshold is None else threshold,
+                        max_new_tokens=body.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, max_seq_len // 4, max_tokens))
+
+
+def kept_on_compress(strategy: BaseContextStrategy, engine: Engine, unpinned: int) -> int:
     """The most tokens besides the pinned anchor that a compression can leave: drop_middle's newest spans
     (at most last_keep_len of the `unpinned` tokens there are), or a summary restarted as a system turn."""
     cfg = strategy.config()
@@ -60,7 +99,7 @@ class Session:
                                 f"{self.runner.cache.capacity} less its pinned anchor and what a compression "
                                 f"keeps), got {n}", param)
 
-    def add_frames(self, frames):
+    def add_frames(self, frames: list[tuple[float, np.ndarray]]) -> list[dict[str, Any]]:
         """frames: [(time, HxWx3 uint8)] -> one result per frame, in order."""
         if frames and frames[0][0] < self.last_time:
             raise ValueError(f"frames[0].time: expected >= the session's last frame time {self.last_time}, "
@@ -74,22 +113,22 @@ class Session:
             rec = self.runner.add_frame(image, self.frames, t, where=f"frames[{k}].image_url")
             self.frames += 1
             self.last_time = t
-            self.compressions += rec["strategy_applied"] is not None
+            self.compressions += rec.strategy_applied is not None
             results.append(_public(rec))
         return results
 
-    def add_message(self, content, respond, max_tokens=None):
+    def add_message(self, content: str, respond: bool, max_tokens: int | None = None) -> dict[str, Any]:
         self._check_fits(prompt.user_turn(content) + (prompt.ASSISTANT_PROMPT if respond else ""), "content",
                          "a message")
         rec = self.runner.add_user_turn(content, frame_index=max(self.frames - 1, 0), t=self.last_time,
                                         respond=respond, max_new_tokens=max_tokens)
         self.turns += 1
-        self.compressions += rec["strategy_applied"] is not None
+        self.compressions += rec.strategy_applied is not None
         out = _public(rec)
-        out["usage"] = {"completion_tokens": len(rec.get("tokens", []))}
+        out["usage"] = {"completion_tokens": len(rec.tokens or [])}
         return out
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
         r = self.runner
         cache = r.cache
         return {
@@ -145,25 +184,9 @@ class SessionStore:
         self.reserved -= nbytes
         self.building -= 1
 
-    def build(self, body, max_seq_len):
+    def build(self, body: SessionCreate, max_seq_len: int) -> StreamRunner:
         """Runs on the engine thread: the session's runner over the shared engine."""
-        cfg = dict(body.context_strategy_config or {})
-        cfg.pop("max_seq_len", None)
-        reserved = cfg.pop("reserved_seq_len", min(128, max_seq_len // 4))
-        strategy = body.context_strategy or "drop_middle"
-        # The strategies' defaults suit 4096 tokens; a shorter session gets them scaled down.
-        if strategy == "drop_middle":
-            cfg.setdefault("last_keep_len", min(512, max_seq_len // 4))
-        if strategy == "summarize_and_drop":
-            cfg.setdefault("summary_max_length", min(512, max_seq_len // 8))
-        kw = dict(max_seq_len=max_seq_len, reserved_seq_len=reserved, context_strategy_config=cfg,
-                  system_prompt=body.system_prompt, talk_policy=body.talk_policy or "silence_threshold",
-                  max_new_tokens=body.max_new_tokens or min(100, max_seq_len // 4, self.max_tokens))
-        if body.context_strategy is not None:
-            kw["context_strategy_type"] = body.context_strategy
-        if body.not_talk_threshold is not None:
-            kw["not_talk_threshold"] = body.not_talk_threshold
-        runner = StreamRunner(self.engine, **kw)
+        runner = StreamRunner(self.engine, config=session_config(body, max_seq_len, self.max_tokens))
         runner.reset(body.knowledge)
         runner.ensure_context()
         return runner
