@@ -83,10 +83,16 @@ def machine():
         pass
     # Results are named by this: hosts here are all called "vm", the CPUs behind them differ.
     slug = "-".join([platform.node() or "host"] + re.sub(r"\(.*?\)", "", cpu).lower().split()[:2])
-    return {"host": platform.node(), "slug": re.sub(r"[^a-z0-9.-]", "", slug.lower()), "cpu": cpu,
-            "l3_cache": _read("/sys/devices/system/cpu/cpu0/cache/index3/size"), "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "host": platform.node(),
+        "slug": re.sub(r"[^a-z0-9.-]", "", slug.lower()),
+        "cpu": cpu,
+        "l3_cache": _read("/sys/devices/system/cpu/cpu0/cache/index3/size"),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def _read(path):

@@ -23,8 +23,14 @@ def bench_llama_cpp(path, threads, repeats, new_tokens=32, prompt=16):
         return {"skipped": "llama-cpp-python is not installed (pip install 'prospect[bench]'; it builds from source)"}
     import llama_cpp
 
-    llm = Llama(model_path=str(path), n_ctx=prompt + new_tokens + 8, n_threads=threads, n_threads_batch=threads,
-                n_batch=prompt, verbose=False)
+    llm = Llama(
+        model_path=str(path),
+        n_ctx=prompt + new_tokens + 8,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=prompt,
+        verbose=False,
+    )
     ids = list(range(60, 60 + prompt))
     vocab = llm.n_vocab()
     runs = []
@@ -40,5 +46,10 @@ def bench_llama_cpp(path, threads, repeats, new_tokens=32, prompt=16):
             steps.append((time.perf_counter() - t0) * 1e3)
         runs.append(sum(steps) / len(steps))
     runs = sorted(runs[1:])
-    return {"llama_cpp_ms_per_token": runs[len(runs) // 2], "llama_cpp_bytes_per_token": gguf_bytes(path),
-            "llama_cpp_version": llama_cpp.__version__, "threads": threads, "quantisation": "Q4_1 (Q8_0 embedding)"}
+    return {
+        "llama_cpp_ms_per_token": runs[len(runs) // 2],
+        "llama_cpp_bytes_per_token": gguf_bytes(path),
+        "llama_cpp_version": llama_cpp.__version__,
+        "threads": threads,
+        "quantisation": "Q4_1 (Q8_0 embedding)",
+    }

@@ -12,23 +12,31 @@ def bench_long_stream(path, frames=1000, max_seq_len=1024):
     images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(16)]
     conv = [{"role": "user", "time": 0.5, "content": "Tell me what you see."}]
     out = {}
-    runs = {"none": ("none", max_seq_len, None), "drop_all": ("drop_all", max_seq_len, None),
-            "drop_middle": ("drop_middle", max_seq_len, {"last_keep_len": 256}),
-            "summarize_and_drop": ("summarize_and_drop", max_seq_len, {"summary_max_length": 32}),
-            # A cache that is never shrunk: it grows until the model's context (max_position_embeddings) is full.
-            "unbounded": ("drop_all", None, None)}
+    runs = {
+        "none": ("none", max_seq_len, None),
+        "drop_all": ("drop_all", max_seq_len, None),
+        "drop_middle": ("drop_middle", max_seq_len, {"last_keep_len": 256}),
+        "summarize_and_drop": ("summarize_and_drop", max_seq_len, {"summary_max_length": 32}),
+        # A cache that is never shrunk: it grows until the model's context (max_position_embeddings) is full.
+        "unbounded": ("drop_all", None, None),
+    }
     import json
     from pathlib import Path
 
     ctx = json.loads((Path(path) / "config.json").read_text())["text_config"]["max_position_embeddings"]
     for name, (strategy, msl, scfg) in runs.items():
-        runner = StreamRunner(path, context_strategy_type=strategy, context_strategy_config=scfg,
-                                 max_seq_len=msl or ctx, reserved_seq_len=128 if msl else 0, max_new_tokens=8,
-                                 talk_policy="annotations")
+        runner = StreamRunner(
+            path,
+            context_strategy_type=strategy,
+            context_strategy_config=scfg,
+            max_seq_len=msl or ctx,
+            reserved_seq_len=128 if msl else 0,
+            max_new_tokens=8,
+            talk_policy="annotations",
+        )
         if msl is None:
             runner.strategy.should_reduce_cache = lambda n: False  # never shrink: run out of context
-        video = {"video_id": name, "frames": (images[i % 16] for i in range(frames)), "fps": 2.0,
-                 "conversation": conv}
+        video = {"video_id": name, "frames": (images[i % 16] for i in range(frames)), "fps": 2.0, "conversation": conv}
         ms, lengths = [], []
         t0 = time.perf_counter()
         try:

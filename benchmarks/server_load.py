@@ -64,18 +64,21 @@ class Client:
                     content = [{"type": "text", "text": f"Client {self.i}, request {r}: what next?"}]
                     if r % 2:
                         content.insert(0, {"type": "image_url", "image_url": {"url": data_url(self.i, r)}})
-                    c = self.chat.chat.completions.create(model="m", messages=[{"role": "user", "content": content}],
-                                                          max_tokens=8)
+                    c = self.chat.chat.completions.create(
+                        model="m", messages=[{"role": "user", "content": content}], max_tokens=8
+                    )
                     got = [c.choices[0].message.content, c.choices[0].finish_reason, c.usage.completion_tokens]
                 elif kind == "frame":
                     t += 0.5
-                    res = self._post(f"/v1/sessions/{sid}/frames",
-                                     {"frames": [{"time": t, "image_url": data_url(self.i, r)}]})["results"]
+                    res = self._post(
+                        f"/v1/sessions/{sid}/frames", {"frames": [{"time": t, "image_url": data_url(self.i, r)}]}
+                    )["results"]
                     got = [[x["talked"], x["text"], x["cache_length"], x["strategy_applied"]] for x in res]
                 else:
-                    m = self._post(f"/v1/sessions/{sid}/messages",
-                                   {"content": f"Client {self.i} says step {r}.", "respond": kind == "ask",
-                                    "max_tokens": 8})
+                    m = self._post(
+                        f"/v1/sessions/{sid}/messages",
+                        {"content": f"Client {self.i} says step {r}.", "respond": kind == "ask", "max_tokens": 8},
+                    )
                     got = [m["text"], m["cache_length"], m["strategy_applied"]]
             except Exception as e:  # counted, not raised: the run reports every failure
                 self.errors.append(f"client {self.i} request {r} ({kind}): {type(e).__name__}: {e}")
@@ -100,9 +103,25 @@ def free_port():
 
 
 def start_server(model, port, clients):
-    proc = subprocess.Popen([sys.executable, "-m", "prospect_core", "serve", "--model", str(model), "--port", str(port),
-                             "--max-sessions", str(2 * clients), "--max-cache-mb", "8192"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prospect_core",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--max-sessions",
+            str(2 * clients),
+            "--max-cache-mb",
+            "8192",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     import httpx
 
     deadline = time.monotonic() + 300
@@ -125,8 +144,12 @@ def pct(xs, q):
 
 
 def run(model, clients=8, requests=50, max_seq_len=1024):
-    body = {"context_strategy": "drop_middle", "talk_policy": "every_frame", "max_new_tokens": 8,
-            "context_strategy_config": {"max_seq_len": max_seq_len}}
+    body = {
+        "context_strategy": "drop_middle",
+        "talk_policy": "every_frame",
+        "max_new_tokens": 8,
+        "context_strategy_config": {"max_seq_len": max_seq_len},
+    }
     port = free_port()
     proc = start_server(model, port, clients)
     url = f"http://127.0.0.1:{port}"
@@ -146,20 +169,31 @@ def run(model, clients=8, requests=50, max_seq_len=1024):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    crosstalk = [f"client {u.i} request {r}: {got} under load, {want} alone"
-                 for u, a in zip(users, alone) for r, (got, want) in enumerate(zip(u.replies, a.replies))
-                 if got != want]
-    crosstalk += [f"client {u.i} session ended {u.final} under load, {a.final} alone"
-                  for u, a in zip(users, alone) if u.final != a.final]
+    crosstalk = [
+        f"client {u.i} request {r}: {got} under load, {want} alone"
+        for u, a in zip(users, alone)
+        for r, (got, want) in enumerate(zip(u.replies, a.replies))
+        if got != want
+    ]
+    crosstalk += [
+        f"client {u.i} session ended {u.final} under load, {a.final} alone"
+        for u, a in zip(users, alone)
+        if u.final != a.final
+    ]
     lat = [ms for u in users for _, ms in u.latency]
     by_kind = {k: [ms for u in users for kk, ms in u.latency if kk == k] for k in dict.fromkeys(KINDS)}
     return {
-        "clients": clients, "requests_per_client": requests, "requests": len(lat),
-        "errors": [e for u in users + alone for e in u.errors], "crosstalk": crosstalk,
-        "wall_s": wall, "throughput_rps": len(lat) / wall,
+        "clients": clients,
+        "requests_per_client": requests,
+        "requests": len(lat),
+        "errors": [e for u in users + alone for e in u.errors],
+        "crosstalk": crosstalk,
+        "wall_s": wall,
+        "throughput_rps": len(lat) / wall,
         "latency_ms": {"p50": statistics.median(lat), "p95": pct(lat, 95)},
-        "latency_ms_by_kind": {k: {"n": len(v), "p50": statistics.median(v), "p95": pct(v, 95)}
-                               for k, v in by_kind.items()},
+        "latency_ms_by_kind": {
+            k: {"n": len(v), "p50": statistics.median(v), "p95": pct(v, 95)} for k, v in by_kind.items()
+        },
         "compressions": sum(u.final[3] for u in users),
     }
 
@@ -181,16 +215,22 @@ def main(argv=None):
             model = prospect_core.make_model(Path(tmp) / a.preset, a.preset)
         res = run(model, a.clients, a.requests, a.max_seq_len)
     m = machine()
-    res.update(machine=m, model=str(a.model or f"preset {a.preset}"), date=datetime.date.today().isoformat(),
-               command="python benchmarks/server_load.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    res.update(
+        machine=m,
+        model=str(a.model or f"preset {a.preset}"),
+        date=datetime.date.today().isoformat(),
+        command="python benchmarks/server_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(a.model).name if a.model else a.preset
     path = unused_path(out, f"server-load-{name}-{m['slug']}-{res['date']}")
     path.write_text(json.dumps(res, indent=1))
-    print(f"{res['clients']} clients x {res['requests_per_client']} requests: {res['requests']} requests in "
-          f"{res['wall_s']:.1f} s = {res['throughput_rps']:.1f} req/s; latency p50 {res['latency_ms']['p50']:.1f} ms, "
-          f"p95 {res['latency_ms']['p95']:.1f} ms; {len(res['errors'])} errors; {len(res['crosstalk'])} crosstalk")
+    print(
+        f"{res['clients']} clients x {res['requests_per_client']} requests: {res['requests']} requests in "
+        f"{res['wall_s']:.1f} s = {res['throughput_rps']:.1f} req/s; latency p50 {res['latency_ms']['p50']:.1f} ms, "
+        f"p95 {res['latency_ms']['p95']:.1f} ms; {len(res['errors'])} errors; {len(res['crosstalk'])} crosstalk"
+    )
     print("| kind | n | p50 ms | p95 ms |\n|---|---|---|---|")
     for k, v in res["latency_ms_by_kind"].items():
         print(f"| {k} | {v['n']} | {v['p50']:.1f} | {v['p95']:.1f} |")

@@ -45,12 +45,18 @@ def run_variant(variant, layers, heads, tokens, head_dim, keep_first, keep_last)
         mode = variant.split("_")[1]
         op = lambda: cache.drop_middle(keep_last, position_mode=mode)  # noqa: E731
     else:
-        legacy = [(torch.randn(1, heads, tokens, head_dim), torch.randn(1, heads, tokens, head_dim))
-                  for _ in range(layers)]
+        legacy = [
+            (torch.randn(1, heads, tokens, head_dim), torch.randn(1, heads, tokens, head_dim)) for _ in range(layers)
+        ]
 
         def op():
-            out = [(torch.cat([k[:, :, :keep_first], k[:, :, -keep_last:]], 2),
-                    torch.cat([v[:, :, :keep_first], v[:, :, -keep_last:]], 2)) for k, v in legacy]
+            out = [
+                (
+                    torch.cat([k[:, :, :keep_first], k[:, :, -keep_last:]], 2),
+                    torch.cat([v[:, :, :keep_first], v[:, :, -keep_last:]], 2),
+                )
+                for k, v in legacy
+            ]
             legacy[:] = out  # the original replaced its cache with the new tensors
 
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
@@ -85,33 +91,60 @@ def main():
     for variant in VARIANTS:
         runs = []
         for _ in range(a.repeats):
-            cmd = [sys.executable, __file__, "--variant", variant, "--layers", str(a.layers), "--kv-heads",
-                   str(a.kv_heads), "--head-dim", str(a.head_dim), "--tokens", str(a.tokens),
-                   "--keep-first", str(a.keep_first), "--keep-last", str(a.keep_last)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--variant",
+                variant,
+                "--layers",
+                str(a.layers),
+                "--kv-heads",
+                str(a.kv_heads),
+                "--head-dim",
+                str(a.head_dim),
+                "--tokens",
+                str(a.tokens),
+                "--keep-first",
+                str(a.keep_first),
+                "--keep-last",
+                str(a.keep_last),
+            ]
             runs.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
         cache_bytes = runs[0]["cache_bytes"]
-        rows.append({"variant": variant, "median_ms": statistics.median(r["ms"] for r in runs),
-                     "median_extra_peak_mb": statistics.median(r["extra_peak_bytes"] for r in runs) / 2**20,
-                     "extra_peak_fraction": statistics.median(r["extra_peak_bytes"] for r in runs) / cache_bytes,
-                     "runs": runs})
+        rows.append(
+            {
+                "variant": variant,
+                "median_ms": statistics.median(r["ms"] for r in runs),
+                "median_extra_peak_mb": statistics.median(r["extra_peak_bytes"] for r in runs) / 2**20,
+                "extra_peak_fraction": statistics.median(r["extra_peak_bytes"] for r in runs) / cache_bytes,
+                "runs": runs,
+            }
+        )
 
     base = next(r for r in rows if r["variant"] == "torch_cat")
-    print(f"drop_middle on a {cache_bytes / 2**30:.2f} GiB cache ({a.layers} layers x {a.kv_heads} kv heads x "
-          f"{a.tokens} tokens x {a.head_dim}, fp32), keep {a.keep_first} + {a.keep_last}; median of {a.repeats} "
-          f"fresh processes\n")
+    print(
+        f"drop_middle on a {cache_bytes / 2**30:.2f} GiB cache ({a.layers} layers x {a.kv_heads} kv heads x "
+        f"{a.tokens} tokens x {a.head_dim}, fp32), keep {a.keep_first} + {a.keep_last}; median of {a.repeats} "
+        f"fresh processes\n"
+    )
     print("| variant | time ms | speed-up vs torch.cat | extra peak MiB | extra peak / cache |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['median_ms']:.1f} | {base['median_ms'] / r['median_ms']:.2f}x | "
-              f"{r['median_extra_peak_mb']:.1f} | {100 * r['extra_peak_fraction']:.2f}% |")
-
+        print(
+            f"| {r['variant']} | {r['median_ms']:.1f} | {base['median_ms'] / r['median_ms']:.2f}x | "
+            f"{r['median_extra_peak_mb']:.1f} | {100 * r['extra_peak_fraction']:.2f}% |"
+        )
 
     from common import machine, unused_path
 
     m = machine()
-    result = {"benchmark": "surgery", "date": datetime.date.today().isoformat(), "machine": m,
-              "shape": dict(zip(["layers", "kv_heads", "tokens", "head_dim", "keep_first", "keep_last"], shape)),
-              "rows": rows}
+    result = {
+        "benchmark": "surgery",
+        "date": datetime.date.today().isoformat(),
+        "machine": m,
+        "shape": dict(zip(["layers", "kv_heads", "tokens", "head_dim", "keep_first", "keep_last"], shape)),
+        "rows": rows,
+    }
     out = Path(a.json) if a.json else unused_path(a.out, f"surgery-{m['slug']}-{result['date']}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -6,11 +6,18 @@ import torch
 # and full multi-head attention with head_dim 32, scale 3, 96 px images.
 CONFIGS = {
     "tiny": {},
-    "mha_scale3": {"text_config.hidden_size": 96, "text_config.num_attention_heads": 3,
-                   "text_config.num_key_value_heads": 3, "text_config.head_dim": 32,
-                   "text_config.intermediate_size": 160, "vision_config.image_size": 96,
-                   "vision_config.patch_size": 16, "vision_config.hidden_size": 48,
-                   "vision_config.num_attention_heads": 3, "scale_factor": 3},
+    "mha_scale3": {
+        "text_config.hidden_size": 96,
+        "text_config.num_attention_heads": 3,
+        "text_config.num_key_value_heads": 3,
+        "text_config.head_dim": 32,
+        "text_config.intermediate_size": 160,
+        "vision_config.image_size": 96,
+        "vision_config.patch_size": 16,
+        "vision_config.hidden_size": 48,
+        "vision_config.num_attention_heads": 3,
+        "scale_factor": 3,
+    },
 }
 
 

@@ -9,9 +9,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_surgery_benchmark_smoke(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/surgery.py"), "--repeats", "1", "--layers", "2",
-                          "--kv-heads", "2", "--tokens", "1024", "--out", str(tmp_path)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/surgery.py"),
+            "--repeats",
+            "1",
+            "--layers",
+            "2",
+            "--kv-heads",
+            "2",
+            "--tokens",
+            "1024",
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "| torch_cat |" in out
     result = json.loads(next(tmp_path.glob("surgery-*.json")).read_text())
     assert [r["variant"] for r in result["rows"]] == ["prospect_shift", "prospect_keep", "torch_cat"]
@@ -20,8 +36,20 @@ def test_surgery_benchmark_smoke(tmp_path):
 
 def test_harness_quick_smoke(tmp_path):
     """The whole harness on the tiny preset with one repetition."""
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/run.py"), "--quick", "--out", str(tmp_path),
-                        "--models", str(tmp_path / "models")], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/run.py"),
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--models",
+            str(tmp_path / "models"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (js,) = [p for p in tmp_path.glob("*-quick.json")]
     res = json.loads(js.read_text())
@@ -38,7 +66,12 @@ def test_harness_quick_smoke(tmp_path):
 def test_profile_vision_smoke(tiny_model):
     """The vision profile prints a table of ATen ops for both encoders."""
     for extra in ([], ["--transformers"]):
-        r = subprocess.run([sys.executable, str(ROOT / "benchmarks/profile_vision.py"), "--model", str(tiny_model),
-                            "--rows", "5"] + extra, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks/profile_vision.py"), "--model", str(tiny_model), "--rows", "5"]
+            + extra,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         assert "Self CPU time total" in r.stdout and "aten::" in r.stdout

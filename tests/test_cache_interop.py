@@ -42,9 +42,17 @@ def test_short_cache_is_left_alone_and_drop_all_empties():
 
 
 def tiny_llama():
-    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=THETA,
-                      max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=THETA,
+        max_position_embeddings=512,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -61,9 +69,12 @@ def test_dynamic_cache_in_place_and_next_forward_matches_kept_kv():
     assert cache.get_seq_length() == 16
 
     # The kept keys and values, built independently: first 6 as they were, last 10 moved from 30..39 to 6..15.
-    kept = DynamicCache(ddp_cache_data=[
-        (torch.cat([k[:, :, :6], rotate(k[:, :, 30:], -24, THETA)], 2), torch.cat([v[:, :, :6], v[:, :, 30:]], 2))
-        for k, v in full])
+    kept = DynamicCache(
+        ddp_cache_data=[
+            (torch.cat([k[:, :, :6], rotate(k[:, :, 30:], -24, THETA)], 2), torch.cat([v[:, :, :6], v[:, :, 30:]], 2))
+            for k, v in full
+        ]
+    )
     nxt = torch.randint(0, 97, (1, 5))
     got = model(nxt, past_key_values=cache, use_cache=True).logits
     ref = model(nxt, past_key_values=kept, use_cache=True).logits
@@ -86,8 +97,9 @@ def test_original_pipeline_failure_runs_to_the_end():
     assert isinstance(cache, DynamicCache)
     # And generate() accepts it afterwards (it takes the whole sequence and feeds what the cache lacks).
     n = cache.get_seq_length()
-    out = model.generate(torch.randint(0, 97, (1, n + 3)), past_key_values=cache, max_new_tokens=4,
-                         do_sample=False, min_new_tokens=4)
+    out = model.generate(
+        torch.randint(0, 97, (1, n + 3)), past_key_values=cache, max_new_tokens=4, do_sample=False, min_new_tokens=4
+    )
     assert out.shape[1] == n + 3 + 4 and cache.get_seq_length() == n + 3 + 3
 
 
@@ -140,14 +152,21 @@ def test_kv_cache_round_trips_with_transformers():
     "call, exc, fragment",
     [
         (lambda: pc.drop_middle(42, 1, 1), TypeError, "past_key_values expected a tuple of \\(key, value\\)"),
-        (lambda: pc.drop_middle(((torch.zeros(1, 2, 3, 4),),), 1, 1), TypeError, "layer 0 expected a \\(key, value\\) pair"),
+        (
+            lambda: pc.drop_middle(((torch.zeros(1, 2, 3, 4),),), 1, 1),
+            TypeError,
+            "layer 0 expected a \\(key, value\\) pair",
+        ),
         (lambda: pc.drop_middle(((torch.zeros(1, 2, 3, 4), "v"),), 1, 1), TypeError, "layer 0 value expected a tensor"),
         (lambda: pc.drop_middle(legacy(), -1, 1, rope_theta=THETA), ValueError, "keep_first expected >= 0, got -1"),
         (lambda: pc.drop_middle(legacy(), 1, -2, rope_theta=THETA), ValueError, "keep_last expected >= 0, got -2"),
         (lambda: pc.drop_middle(legacy(), 1, 1), ValueError, "rope_theta expected the model's rope_theta"),
         (lambda: pc.drop_middle(legacy(), 1, 1, position_mode="sideways"), ValueError, "position_mode expected"),
-        (lambda: pc.drop_middle(((torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 5, 4)),), 1, 1, position_mode="keep"),
-         ValueError, "equal T"),
+        (
+            lambda: pc.drop_middle(((torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 5, 4)),), 1, 1, position_mode="keep"),
+            ValueError,
+            "equal T",
+        ),
         (lambda: pc.KVCache.from_past_key_values(legacy(T=8), capacity=4), ValueError, "capacity expected >= the 8"),
     ],
 )

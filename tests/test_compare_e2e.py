@@ -9,11 +9,33 @@ import pytest
 from prospect_core.compare import compare
 
 STRATEGIES = ["none", "drop_all", "drop_middle", "summarize_and_drop"]
-SMALL = dict(max_seq_len=512, reserved_seq_len=64, last_keep_len=128, summary_max_length=24, max_new_tokens=12,
-             max_frames=24, window=(-2.0, 4.0), progress=False)
-FIELDS = ["frames_processed", "dialogues_generated", "dialogues_matched", "precision", "recall", "f1",
-          "cache_compressions", "avg_cache_size", "peak_cache_size", "time_per_frame", "peak_memory_mb",
-          "Bleu_1", "Bleu_4", "METEOR", "CIDEr"]
+SMALL = dict(
+    max_seq_len=512,
+    reserved_seq_len=64,
+    last_keep_len=128,
+    summary_max_length=24,
+    max_new_tokens=12,
+    max_frames=24,
+    window=(-2.0, 4.0),
+    progress=False,
+)
+FIELDS = [
+    "frames_processed",
+    "dialogues_generated",
+    "dialogues_matched",
+    "precision",
+    "recall",
+    "f1",
+    "cache_compressions",
+    "avg_cache_size",
+    "peak_cache_size",
+    "time_per_frame",
+    "peak_memory_mb",
+    "Bleu_1",
+    "Bleu_4",
+    "METEOR",
+    "CIDEr",
+]
 
 
 @pytest.mark.e2e
@@ -68,23 +90,50 @@ def test_resume_does_not_redo_finished_videos(tiny_model, tmp_path):
     assert not list(tmp_path.rglob("*.tmp*"))  # no half-written file left behind
     # Resuming with other settings would mix two runs in one table: refused, naming what changed.
     with pytest.raises(ValueError, match="max_frames, max_new_tokens differ"):
-        compare("sample", tiny_model, ["drop_middle"], tmp_path, text_metrics=False,
-                **dict(SMALL, max_frames=8, max_new_tokens=6))
+        compare(
+            "sample",
+            tiny_model,
+            ["drop_middle"],
+            tmp_path,
+            text_metrics=False,
+            **dict(SMALL, max_frames=8, max_new_tokens=6),
+        )
 
 
 def test_run_cli_streams_the_dialogue(tiny_model):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "prospect_core", "run", "--video",
-                        "/usr/share/doc/opencv-doc/examples/data/tree.avi", "--model", str(tiny_model),
-                        "--talk-policy", "every_frame", "--max-new-tokens", "4", "--ask", "What grows here?"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prospect_core",
+            "run",
+            "--video",
+            "/usr/share/doc/opencv-doc/examples/data/tree.avi",
+            "--model",
+            str(tiny_model),
+            "--talk-policy",
+            "every_frame",
+            "--max-new-tokens",
+            "4",
+            "--ask",
+            "What grows here?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[-1] == "9 frames" and sum("assistant:" in x for x in lines) == 9
     assert lines[0].startswith("[    0.5s] assistant:")
     assert "stopped decoding after 68" in r.stderr
-    bad = subprocess.run([sys.executable, "-m", "prospect_core", "run", "--video", "/nope.avi", "--model",
-                          str(tiny_model)], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "prospect_core", "run", "--video", "/nope.avi", "--model", str(tiny_model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "no such file: '/nope.avi'" in bad.stderr

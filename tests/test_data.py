@@ -24,39 +24,83 @@ def test_jsonl_and_frame_folders(tmp_path):
     (tmp_path / "frames").mkdir()
     for i in range(3):
         Image.new("RGB", (32, 24), (i * 40, 0, 0)).save(tmp_path / "frames" / f"{i:04d}.png")
-    lines = [{"video_uid": "a", "frames_dir": "frames", "fps": 1,
-              "conversation": [{"role": "assistant", "time": 1, "content": "hi"}]}]
+    lines = [
+        {
+            "video_uid": "a",
+            "frames_dir": "frames",
+            "fps": 1,
+            "conversation": [{"role": "assistant", "time": 1, "content": "hi"}],
+        }
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     (rec,) = load_dataset(tmp_path / "d.jsonl")
     assert rec["video_id"] == "a" and rec["fps"] == 1.0 and rec["frames_dir"].endswith("frames")
 
 
-@pytest.mark.parametrize("record, fragment", [
-    ({"video": "x.avi", "conversation": []}, "record 0: field 'video_id' expected a non-empty string"),
-    ({"video_id": "v", "video": "missing.avi", "conversation": []},
-     "record 0 \\(v\\): field 'video'.*missing.avi not found"),
-    ({"video_id": "v", "video": "empty", "conversation": []}, "field 'video' expected a video file, got a folder"),
-    ({"video_id": "v", "video": "opencv-doc:examples/data/vtest.avi", "fps": -1, "conversation": []},
-     "record 0 \\(v\\): field 'fps' expected a finite number > 0, got -1"),
-    ({"video_id": "v", "video": "opencv-doc:examples/data/vtest.avi", "conversation": "hi"},
-     "field 'conversation' expected a list"),
-    ({"video_id": "v", "video": "opencv-doc:examples/data/vtest.avi",
-      "conversation": [{"role": "robot", "time": 1, "content": "x"}]}, "field 'conversation\\[0\\].role' expected"),
-    ({"video_id": "v", "video": "opencv-doc:examples/data/vtest.avi",
-      "conversation": [{"role": "user", "time": "soon", "content": "x"}]}, "field 'conversation\\[0\\].time'"),
-    ({"video_id": "v", "frames_dir": "nowhere", "conversation": []}, "field 'frames_dir' expected an existing folder"),
-    ({"video_id": "v", "frames_dir": "empty", "conversation": []}, "field 'frames_dir' expected a folder of .*frames"),
-    # JSON readers accept Infinity and NaN; a time or rate that is not a finite number breaks the run later.
-    ({"video_id": "v", "video": VIDEO, "fps": float("inf"), "conversation": []},
-     "record 0 \\(v\\): field 'fps' expected a finite number > 0, got inf"),
-    ({"video_id": "v", "video": VIDEO, "fps": True, "conversation": []}, "field 'fps' expected a finite number > 0"),
-    ({"video_id": "v", "video": VIDEO, "conversation": [{"role": "user", "time": float("inf"), "content": "x"}]},
-     "field 'conversation\\[0\\].time' expected seconds, a finite number >= 0, got inf"),
-    ({"video_id": "v", "video": VIDEO, "conversation": [{"role": "user", "time": 1, "content": "x" * 10**7}]},
-     "field 'conversation\\[0\\].content' expected at most 20000 characters, got 10000000"),
-    ({"video_id": "v", "video": VIDEO, "knowledge": "x" * 10**6, "conversation": []},
-     "field 'knowledge' expected at most 100000 characters, got 1000000"),
-])
+@pytest.mark.parametrize(
+    "record, fragment",
+    [
+        ({"video": "x.avi", "conversation": []}, "record 0: field 'video_id' expected a non-empty string"),
+        (
+            {"video_id": "v", "video": "missing.avi", "conversation": []},
+            "record 0 \\(v\\): field 'video'.*missing.avi not found",
+        ),
+        ({"video_id": "v", "video": "empty", "conversation": []}, "field 'video' expected a video file, got a folder"),
+        (
+            {"video_id": "v", "video": "opencv-doc:examples/data/vtest.avi", "fps": -1, "conversation": []},
+            "record 0 \\(v\\): field 'fps' expected a finite number > 0, got -1",
+        ),
+        (
+            {"video_id": "v", "video": "opencv-doc:examples/data/vtest.avi", "conversation": "hi"},
+            "field 'conversation' expected a list",
+        ),
+        (
+            {
+                "video_id": "v",
+                "video": "opencv-doc:examples/data/vtest.avi",
+                "conversation": [{"role": "robot", "time": 1, "content": "x"}],
+            },
+            "field 'conversation\\[0\\].role' expected",
+        ),
+        (
+            {
+                "video_id": "v",
+                "video": "opencv-doc:examples/data/vtest.avi",
+                "conversation": [{"role": "user", "time": "soon", "content": "x"}],
+            },
+            "field 'conversation\\[0\\].time'",
+        ),
+        (
+            {"video_id": "v", "frames_dir": "nowhere", "conversation": []},
+            "field 'frames_dir' expected an existing folder",
+        ),
+        (
+            {"video_id": "v", "frames_dir": "empty", "conversation": []},
+            "field 'frames_dir' expected a folder of .*frames",
+        ),
+        # JSON readers accept Infinity and NaN; a time or rate that is not a finite number breaks the run later.
+        (
+            {"video_id": "v", "video": VIDEO, "fps": float("inf"), "conversation": []},
+            "record 0 \\(v\\): field 'fps' expected a finite number > 0, got inf",
+        ),
+        (
+            {"video_id": "v", "video": VIDEO, "fps": True, "conversation": []},
+            "field 'fps' expected a finite number > 0",
+        ),
+        (
+            {"video_id": "v", "video": VIDEO, "conversation": [{"role": "user", "time": float("inf"), "content": "x"}]},
+            "field 'conversation\\[0\\].time' expected seconds, a finite number >= 0, got inf",
+        ),
+        (
+            {"video_id": "v", "video": VIDEO, "conversation": [{"role": "user", "time": 1, "content": "x" * 10**7}]},
+            "field 'conversation\\[0\\].content' expected at most 20000 characters, got 10000000",
+        ),
+        (
+            {"video_id": "v", "video": VIDEO, "knowledge": "x" * 10**6, "conversation": []},
+            "field 'knowledge' expected at most 100000 characters, got 1000000",
+        ),
+    ],
+)
 def test_bad_records_name_record_and_field(tmp_path, record, fragment):
     (tmp_path / "empty").mkdir()
     (tmp_path / "d.json").write_text(json.dumps([record]))

@@ -10,14 +10,41 @@ import time
 
 import pytest
 
-ARGS = ["compare", "--dataset", "sample", "--strategies", "drop_middle,drop_all", "--max-seq-len", "512",
-        "--last-keep-len", "128", "--max-new-tokens", "8", "--max-frames", "10"]
+ARGS = [
+    "compare",
+    "--dataset",
+    "sample",
+    "--strategies",
+    "drop_middle,drop_all",
+    "--max-seq-len",
+    "512",
+    "--last-keep-len",
+    "128",
+    "--max-new-tokens",
+    "8",
+    "--max-frames",
+    "10",
+]
 SKIP = {"metadata", "peak_memory_mb", "time_per_frame"}
 
 
 def torchrun(n, model, out, **kw):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "prospect_core",
-           *ARGS, "--model", str(model), "--out", str(out), "--launcher", "torchrun"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        "-m",
+        "prospect_core",
+        *ARGS,
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--launcher",
+        "torchrun",
+    ]
     return cmd
 
 
@@ -30,8 +57,13 @@ def metrics(out, s):
 def test_two_ranks_equal_one_process_and_resume_after_kill(tiny_model, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "prospect_core", *ARGS, "--model", str(tiny_model), "--out", str(single)],
-                   check=True, capture_output=True, env=env, timeout=900)
+    subprocess.run(
+        [sys.executable, "-m", "prospect_core", *ARGS, "--model", str(tiny_model), "--out", str(single)],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=900,
+    )
 
     two = tmp_path / "two"
     r = subprocess.run(torchrun(2, tiny_model, two), capture_output=True, text=True, env=env, timeout=900)
@@ -42,11 +74,16 @@ def test_two_ranks_equal_one_process_and_resume_after_kill(tiny_model, tmp_path)
             a, b = json.loads(f.read_text()), json.loads((two / s / "videos" / f.name).read_text())
             assert a["predictions"] == b["predictions"]
         assert len(list((two / s).glob(f"{s}.rank*.log"))) == 2  # both ranks worked
-    assert (two / "summary.md").read_text() .count("| drop_") == 2
+    assert (two / "summary.md").read_text().count("| drop_") == 2
 
     killed = tmp_path / "killed"
-    p = subprocess.Popen(torchrun(2, tiny_model, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env=env, start_new_session=True)
+    p = subprocess.Popen(
+        torchrun(2, tiny_model, killed),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and len(list(killed.glob("*/videos/*.json"))) < 3:
         time.sleep(0.05)

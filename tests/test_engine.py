@@ -36,8 +36,14 @@ def test_folder_loads_in_transformers_and_processor(pair):
     path, ours, ref = pair
     proc = AutoProcessor.from_pretrained(path)
     tok = proc.tokenizer
-    for t in ["<image>", "<fake_token_around_image>", "<global-img>", "<row_1_col_1>", "<end_of_utterance>",
-              "<|im_start|>"]:
+    for t in [
+        "<image>",
+        "<fake_token_around_image>",
+        "<global-img>",
+        "<row_1_col_1>",
+        "<end_of_utterance>",
+        "<|im_start|>",
+    ]:
         assert tok.convert_tokens_to_ids(t) != tok.unk_token_id, t
     assert proc.image_seq_len == ours.image_seq_len == ref.model.image_seq_len
     assert ours.image_token_id == tok.convert_tokens_to_ids("<image>") == ref.config.image_token_id
@@ -69,9 +75,15 @@ def test_logits_match(pair, n_images):
 def test_32_greedy_tokens_match_generate(pair):
     _, ours, ref = pair
     ids = torch.tensor([[20, 21, 22, 23, 24, 25]])
-    out = ref.generate(input_ids=ids, max_new_tokens=32, min_new_tokens=32, do_sample=False, output_scores=True,
-                       return_dict_in_generate=True)
-    want = out.sequences[0, ids.shape[1]:].tolist()
+    out = ref.generate(
+        input_ids=ids,
+        max_new_tokens=32,
+        min_new_tokens=32,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    want = out.sequences[0, ids.shape[1] :].tolist()
     cache = ours.make_cache(64)
     got = ours.greedy_generate(ours.embed_tokens(ids), cache, 32, []).tokens
     for i, (a, b) in enumerate(zip(got, want)):
@@ -125,8 +137,10 @@ def test_sharded_and_unsharded_load_identically(tiny_model, tmp_path):
     assert a.weight_bytes == b.weight_bytes
     ids, pv = frame_ids(a, 2), pixels(a, 2)
     assert torch.equal(a.image_features(pv), b.image_features(pv))
-    assert torch.equal(a.forward(a.joint_embed(ids, pv), a.make_cache(ids.shape[1])),
-                       b.forward(b.joint_embed(ids, pv), b.make_cache(ids.shape[1])))
+    assert torch.equal(
+        a.forward(a.joint_embed(ids, pv), a.make_cache(ids.shape[1])),
+        b.forward(b.joint_embed(ids, pv), b.make_cache(ids.shape[1])),
+    )
 
 
 def test_generate_options(tiny_model):
@@ -141,7 +155,7 @@ def test_generate_options(tiny_model):
     full = m.greedy_generate(e, m.make_cache(64), 10, [])
     stop = full.tokens[4]
     r = m.greedy_generate(e, m.make_cache(64), 10, [stop])
-    assert r.tokens == full.tokens[:full.tokens.index(stop)]  # the stop token is not returned
+    assert r.tokens == full.tokens[: full.tokens.index(stop)]  # the stop token is not returned
 
     c = m.make_cache(64)
     r = m.greedy_generate(e, c, 5, [], keep_generated_in_cache=False, span_kind="frame", frame_index=3)
@@ -165,21 +179,43 @@ def test_generate_options(tiny_model):
 
 def test_make_model_cli_overrides(tmp_path):
     out = tmp_path / "m"
-    subprocess.run([sys.executable, "-m", "prospect_core", "make-model", str(out), "--preset", "tiny", "--seed", "3",
-                    "--set", "text_config.num_key_value_heads=1", "--set", "vision_config.image_size=32"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prospect_core",
+            "make-model",
+            str(out),
+            "--preset",
+            "tiny",
+            "--seed",
+            "3",
+            "--set",
+            "text_config.num_key_value_heads=1",
+            "--set",
+            "vision_config.image_size=32",
+        ],
+        check=True,
+        capture_output=True,
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["text_config"]["num_key_value_heads"] == 1 and cfg["vision_config"]["image_size"] == 32
     m = prospect_core.load_model(out)
     assert m.image_seq_len == (32 // 8) ** 2 // 4
-    bad = subprocess.run([sys.executable, "-m", "prospect_core", "make-model", str(tmp_path / "x"), "--set", "nope"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "prospect_core", "make-model", str(tmp_path / "x"), "--set", "nope"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "--set expected key=value, got 'nope'" in bad.stderr
 
 
 def test_verify_cli_reports_parity(tiny_model):
-    r = subprocess.run([sys.executable, "-m", "prospect_core", "verify", "--model", str(tiny_model), "--tokens", "16"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "prospect_core", "verify", "--model", str(tiny_model), "--tokens", "16"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "16/16 tokens identical" in r.stdout and "vision features: max error" in r.stdout
 
@@ -206,8 +242,8 @@ def test_padded_images_and_padding_images(pair):
     S = ours.config["vision_config"]["image_size"]
     pv = pixels(ours, 2)
     mask = torch.ones(1, 2, S, S, dtype=torch.bool)
-    mask[0, 1, :, S // 2:] = False  # the second image is half padding
-    pv[0, 1, :, :, S // 2:] = 0
+    mask[0, 1, :, S // 2 :] = False  # the second image is half padding
+    pv[0, 1, :, :, S // 2 :] = 0
     got = ours.image_features(pv, mask)
     want = ref_image_features(ref, pv, mask)
     assert rel(got.reshape(want.shape), want) < 1e-4

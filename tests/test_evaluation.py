@@ -38,11 +38,11 @@ class WordEmbedder:
 
 def test_known_precision_recall_f1():
     preds = [
-        {"time": 2.5, "text": "Boil the water in the kettle."},      # good (0.5 s late)
-        {"time": 10.0, "text": "Put a tea bag in the cup."},          # good
-        {"time": 21.0, "text": "Sing loudly now."},                   # matched to 20.0 but semantically off
-        {"time": 45.0, "text": "Well done."},                         # nothing within the window: redundant
-    ]                                                                 # 30.0 is never predicted: missed
+        {"time": 2.5, "text": "Boil the water in the kettle."},  # good (0.5 s late)
+        {"time": 10.0, "text": "Put a tea bag in the cup."},  # good
+        {"time": 21.0, "text": "Sing loudly now."},  # matched to 20.0 but semantically off
+        {"time": 45.0, "text": "Well done."},  # nothing within the window: redundant
+    ]  # 30.0 is never predicted: missed
     m = evaluate_dialogue(preds, REFERENCE, window=(-2.0, 4.0), embedder=WordEmbedder(), text_metrics=False)
     # The off-topic turn costs more than 1 against 20.0 (1 - cos 0 + time), so it prefers a silent frame.
     assert (m["matched"], m["good"], m["redundant"], m["missed"]) == (2, 2, 2, 2)
@@ -63,8 +63,9 @@ def test_perfect_and_empty():
 
 
 def test_default_embedder_is_offline_minilm():
-    m = evaluate_dialogue([{"time": 2.0, "text": "Boil some water in the kettle."}], REFERENCE, dataset="ego4d",
-                          text_metrics=False)
+    m = evaluate_dialogue(
+        [{"time": 2.0, "text": "Boil some water in the kettle."}], REFERENCE, dataset="ego4d", text_metrics=False
+    )
     assert "MiniLM" in m["embedder"] or "mpnet" in m["embedder"]
     assert m["good"] == 1 and 0.5 < m["semantic_score"] < 1.0
 
@@ -77,7 +78,9 @@ def test_matching_equals_scipy_on_random_costs():
         cost = rng.random((r, c))
         cost[rng.random((r, c)) < 0.3] = np.inf
         try:
-            ref_rows, ref_cols = min_weight_full_bipartite_matching(csr_matrix(np.where(np.isinf(cost), 0, cost + 1e-9)))
+            ref_rows, ref_cols = min_weight_full_bipartite_matching(
+                csr_matrix(np.where(np.isinf(cost), 0, cost + 1e-9))
+            )
             ref = cost[ref_rows, ref_cols].sum()
         except ValueError:
             ref = None
@@ -90,12 +93,15 @@ def test_matching_equals_scipy_on_random_costs():
             assert cost[np.arange(r), cols].sum() == pytest.approx(ref, abs=1e-9)
 
 
-@pytest.mark.parametrize("kwargs, exc, fragment", [
-    ({}, ValueError, "expected window=\\(left, right\\) seconds or dataset="),
-    ({"dataset": "youtube"}, ValueError, "dataset expected one of ego4d"),
-    ({"window": (1, 2)}, ValueError, "window expected \\(left <= 0, right >= 0\\)"),
-    ({"window": (-1, 1), "fps": 0}, ValueError, "fps expected a positive number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, fragment",
+    [
+        ({}, ValueError, "expected window=\\(left, right\\) seconds or dataset="),
+        ({"dataset": "youtube"}, ValueError, "dataset expected one of ego4d"),
+        ({"window": (1, 2)}, ValueError, "window expected \\(left <= 0, right >= 0\\)"),
+        ({"window": (-1, 1), "fps": 0}, ValueError, "fps expected a positive number"),
+    ],
+)
 def test_argument_errors(kwargs, exc, fragment):
     with pytest.raises(exc, match=fragment):
         evaluate_dialogue([], REFERENCE, embedder=WordEmbedder(), **kwargs)

@@ -25,8 +25,13 @@ VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 def run_isolated(code, timeout=120):
     """Runs `code` in a fresh interpreter; returns (returncode, stdout + stderr); a hang is a failure."""
     try:
-        p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                           timeout=timeout, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+        p = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"the child process hung for {timeout} s")
     return p.returncode, p.stdout + p.stderr
@@ -102,7 +107,7 @@ def test_video_reader_refuses_a_fifo(tmp_path):
     code = f"""
         import prospect_core as pc
         try:
-            pc.VideoReader({str(tmp_path / 'clip.avi')!r})
+            pc.VideoReader({str(tmp_path / "clip.avi")!r})
         except ValueError as e:
             print("REFUSED", e)
     """
@@ -188,8 +193,9 @@ def test_rope_shift_refuses_an_expanded_tensor():
 @pytest.fixture(scope="module")
 def short_model(tmp_path_factory):
     """The tiny preset with only 256 positions."""
-    return prospect_core.make_model(tmp_path_factory.mktemp("short"), "tiny",
-                                    overrides={"text_config.max_position_embeddings": 256})
+    return prospect_core.make_model(
+        tmp_path_factory.mktemp("short"), "tiny", overrides={"text_config.max_position_embeddings": 256}
+    )
 
 
 def test_engine_refuses_positions_past_max_position_embeddings(short_model):
@@ -204,16 +210,29 @@ def test_engine_refuses_positions_past_max_position_embeddings(short_model):
 
 
 def test_runner_refuses_a_context_longer_than_the_model_positions(short_model):
-    with pytest.raises(ValueError, match=r"max_seq_len expected <= the model's max_position_embeddings \(256\), "
-                                         "got 512"):
-        StreamRunner(short_model, max_seq_len=512, reserved_seq_len=64, max_new_tokens=4,
-                     context_strategy_config={"last_keep_len": 128})
+    with pytest.raises(
+        ValueError,
+        match=r"max_seq_len expected <= the model's max_position_embeddings \(256\), "
+        "got 512",
+    ):
+        StreamRunner(
+            short_model,
+            max_seq_len=512,
+            reserved_seq_len=64,
+            max_new_tokens=4,
+            context_strategy_config={"last_keep_len": 128},
+        )
 
 
 def test_runner_with_kept_positions_stays_within_the_model_positions(short_model):
-    r = StreamRunner(short_model, max_seq_len=256, reserved_seq_len=32, max_new_tokens=4,
-                     talk_policy="every_frame",
-                     context_strategy_config={"last_keep_len": 96, "position_mode": "keep"})
+    r = StreamRunner(
+        short_model,
+        max_seq_len=256,
+        reserved_seq_len=32,
+        max_new_tokens=4,
+        talk_policy="every_frame",
+        context_strategy_config={"last_keep_len": 96, "position_mode": "keep"},
+    )
     frames = [torch.randint(0, 255, (16, 16, 3), dtype=torch.uint8) for _ in range(30)]
     out = r.run_inference_on_video({"frames": frames, "fps": 2.0})
     assert out["totals"]["frames_processed"] == 30 and out["totals"]["cache_compressions"] > 0
@@ -222,13 +241,20 @@ def test_runner_with_kept_positions_stays_within_the_model_positions(short_model
 
 def test_runner_refuses_a_context_too_small_for_one_frame(tiny_model):
     with pytest.raises(ValueError, match=r"max_seq_len expected >= \d+ \(the system prompt, one frame and a reply"):
-        StreamRunner(tiny_model, max_seq_len=64, reserved_seq_len=8, max_new_tokens=20, context_strategy_type="drop_all")
+        StreamRunner(
+            tiny_model, max_seq_len=64, reserved_seq_len=8, max_new_tokens=20, context_strategy_type="drop_all"
+        )
 
 
 @pytest.mark.parametrize("t", [math.inf, math.nan, -1.0, "3"])
 def test_runner_refuses_a_frame_time_that_is_not_finite_seconds(tiny_model, t):
-    r = StreamRunner(tiny_model, max_seq_len=512, reserved_seq_len=64, max_new_tokens=4,
-                     context_strategy_config={"last_keep_len": 128})
+    r = StreamRunner(
+        tiny_model,
+        max_seq_len=512,
+        reserved_seq_len=64,
+        max_new_tokens=4,
+        context_strategy_config={"last_keep_len": 128},
+    )
     r.reset()
     before = r.cache.length
     with pytest.raises(ValueError, match="t expected seconds, a finite number >= 0"):
@@ -242,8 +268,14 @@ def test_runner_refuses_a_frame_time_that_is_not_finite_seconds(tiny_model, t):
 # ---- summarize_and_drop never overfills the cache ---------------------------------------------------
 def test_summarize_and_drop_fits_its_summary_in_a_small_cache(tiny_model):
     """The probe's configuration: 640 tokens, 64 reserved, the default summary_max_length of 512."""
-    r = StreamRunner(tiny_model, max_seq_len=640, reserved_seq_len=64, max_new_tokens=8,
-                     context_strategy_type="summarize_and_drop", talk_policy="every_frame")
+    r = StreamRunner(
+        tiny_model,
+        max_seq_len=640,
+        reserved_seq_len=64,
+        max_new_tokens=8,
+        context_strategy_type="summarize_and_drop",
+        talk_policy="every_frame",
+    )
     frames = [torch.randint(0, 255, (16, 16, 3), dtype=torch.uint8) for _ in range(40)]
     out = r.run_inference_on_video({"frames": frames, "fps": 2.0})
     assert out["totals"]["frames_processed"] == 40

@@ -51,13 +51,28 @@ def test_cuda_matches_cpu():
 @pytest.mark.parametrize(
     "args, exc, fragment",
     [
-        ((torch.full((1, 6), IMG), torch.randn(1, 6, 8), torch.randn(1, 4, 8)), ValueError,
-         r"6 image tokens \(id 7\) but image_features hold 4 rows \(1 images x 4 tokens\)"),
-        ((torch.full((6,), IMG), torch.randn(1, 6, 8), torch.randn(1, 6, 8)), ValueError, r"input_ids expected \[B, T\]"),
+        (
+            (torch.full((1, 6), IMG), torch.randn(1, 6, 8), torch.randn(1, 4, 8)),
+            ValueError,
+            r"6 image tokens \(id 7\) but image_features hold 4 rows \(1 images x 4 tokens\)",
+        ),
+        (
+            (torch.full((6,), IMG), torch.randn(1, 6, 8), torch.randn(1, 6, 8)),
+            ValueError,
+            r"input_ids expected \[B, T\]",
+        ),
         ((torch.full((1, 6), 1.0), torch.randn(1, 6, 8), torch.randn(1, 6, 8)), TypeError, "integer dtype"),
         ((torch.full((1, 6), IMG), torch.randn(1, 5, 8), torch.randn(1, 6, 8)), ValueError, "text_embeds expected"),
-        ((torch.full((1, 6), IMG), torch.randn(1, 6, 8), torch.randn(1, 6, 9)), ValueError, r"image_features expected \[N, L, 8\]"),
-        ((torch.full((1, 6), IMG), torch.randn(1, 6, 8), torch.randn(1, 6, 8).double()), TypeError, "image_features expected dtype"),
+        (
+            (torch.full((1, 6), IMG), torch.randn(1, 6, 8), torch.randn(1, 6, 9)),
+            ValueError,
+            r"image_features expected \[N, L, 8\]",
+        ),
+        (
+            (torch.full((1, 6), IMG), torch.randn(1, 6, 8), torch.randn(1, 6, 8).double()),
+            TypeError,
+            "image_features expected dtype",
+        ),
     ],
 )
 def test_errors(args, exc, fragment):

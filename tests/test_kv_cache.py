@@ -158,7 +158,11 @@ def test_method_errors_name_argument_and_keep_cache_usable():
         (lambda: c.keys(3), IndexError, r"layer expected in \[0, 3\), got 3"),
         (lambda: c.pin(99), IndexError, "span_id 99 is not a live span"),
         (lambda: c.drop_middle(-1), ValueError, "keep_last_tokens expected >= 0"),
-        (lambda: c.drop_middle(4, position_mode="slide"), ValueError, "position_mode expected 'shift', 'keep' or 'length'"),
+        (
+            lambda: c.drop_middle(4, position_mode="slide"),
+            ValueError,
+            "position_mode expected 'shift', 'keep' or 'length'",
+        ),
         (lambda: c.drop_spans([sid, 42]), IndexError, "span_id 42"),
         (lambda: c.truncate(9), ValueError, r"length expected in \[0, 4\], got 9"),
     ]

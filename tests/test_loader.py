@@ -22,7 +22,7 @@ def copy_with(good, tmp_path, safetensors_bytes=None, config=None):
 
 def split(raw):
     n = struct.unpack("<Q", raw[:8])[0]
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def join(header, data):
@@ -54,7 +54,7 @@ def damage(raw, how):
     elif how == "absurd_header":
         return struct.pack("<Q", 1 << 62) + raw[8:]
     elif how == "not_json":
-        h = b"{\"a\": \xff\xfe not json"
+        h = b'{"a": \xff\xfe not json'
         return struct.pack("<Q", len(h)) + h + data
     elif how == "non_utf8":
         h = json.dumps({"__metadata__": {"x": "y"}}).encode().replace(b"y", b"\xc3\x28")
@@ -66,18 +66,21 @@ def damage(raw, how):
     return join(header, data)
 
 
-@pytest.mark.parametrize("how, fragment", [
-    ("truncated", "outside the"),
-    ("size_lie", "claims"),
-    ("out_of_file", "outside the"),
-    ("overlap", "overlap"),
-    ("bad_dtype", "unsupported dtype 'F7'"),
-    ("absurd_header", "exceeds the 100 MB limit"),
-    ("not_json", "not valid JSON"),
-    ("non_utf8", "not valid JSON"),
-    ("negative_shape", "not a non-negative integer"),
-    ("empty", "has no header"),
-])
+@pytest.mark.parametrize(
+    "how, fragment",
+    [
+        ("truncated", "outside the"),
+        ("size_lie", "claims"),
+        ("out_of_file", "outside the"),
+        ("overlap", "overlap"),
+        ("bad_dtype", "unsupported dtype 'F7'"),
+        ("absurd_header", "exceeds the 100 MB limit"),
+        ("not_json", "not valid JSON"),
+        ("non_utf8", "not valid JSON"),
+        ("negative_shape", "not a non-negative integer"),
+        ("empty", "has no header"),
+    ],
+)
 def test_damaged_safetensors_rejected(tiny_model, tmp_path, how, fragment):
     raw = (tiny_model / "model.safetensors").read_bytes()
     d = copy_with(tiny_model, tmp_path, safetensors_bytes=damage(raw, how))
@@ -101,18 +104,24 @@ def test_missing_weight_and_wrong_shape(tiny_model, tmp_path):
         prospect_core.load_model(copy_with(tiny_model, tmp_path, config=cfg))
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    (lambda c: c["text_config"].pop("hidden_size"), "text_config.hidden_size is required"),
-    (lambda c: c["vision_config"].pop("patch_size"), "vision_config.patch_size is required"),
-    (lambda c: c.pop("vision_config"), "vision_config is required"),
-    (lambda c: c["text_config"].update(num_hidden_layers="2"), "num_hidden_layers expected an integer, got string"),
-    (lambda c: c["text_config"].update(rms_norm_eps=[1]), "rms_norm_eps expected a number, got array"),
-    (lambda c: c.update(scale_factor=5), "scale_factor expected a divisor"),
-    (lambda c: c["text_config"].update(num_key_value_heads=3), "num_key_value_heads expected a divisor"),
-    (lambda c: c["text_config"].update(rope_parameters={"rope_type": "yarn", "rope_theta": 1.0}), "'yarn' is not supported"),
-    (lambda c: c.update(tie_word_embeddings="no"), "tie_word_embeddings expected true or false"),
-    (lambda c: c.update(image_token_id=10**6), "image_token_id expected < text_config.vocab_size"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda c: c["text_config"].pop("hidden_size"), "text_config.hidden_size is required"),
+        (lambda c: c["vision_config"].pop("patch_size"), "vision_config.patch_size is required"),
+        (lambda c: c.pop("vision_config"), "vision_config is required"),
+        (lambda c: c["text_config"].update(num_hidden_layers="2"), "num_hidden_layers expected an integer, got string"),
+        (lambda c: c["text_config"].update(rms_norm_eps=[1]), "rms_norm_eps expected a number, got array"),
+        (lambda c: c.update(scale_factor=5), "scale_factor expected a divisor"),
+        (lambda c: c["text_config"].update(num_key_value_heads=3), "num_key_value_heads expected a divisor"),
+        (
+            lambda c: c["text_config"].update(rope_parameters={"rope_type": "yarn", "rope_theta": 1.0}),
+            "'yarn' is not supported",
+        ),
+        (lambda c: c.update(tie_word_embeddings="no"), "tie_word_embeddings expected true or false"),
+        (lambda c: c.update(image_token_id=10**6), "image_token_id expected < text_config.vocab_size"),
+    ],
+)
 def test_config_errors_name_the_key(tiny_model, tmp_path, edit, fragment):
     cfg = json.loads((tiny_model / "config.json").read_text())
     edit(cfg)

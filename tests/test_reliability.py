@@ -19,15 +19,27 @@ def rss_mb():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy, config", [("drop_middle", {"last_keep_len": 128}),
-                                              ("summarize_and_drop", {"summary_max_length": 16})])
+@pytest.mark.parametrize(
+    "strategy, config", [("drop_middle", {"last_keep_len": 128}), ("summarize_and_drop", {"summary_max_length": 16})]
+)
 def test_soak_5000_frames(tiny_model, strategy, config):
-    r = StreamRunner(tiny_model, context_strategy_type=strategy, context_strategy_config=config,
-                        max_seq_len=512, reserved_seq_len=64, max_new_tokens=6, talk_policy="every_frame")
+    r = StreamRunner(
+        tiny_model,
+        context_strategy_type=strategy,
+        context_strategy_config=config,
+        max_seq_len=512,
+        reserved_seq_len=64,
+        max_new_tokens=6,
+        talk_policy="every_frame",
+    )
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(8)]
-    video = {"video_id": "soak", "frames": (images[i % 8] for i in range(5000)), "fps": 2.0,
-             "conversation": [{"role": "user", "time": 0.5, "content": "Keep an eye on this."}]}
+    video = {
+        "video_id": "soak",
+        "frames": (images[i % 8] for i in range(5000)),
+        "fps": 2.0,
+        "conversation": [{"role": "user", "time": 0.5, "content": "Keep an eye on this."}],
+    }
     max_pos = r.backend.max_position_embeddings
     storage = r.cache.storage.data_ptr()
     warm = None
@@ -43,9 +55,28 @@ def test_soak_5000_frames(tiny_model, strategy, config):
 
 
 def _compare_cmd(model, out):
-    return [sys.executable, "-m", "prospect_core", "compare", "--dataset", "sample", "--model", str(model), "--out",
-            str(out), "--strategies", "drop_middle", "--max-seq-len", "512", "--last-keep-len", "128",
-            "--max-new-tokens", "8", "--max-frames", "16"]
+    return [
+        sys.executable,
+        "-m",
+        "prospect_core",
+        "compare",
+        "--dataset",
+        "sample",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--strategies",
+        "drop_middle",
+        "--max-seq-len",
+        "512",
+        "--last-keep-len",
+        "128",
+        "--max-new-tokens",
+        "8",
+        "--max-frames",
+        "16",
+    ]
 
 
 @pytest.mark.slow
@@ -55,8 +86,13 @@ def test_compare_killed_mid_run_resumes(tiny_model, tmp_path):
     subprocess.run(_compare_cmd(tiny_model, full), check=True, capture_output=True, env=env, timeout=600)
 
     out = tmp_path / "killed"
-    p = subprocess.Popen(_compare_cmd(tiny_model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env=env, start_new_session=True)
+    p = subprocess.Popen(
+        _compare_cmd(tiny_model, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     vdir = out / "drop_middle" / "videos"
     deadline = time.time() + 300
     while time.time() < deadline and len(list(vdir.glob("*.json"))) < 2:

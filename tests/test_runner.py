@@ -22,16 +22,22 @@ def runner(tiny_model, strategy, backend="native", **kw):
     kw.setdefault("max_new_tokens", 12)
     kw.setdefault("max_seq_len", 512)
     kw.setdefault("reserved_seq_len", 64)
-    return StreamRunner(tiny_model, context_strategy_type=strategy, backend=backend,
-                           context_strategy_config=STRATEGY_CONFIG[strategy], **kw)
+    return StreamRunner(
+        tiny_model,
+        context_strategy_type=strategy,
+        backend=backend,
+        context_strategy_config=STRATEGY_CONFIG[strategy],
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGY_CONFIG))
 def test_300_frame_stream_invariants(tiny_model, strategy):
     r = runner(tiny_model, strategy, talk_policy="every_frame")
     storage = r.cache.storage.data_ptr()
-    out = r.run_inference_on_video(video(300, conversation=CONVERSATION + [
-        {"role": "user", "time": 100.0, "content": "Am I done?"}]))
+    out = r.run_inference_on_video(
+        video(300, conversation=CONVERSATION + [{"role": "user", "time": 100.0, "content": "Am I done?"}])
+    )
     frames, totals = out["frames"], out["totals"]
     assert totals["frames_processed"] == len(frames) == 300
     assert r.cache.storage.data_ptr() == storage  # never reallocated
@@ -85,8 +91,14 @@ def test_drop_middle_keeps_anchor_and_whole_recent_spans(tiny_model):
 
 
 def test_drop_middle_keep_mode_keeps_positions(tiny_model):
-    r = StreamRunner(tiny_model, context_strategy_type="drop_middle", max_seq_len=512, reserved_seq_len=64,
-                        max_new_tokens=8, context_strategy_config={"last_keep_len": 128, "position_mode": "keep"})
+    r = StreamRunner(
+        tiny_model,
+        context_strategy_type="drop_middle",
+        max_seq_len=512,
+        reserved_seq_len=64,
+        max_new_tokens=8,
+        context_strategy_config={"last_keep_len": 128, "position_mode": "keep"},
+    )
     frames = list(r.stream(video(60)))
     assert any(f["strategy_applied"] for f in frames)
     spans = r.cache.spans
@@ -107,8 +119,7 @@ def test_drop_all_restarts_from_system_prompt(tiny_model):
 @torch.no_grad()
 def test_summarize_then_next_frame_equals_fresh_prefill(tiny_model):
     # A small ctxlen_to_reduce (96) so the compression comes after a frame, not before one.
-    r = runner(tiny_model, "summarize_and_drop", talk_policy="annotations",
-               max_seq_len=256, reserved_seq_len=160)
+    r = runner(tiny_model, "summarize_and_drop", talk_policy="annotations", max_seq_len=256, reserved_seq_len=160)
     conv = [{"role": "user", "time": 0.0, "content": "How do I make tea?"}]
     data = video(40, conversation=conv)
     it = r.stream(data)
@@ -129,8 +140,9 @@ def test_summarize_then_next_frame_equals_fresh_prefill(tiny_model):
     feats = be.image_features(pv, mask)
     frame = r._ids(prompt.frame_turn(t, be.image_seq_len))[0]
     got = be.prefill(be.embed(frame.unsqueeze(0), feats), r.cache, "frame", i)
-    fresh_ids = torch.cat([r._ids(prompt.system_turn(r.system_prompt, first=True))[0],
-                           r._ids(prompt.summary_turn(summary))[0], frame]).unsqueeze(0)
+    fresh_ids = torch.cat(
+        [r._ids(prompt.system_turn(r.system_prompt, first=True))[0], r._ids(prompt.summary_turn(summary))[0], frame]
+    ).unsqueeze(0)
     fresh = be.prefill(be.embed(fresh_ids, feats), be.make_cache(256), "other")
     assert (got - fresh).abs().max().item() < 1e-4
 
@@ -138,18 +150,22 @@ def test_summarize_then_next_frame_equals_fresh_prefill(tiny_model):
 def test_native_and_hf_backends_give_identical_turns(tiny_model):
     data = video(50)
     native = runner(tiny_model, "drop_middle", talk_policy="every_frame", max_seq_len=384, reserved_seq_len=48)
-    hf = runner(tiny_model, "drop_middle", backend="hf", talk_policy="every_frame", max_seq_len=384,
-                reserved_seq_len=48)
+    hf = runner(
+        tiny_model, "drop_middle", backend="hf", talk_policy="every_frame", max_seq_len=384, reserved_seq_len=48
+    )
     calls = {"attn": 0, "vision": 0}
     hf.backend.model.model.text_model.layers[0].self_attn.register_forward_hook(
-        lambda *a: calls.__setitem__("attn", calls["attn"] + 1))
+        lambda *a: calls.__setitem__("attn", calls["attn"] + 1)
+    )
     hf.backend.model.model.vision_model.register_forward_hook(
-        lambda *a: calls.__setitem__("vision", calls["vision"] + 1))
+        lambda *a: calls.__setitem__("vision", calls["vision"] + 1)
+    )
     a = native.run_inference_on_video(data)
     b = hf.run_inference_on_video(data)
     assert a["totals"]["cache_compressions"] >= 2  # compressions, then more frames: the original crashed here
-    assert [(p["frame_index"], p["text"]) for p in a["predictions"]] == \
-           [(p["frame_index"], p["text"]) for p in b["predictions"]]
+    assert [(p["frame_index"], p["text"]) for p in a["predictions"]] == [
+        (p["frame_index"], p["text"]) for p in b["predictions"]
+    ]
     assert len(a["predictions"]) == 50
     assert calls["vision"] == 50 and calls["attn"] > 50 * 2  # transformers' modules really ran
     assert [f["cache_len_after"] for f in a["frames"]] == [f["cache_len_after"] for f in b["frames"]]
@@ -194,8 +210,14 @@ class KeepLastFrameOnly(BaseContextStrategy):
 @pytest.mark.parametrize("backend", ["native", "hf"])
 def test_user_strategy_works_with_both_backends(tiny_model, backend):
     ContextStrategyFactory.register("keep_last_frame", KeepLastFrameOnly)
-    r = StreamRunner(tiny_model, context_strategy_type="keep_last_frame", backend=backend, max_seq_len=384,
-                        reserved_seq_len=48, max_new_tokens=8)
+    r = StreamRunner(
+        tiny_model,
+        context_strategy_type="keep_last_frame",
+        backend=backend,
+        max_seq_len=384,
+        reserved_seq_len=48,
+        max_new_tokens=8,
+    )
     frames = list(r.stream(video(40)))
     assert any(f["strategy_applied"] == "keep_last_frame" for f in frames)
     assert max(f["cache_len_peak"] for f in frames) <= 384
@@ -234,18 +256,24 @@ def test_prospect_cache_in_transformers_generate(tiny_model):
     assert kv.length == 4 + 5 and kv.storage.data_ptr() == ptr  # in place; the last token is not fed
 
 
-@pytest.mark.parametrize("kwargs, exc, fragment", [
-    ({"context_strategy_type": "middle_out"}, ValueError,
-     "strategy_type expected one of .*drop_all, drop_middle.*got 'middle_out'"),
-    ({"torch_dtype": "int8"}, ValueError, "torch_dtype expected one of float32"),
-    ({"backend": "onnx"}, ValueError, "backend expected one of native, hf"),
-    ({"talk_policy": "always"}, ValueError, "talk_policy expected one of"),
-    ({"max_new_tokens": 0}, ValueError, "max_new_tokens expected an int >= 1"),
-    ({"context_strategy_config": {"last_keep_len": -5}}, ValueError, "last_keep_len expected an int"),
-    ({"context_strategy_config": {"keep_len": 5}}, ValueError, "unknown config keys \\['keep_len'\\]"),
-    ({"reserved_seq_len": 5000}, ValueError, "reserved_seq_len expected an int in \\[0, max_seq_len=4096\\)"),
-    ({"not_talk_threshold": 1.5}, ValueError, "not_talk_threshold expected a probability"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, fragment",
+    [
+        (
+            {"context_strategy_type": "middle_out"},
+            ValueError,
+            "strategy_type expected one of .*drop_all, drop_middle.*got 'middle_out'",
+        ),
+        ({"torch_dtype": "int8"}, ValueError, "torch_dtype expected one of float32"),
+        ({"backend": "onnx"}, ValueError, "backend expected one of native, hf"),
+        ({"talk_policy": "always"}, ValueError, "talk_policy expected one of"),
+        ({"max_new_tokens": 0}, ValueError, "max_new_tokens expected an int >= 1"),
+        ({"context_strategy_config": {"last_keep_len": -5}}, ValueError, "last_keep_len expected an int"),
+        ({"context_strategy_config": {"keep_len": 5}}, ValueError, "unknown config keys \\['keep_len'\\]"),
+        ({"reserved_seq_len": 5000}, ValueError, "reserved_seq_len expected an int in \\[0, max_seq_len=4096\\)"),
+        ({"not_talk_threshold": 1.5}, ValueError, "not_talk_threshold expected a probability"),
+    ],
+)
 def test_constructor_errors(tiny_model, kwargs, exc, fragment):
     with pytest.raises(exc, match=fragment):
         StreamRunner(tiny_model, **kwargs)
@@ -257,10 +285,16 @@ def test_video_data_errors(tiny_model):
         ([], TypeError, "video_data expected a dict"),
         ({"video_id": "x"}, ValueError, "expected 'frames'"),
         ({"frames": [], "fps": 0}, ValueError, "fps'\\] expected a positive number"),
-        ({"frames": [], "conversation": [{"role": "bot", "time": 1, "content": "x"}]}, ValueError,
-         "\\['role'\\] expected system, user or assistant"),
-        ({"frames": [], "conversation": [{"role": "user", "time": -1, "content": "x"}]}, ValueError,
-         "\\['time'\\] expected seconds >= 0"),
+        (
+            {"frames": [], "conversation": [{"role": "bot", "time": 1, "content": "x"}]},
+            ValueError,
+            "\\['role'\\] expected system, user or assistant",
+        ),
+        (
+            {"frames": [], "conversation": [{"role": "user", "time": -1, "content": "x"}]},
+            ValueError,
+            "\\['time'\\] expected seconds >= 0",
+        ),
         ({"frames": [torch.zeros(4, 4)]}, ValueError, "frames'\\]\\[0\\] expected a 3-D image"),
         ({"frames": ["image.png"]}, TypeError, "frames'\\]\\[0\\] expected a PIL image"),
     ]

@@ -40,8 +40,9 @@ def test_python_loop_samples_the_tokens_the_cpp_loop_samples(tiny_model):
     e = m.embed_tokens(torch.tensor([[50, 51, 52, 53]]))
     for top_p in (1.0, 0.9, 0.3):
         cpp = m.greedy_generate(e, m.make_cache(64), 16, [], temperature=1.5, top_p=top_p, seed=7).tokens
-        py = python_generate(PythonLoopOverNative(m), e, m.make_cache(64), 16, [], temperature=1.5, top_p=top_p,
-                             seed=7).tokens
+        py = python_generate(
+            PythonLoopOverNative(m), e, m.make_cache(64), 16, [], temperature=1.5, top_p=top_p, seed=7
+        ).tokens
         assert py == cpp, top_p
     with pytest.raises(ValueError, match=r"top_p expected in \(0, 1\]"):
         python_generate(PythonLoopOverNative(m), e, m.make_cache(64), 4, [], top_p=0.0)
@@ -49,8 +50,13 @@ def test_python_loop_samples_the_tokens_the_cpp_loop_samples(tiny_model):
 
 def test_runner_passes_top_p_to_the_engine(tiny_model):
     """top_p this small keeps only the likeliest token: any temperature, any seed, gives the greedy reply."""
-    kw = dict(max_seq_len=512, reserved_seq_len=64, max_new_tokens=6, talk_policy="every_frame",
-              context_strategy_type="drop_all")
+    kw = dict(
+        max_seq_len=512,
+        reserved_seq_len=64,
+        max_new_tokens=6,
+        talk_policy="every_frame",
+        context_strategy_type="drop_all",
+    )
     greedy = StreamRunner(tiny_model, **kw).run_inference_on_video(video(3))
     narrow = StreamRunner(tiny_model, temperature=1.5, top_p=1e-9, seed=5, **kw).run_inference_on_video(video(3))
     wide = StreamRunner(tiny_model, temperature=1.5, seed=5, **kw).run_inference_on_video(video(3))
@@ -59,22 +65,36 @@ def test_runner_passes_top_p_to_the_engine(tiny_model):
 
 
 def test_runner_config_is_the_keyword_arguments(tiny_model):
-    cfg = RunnerConfig(max_seq_len=512, reserved_seq_len=64, max_new_tokens=6, talk_policy="every_frame",
-                       context_strategy_type="drop_all")
+    cfg = RunnerConfig(
+        max_seq_len=512,
+        reserved_seq_len=64,
+        max_new_tokens=6,
+        talk_policy="every_frame",
+        context_strategy_type="drop_all",
+    )
     a = StreamRunner(tiny_model, config=cfg)
-    b = StreamRunner(tiny_model, max_seq_len=512, reserved_seq_len=64, max_new_tokens=6, talk_policy="every_frame",
-                     context_strategy_type="drop_all")
+    b = StreamRunner(
+        tiny_model,
+        max_seq_len=512,
+        reserved_seq_len=64,
+        max_new_tokens=6,
+        talk_policy="every_frame",
+        context_strategy_type="drop_all",
+    )
     assert a.config == b.config and a.strategy.config() == b.strategy.config()
     with pytest.raises(TypeError, match="config expected a RunnerConfig"):
         StreamRunner(tiny_model, config={"max_seq_len": 512})
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"top_p": 0.0}, r"top_p expected a number in \(0, 1\]"),
-    ({"top_p": 1.5}, r"top_p expected a number in \(0, 1\]"),
-    ({"max_new_tokens": 0}, "max_new_tokens expected an int >= 1"),
-    ({"talk_policy": "always"}, "talk_policy expected one of"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"top_p": 0.0}, r"top_p expected a number in \(0, 1\]"),
+        ({"top_p": 1.5}, r"top_p expected a number in \(0, 1\]"),
+        ({"max_new_tokens": 0}, "max_new_tokens expected an int >= 1"),
+        ({"talk_policy": "always"}, "talk_policy expected one of"),
+    ],
+)
 def test_bad_settings_are_refused_before_anything_loads(kw, match):
     with pytest.raises(ValueError, match=match):
         RunnerConfig(**kw)
@@ -91,12 +111,28 @@ def test_sampling_params_check_their_values():
 def test_records_read_as_dicts_and_write_the_same_json():
     f = FrameRecord(frame_index=3, time=2.0, cache_len_before=10, talked=True, text="hi", cache_len_after=40)
     assert f["talked"] and f.get("tokens") is None and "vision_ms" in f
-    assert list(f) == ["frame_index", "time", "cache_len_before", "strategy_applied", "vision_ms", "decode_ms",
-                       "silence_prob", "prefill_ms", "talked", "text", "cache_len_peak", "max_position",
-                       "cache_len_after"]
+    assert list(f) == [
+        "frame_index",
+        "time",
+        "cache_len_before",
+        "strategy_applied",
+        "vision_ms",
+        "decode_ms",
+        "silence_prob",
+        "prefill_ms",
+        "talked",
+        "text",
+        "cache_len_peak",
+        "max_position",
+        "cache_len_after",
+    ]
     assert json.loads(json.dumps(f.to_dict())) == dict(f)
     silent_turn = TurnRecord(frame_index=None, time=None, cache_len_before=0)
     assert "tokens" not in silent_turn and TurnRecord(0, 1.0, 0, tokens=[5])["tokens"] == [5]
-    t = RunTotals.combine([RunTotals(frames_processed=2, avg_cache_size=10.0, peak_cache_size=30),
-                           RunTotals(frames_processed=6, avg_cache_size=20.0, peak_cache_size=20)])
+    t = RunTotals.combine(
+        [
+            RunTotals(frames_processed=2, avg_cache_size=10.0, peak_cache_size=30),
+            RunTotals(frames_processed=6, avg_cache_size=20.0, peak_cache_size=20),
+        ]
+    )
     assert (t.frames_processed, t.avg_cache_size, t.peak_cache_size) == (8, 17.5, 30)

@@ -72,6 +72,7 @@ def reference(engine, text, max_tokens, features=None):
 
 # ---- OpenAI protocol -----------------------------------------------------------------------------
 
+
 def test_health_and_models(http, engine):
     h = http.get("/health").json()
     assert h["status"] == "ok" and h["model_loaded"] and h["device"] == "cpu" and h["uptime_s"] >= 0
@@ -80,10 +81,14 @@ def test_health_and_models(http, engine):
 
 
 def test_chat_completion_equals_the_engine(client, engine):
-    r = client.chat.completions.create(model="tiny", messages=[
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say something."}], max_tokens=12)
+    r = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say something."}],
+        max_tokens=12,
+    )
     want, n, prompt_len = reference(
-        engine, f"<|im_start|>System: Be brief.{EOU}\nUser: Say something.{EOU}\nAssistant:", 12)
+        engine, f"<|im_start|>System: Be brief.{EOU}\nUser: Say something.{EOU}\nAssistant:", 12
+    )
     assert r.choices[0].message.content == want and r.choices[0].message.role == "assistant"
     assert r.usage.prompt_tokens == prompt_len and r.usage.completion_tokens == n
     assert r.usage.total_tokens == prompt_len + n
@@ -93,8 +98,11 @@ def test_chat_completion_equals_the_engine(client, engine):
 def test_streaming_gives_the_same_text(client):
     msgs = [{"role": "user", "content": "Tell me more."}]
     whole = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=16)
-    chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=16, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=msgs, max_tokens=16, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
@@ -106,15 +114,22 @@ def test_streaming_gives_the_same_text(client):
 
 def test_image_as_data_url(client, engine):
     img = image(1)
-    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(img)}},
-                                         {"type": "text", "text": "What is this?"}]}]
+    msgs = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(img)}},
+                {"type": "text", "text": "What is this?"},
+            ],
+        }
+    ]
     r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10)
     pv, mask = FramePreprocessor(engine.processor)(img)[:2]
     feats = engine.backend.image_features(pv, mask)
-    image_text = ("<fake_token_around_image><global-img>" + "<image>" * engine.backend.image_seq_len
-                  + "<fake_token_around_image>")
-    want, n, prompt_len = reference(engine, f"<|im_start|>User:{image_text}What is this?{EOU}\nAssistant:", 10,
-                                    feats)
+    image_text = (
+        "<fake_token_around_image><global-img>" + "<image>" * engine.backend.image_seq_len + "<fake_token_around_image>"
+    )
+    want, n, prompt_len = reference(engine, f"<|im_start|>User:{image_text}What is this?{EOU}\nAssistant:", 10, feats)
     assert r.choices[0].message.content == want and r.usage.prompt_tokens == prompt_len
     # Another picture, same words: the image reached the model.
     msgs[0]["content"][0]["image_url"]["url"] = data_url(image(2))
@@ -129,7 +144,7 @@ def test_stop_string_cuts_the_reply(client):
     full = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=24).choices[0].message.content
     assert len(full) > 6
     stop = full[3:6]
-    cut = full[:full.index(stop)]
+    cut = full[: full.index(stop)]
     r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=24, stop=[stop])
     assert r.choices[0].message.content == cut and r.choices[0].finish_reason == "stop"
     streamed = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=24, stop=stop, stream=True)
@@ -138,12 +153,17 @@ def test_stop_string_cuts_the_reply(client):
 
 def test_sampling_follows_the_seed(client):
     msgs = [{"role": "user", "content": "Anything."}]
-    a, b, c = (client.chat.completions.create(model="tiny", messages=msgs, max_tokens=16, temperature=1.5, seed=s)
-               .choices[0].message.content for s in (7, 7, 8))
+    a, b, c = (
+        client.chat.completions.create(model="tiny", messages=msgs, max_tokens=16, temperature=1.5, seed=s)
+        .choices[0]
+        .message.content
+        for s in (7, 7, 8)
+    )
     assert a == b and a != c
 
 
 # ---- sessions -----------------------------------------------------------------------------------
+
 
 def new_session(http, **body):
     r = http.post("/v1/sessions", json=body)
@@ -152,8 +172,10 @@ def new_session(http, **body):
 
 
 def frames(http, sid, times, seed=0):
-    r = http.post(f"/v1/sessions/{sid}/frames",
-                  json={"frames": [{"time": t, "image_url": data_url(image(seed + k))} for k, t in enumerate(times)]})
+    r = http.post(
+        f"/v1/sessions/{sid}/frames",
+        json={"frames": [{"time": t, "image_url": data_url(image(seed + k))} for k, t in enumerate(times)]},
+    )
     assert r.status_code == 200, r.text
     return r.json()["results"]
 
@@ -210,12 +232,18 @@ class Recorder:
 def test_session_remembers_across_requests(http, server, engine):
     """The next turn's logits after many requests equal one prefill of the whole history."""
     store = server.app.state.sessions
-    sid = new_session(http, context_strategy="drop_middle", talk_policy="every_frame",
-                      context_strategy_config={"max_seq_len": 4096}, max_new_tokens=6)
+    sid = new_session(
+        http,
+        context_strategy="drop_middle",
+        talk_policy="every_frame",
+        context_strategy_config={"max_seq_len": 4096},
+        max_new_tokens=6,
+    )
     sess = store.get(sid)
     rec = sess.runner.backend = Recorder(sess.runner.backend)
-    rec._put(0, engine.backend.embed(engine.ids(
-        f"<|im_start|>System: {sess.runner.system_prompt}{EOU}\n")))  # the anchor prefilled at creation
+    rec._put(
+        0, engine.backend.embed(engine.ids(f"<|im_start|>System: {sess.runner.system_prompt}{EOU}\n"))
+    )  # the anchor prefilled at creation
     t = 0.0
     for k in range(6):
         frames(http, sid, [t + 0.5, t + 1.0], seed=10 * k)
@@ -244,8 +272,13 @@ def _spans(cache):
 
 def test_compression_keeps_what_drop_middle_says(http, server):
     keep = 200
-    sid = new_session(http, context_strategy="drop_middle", talk_policy="every_frame", max_new_tokens=4,
-                      context_strategy_config={"max_seq_len": 768, "reserved_seq_len": 64, "last_keep_len": keep})
+    sid = new_session(
+        http,
+        context_strategy="drop_middle",
+        talk_policy="every_frame",
+        max_new_tokens=4,
+        context_strategy_config={"max_seq_len": 768, "reserved_seq_len": 64, "last_keep_len": keep},
+    )
     sess = server.app.state.sessions.get(sid)
     seen = []
     inner = sess.runner.strategy.handle_overflow
@@ -274,13 +307,17 @@ def test_compression_keeps_what_drop_middle_says(http, server):
     want = [s for s in before if s[2] or s in suffix]
     assert after == want and sum(s[2] for s in after) == 2  # system prompt + first user turn
     got = [(s["id"], s["end"] - s["start"], s["pinned"]) for s in http.get(f"/v1/sessions/{sid}").json()["spans"]]
-    assert got[:len(after)] == after
+    assert got[: len(after)] == after
 
 
 def test_summarize_and_drop_session(http, server):
-    sid = new_session(http, context_strategy="summarize_and_drop", talk_policy="every_frame", max_new_tokens=4,
-                      context_strategy_config={"max_seq_len": 768, "reserved_seq_len": 64,
-                                               "summary_max_length": 16})
+    sid = new_session(
+        http,
+        context_strategy="summarize_and_drop",
+        talk_policy="every_frame",
+        max_new_tokens=4,
+        context_strategy_config={"max_seq_len": 768, "reserved_seq_len": 64, "summary_max_length": 16},
+    )
     t = 0.0
     while http.get(f"/v1/sessions/{sid}").json()["compressions"] == 0:
         t += 0.5
@@ -319,9 +356,25 @@ def test_serve_command_line(tiny_model):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "prospect_core", "serve", "--model", str(tiny_model), "--port",
-                             str(port), "--api-key", "cli-key", "--allowed-hosts", "prospect.internal"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prospect_core",
+            "serve",
+            "--model",
+            str(tiny_model),
+            "--port",
+            str(port),
+            "--api-key",
+            "cli-key",
+            "--allowed-hosts",
+            "prospect.internal",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     auth = {"authorization": "Bearer cli-key"}
     try:
         deadline = time.monotonic() + 120
@@ -335,11 +388,17 @@ def test_serve_command_line(tiny_model):
                 time.sleep(0.2)
         assert h["model"] == tiny_model.name
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 401
-        assert httpx.get(f"http://127.0.0.1:{port}/health", headers={**auth, "host": "prospect.internal"}).status_code \
+        assert (
+            httpx.get(f"http://127.0.0.1:{port}/health", headers={**auth, "host": "prospect.internal"}).status_code
             == 200
+        )
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="cli-key", max_retries=0)
-        assert c.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
-                                         max_tokens=3).usage.completion_tokens >= 1
+        assert (
+            c.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+            ).usage.completion_tokens
+            >= 1
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -20,8 +20,10 @@ def engine(tiny_model):
 
 @pytest.fixture(scope="module")
 def locked(engine):
-    srv = start_in_thread(engine, access=Access(api_key=KEY, allowed_hosts=("prospect.internal",),
-                                                allowed_origins=("https://app.example",)))
+    srv = start_in_thread(
+        engine,
+        access=Access(api_key=KEY, allowed_hosts=("prospect.internal",), allowed_origins=("https://app.example",)),
+    )
     yield srv
     srv.stop()
 
@@ -60,8 +62,14 @@ def test_sessions_need_the_key(locked):
         r = httpx.request(method, f"{locked.url}/v1/sessions/{sid}")
         refused(r, 401, "Authorization", "got none")
         assert r.headers["www-authenticate"] == "Bearer"
-    refused(httpx.post(f"{locked.url}/v1/sessions/{sid}/messages", json={"content": "x"},
-                       headers={"authorization": "Bearer nope"}), 401, "Authorization", "got a different key")
+    refused(
+        httpx.post(
+            f"{locked.url}/v1/sessions/{sid}/messages", json={"content": "x"}, headers={"authorization": "Bearer nope"}
+        ),
+        401,
+        "Authorization",
+        "got a different key",
+    )
     refused(httpx.get(locked.url + "/health"), 401, "Authorization", "expected 'Bearer <api key>'")
     assert httpx.get(f"{locked.url}/v1/sessions/{sid}", headers=auth).json()["turns"] == 0  # untouched
 
@@ -79,8 +87,12 @@ def test_only_json_bodies(default, ctype):
     r = httpx.post(default.url + "/v1/sessions", content=b"{}", headers=headers)
     refused(r, 415, "Content-Type", "expected application/json")
     assert len(store.sessions) == n
-    assert httpx.post(default.url + "/v1/sessions", content=b"{}",
-                      headers={"content-type": "application/json; charset=utf-8"}).status_code == 200
+    assert (
+        httpx.post(
+            default.url + "/v1/sessions", content=b"{}", headers={"content-type": "application/json; charset=utf-8"}
+        ).status_code
+        == 200
+    )
     assert httpx.post(default.url + "/v1/sessions").status_code == 200  # no body at all: the defaults
 
 
@@ -96,20 +108,45 @@ def test_foreign_origins_are_refused(default, origin):
 
 def test_an_allowed_origin_gets_cors(locked):
     origin = {"origin": "https://app.example"}
-    pre = httpx.options(locked.url + "/v1/chat/completions", headers={
-        **origin, "access-control-request-method": "POST",
-        "access-control-request-headers": "authorization, content-type"})
+    pre = httpx.options(
+        locked.url + "/v1/chat/completions",
+        headers={
+            **origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization, content-type",
+        },
+    )
     assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://app.example"
-    r = httpx.post(locked.url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 2},
-                   headers={**origin, "authorization": f"Bearer {KEY}"})
+    r = httpx.post(
+        locked.url + "/v1/chat/completions",
+        json={"messages": USER, "max_tokens": 2},
+        headers={**origin, "authorization": f"Bearer {KEY}"},
+    )
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
-    refused(httpx.options(locked.url + "/v1/chat/completions", headers={
-        "origin": "https://evil.example", "access-control-request-method": "POST"}), 403, "Origin", "evil")
+    refused(
+        httpx.options(
+            locked.url + "/v1/chat/completions",
+            headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
+        ),
+        403,
+        "Origin",
+        "evil",
+    )
 
 
-@pytest.mark.parametrize("host,ok", [("localhost", True), ("127.0.0.1:8080", True), ("[::1]:8080", True),
-                                     ("LOCALHOST", True), ("evil.example", False), ("127.0.0.1.evil.example", False),
-                                     ("prospect.internal", False), ("", False)])
+@pytest.mark.parametrize(
+    "host,ok",
+    [
+        ("localhost", True),
+        ("127.0.0.1:8080", True),
+        ("[::1]:8080", True),
+        ("LOCALHOST", True),
+        ("evil.example", False),
+        ("127.0.0.1.evil.example", False),
+        ("prospect.internal", False),
+        ("", False),
+    ],
+)
 def test_host_header(default, host, ok):
     """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example."""
     r = httpx.get(default.url + "/v1/models", headers={"host": host})
@@ -122,5 +159,6 @@ def test_host_header(default, host, ok):
 def test_allowed_hosts_add_names(locked):
     auth = {"authorization": f"Bearer {KEY}"}
     assert httpx.get(locked.url + "/v1/models", headers={**auth, "host": "prospect.internal:443"}).status_code == 200
-    refused(httpx.get(locked.url + "/v1/models", headers={**auth, "host": "other.internal"}), 400, "Host",
-            "--allowed-hosts")
+    refused(
+        httpx.get(locked.url + "/v1/models", headers={**auth, "host": "other.internal"}), 400, "Host", "--allowed-hosts"
+    )

@@ -48,8 +48,9 @@ def state(http, sid):
 
 
 def add_frames(http, sid, times):
-    r = http.post(f"/v1/sessions/{sid}/frames", json={"frames": [{"time": t, "image_url": frame_url(int(t * 10))}
-                                                                 for t in times]})
+    r = http.post(
+        f"/v1/sessions/{sid}/frames", json={"frames": [{"time": t, "image_url": frame_url(int(t * 10))} for t in times]}
+    )
     assert r.status_code == 200, r.text
     return r.json()["results"]
 
@@ -57,8 +58,14 @@ def add_frames(http, sid, times):
 @pytest.mark.parametrize("respond", [False, True])
 def test_message_too_long_changes_nothing(http, respond):
     """The cache holds frames past its pinned anchor; an over-long message must not compress them away first."""
-    sid = http.post("/v1/sessions", json={"talk_policy": "every_frame", "max_new_tokens": 4, "context_strategy_config":
-                                          {"max_seq_len": 256, "last_keep_len": 64}}).json()["id"]
+    sid = http.post(
+        "/v1/sessions",
+        json={
+            "talk_policy": "every_frame",
+            "max_new_tokens": 4,
+            "context_strategy_config": {"max_seq_len": 256, "last_keep_len": 64},
+        },
+    ).json()["id"]
     add_frames(http, sid, [0.5, 1.0])
     before = state(http, sid)
     assert len(before["spans"]) > 1 and before["cache_length"] > before["spans"][0]["end"]
@@ -73,8 +80,10 @@ def test_message_too_long_changes_nothing(http, respond):
 
 def test_frame_that_cannot_fit_is_refused_by_name(http):
     """A pinned anchor (system prompt + knowledge) that leaves no room for a frame."""
-    sid = http.post("/v1/sessions", json={"knowledge": "Step one. " * 13, "max_new_tokens": 4,
-                                          "context_strategy_config": {"max_seq_len": 192}}).json()["id"]
+    sid = http.post(
+        "/v1/sessions",
+        json={"knowledge": "Step one. " * 13, "max_new_tokens": 4, "context_strategy_config": {"max_seq_len": 192}},
+    ).json()["id"]
     before = state(http, sid)
     r = http.post(f"/v1/sessions/{sid}/frames", json={"frames": [{"time": 1.0, "image_url": frame_url(1)}]})
     assert r.status_code == 400 and state(http, sid) == before

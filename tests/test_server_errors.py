@@ -35,13 +35,20 @@ def setup(tiny_model, tmp_path_factory):
     (allowed / "ok.png").write_bytes(png(np.full((40, 40, 3), 90, np.uint8)))
     outside = tmp_path_factory.mktemp("outside") / "no.png"
     outside.write_bytes(png(np.full((40, 40, 3), 90, np.uint8)))
-    limits = ServerLimits(max_body_mb=0.05, max_image_mb=0.01, max_image_pixels=200 * 200, max_tokens=64,
-                          max_frames_per_request=3, allow_local_images=str(allowed))
+    limits = ServerLimits(
+        max_body_mb=0.05,
+        max_image_mb=0.01,
+        max_image_pixels=200 * 200,
+        max_tokens=64,
+        max_frames_per_request=3,
+        allow_local_images=str(allowed),
+    )
     srv = start_in_thread(Engine(tiny_model), limits=limits)
     http = httpx.Client(base_url=srv.url, timeout=60)
     sid = http.post("/v1/sessions", json={"talk_policy": "every_frame", "max_new_tokens": 2}).json()["id"]
-    assert http.post(f"/v1/sessions/{sid}/frames", json={"frames": [{"time": 5.0, "image_url": SMALL}]}).status_code \
-        == 200
+    assert (
+        http.post(f"/v1/sessions/{sid}/frames", json={"frames": [{"time": 5.0, "image_url": SMALL}]}).status_code == 200
+    )
     yield {"http": http, "sid": sid, "allowed": allowed, "outside": outside, "server": srv}
     http.close()
     srv.stop()
@@ -52,8 +59,12 @@ def chat(**kw):
 
 
 def image_msg(url):
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": "what?"}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what?"}],
+        }
+    ]
 
 
 CASES = [
@@ -61,8 +72,13 @@ CASES = [
     ("malformed json", ("POST", "/v1/chat/completions", b'{"messages": ['), 400, "malformed JSON", None),
     ("body not an object", ("POST", "/v1/chat/completions", [1, 2]), 400, "JSON object", None),
     ("unknown field", chat(frequency_boost=1), 400, "unknown field 'frequency_boost'", "frequency_boost"),
-    ("missing messages", ("POST", "/v1/chat/completions", {"max_tokens": 3}), 400, "missing field 'messages'",
-     "messages"),
+    (
+        "missing messages",
+        ("POST", "/v1/chat/completions", {"max_tokens": 3}),
+        400,
+        "missing field 'messages'",
+        "messages",
+    ),
     ("empty messages", ("POST", "/v1/chat/completions", {"messages": []}), 400, "at least 1", "messages"),
     ("temperature type", chat(temperature="hot"), 400, "temperature", "temperature"),
     ("temperature range", chat(temperature=3), 400, "less than or equal to 2", "temperature"),
@@ -70,72 +86,213 @@ CASES = [
     ("max_tokens over cap", chat(max_tokens=65), 400, "at most 64", "max_tokens"),
     ("max_tokens zero", chat(max_tokens=0), 400, "greater than or equal to 1", "max_tokens"),
     ("too many stops", chat(stop=["a", "b", "c", "d", "e"]), 400, "at most 4", "stop"),
-    ("unknown role", ("POST", "/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}), 400,
-     "role", "messages[0].role"),
-    ("remote image", chat(messages=image_msg("https://example.com/a.png")), 400, "remote image URLs",
-     "messages[0].content[0].image_url"),
-    ("bad base64", chat(messages=image_msg("data:image/png;base64,@@@@")), 400, "base64",
-     "messages[0].content[0].image_url"),
-    ("not an image", chat(messages=image_msg(url_of(b"GIF89a-not-really"))), 400, "not a decodable image",
-     "messages[0].content[0].image_url"),
-    ("not a data url", chat(messages=image_msg("data:text/plain,hello")), 400, "data:image",
-     "messages[0].content[0].image_url"),
+    (
+        "unknown role",
+        ("POST", "/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}),
+        400,
+        "role",
+        "messages[0].role",
+    ),
+    (
+        "remote image",
+        chat(messages=image_msg("https://example.com/a.png")),
+        400,
+        "remote image URLs",
+        "messages[0].content[0].image_url",
+    ),
+    (
+        "bad base64",
+        chat(messages=image_msg("data:image/png;base64,@@@@")),
+        400,
+        "base64",
+        "messages[0].content[0].image_url",
+    ),
+    (
+        "not an image",
+        chat(messages=image_msg(url_of(b"GIF89a-not-really"))),
+        400,
+        "not a decodable image",
+        "messages[0].content[0].image_url",
+    ),
+    (
+        "not a data url",
+        chat(messages=image_msg("data:text/plain,hello")),
+        400,
+        "data:image",
+        "messages[0].content[0].image_url",
+    ),
     ("image pixels", chat(messages=image_msg(WIDE)), 400, "300x300 pixels exceeds", "messages[0].content[0].image_url"),
     ("image bytes", chat(messages=image_msg(NOISY)), 400, "bytes exceeds", "messages[0].content[0].image_url"),
     ("body too large", chat(pad="x" * 60000), 413, "exceeds the limit", None),
-    ("unknown session", ("POST", "/v1/sessions/nope/frames", {"frames": [{"time": 9, "image_url": SMALL}]}), 404,
-     "no session 'nope'", "session_id"),
-    ("frame time negative", ("POST", "/v1/sessions/{sid}/frames", {"frames": [{"time": -1, "image_url": SMALL}]}),
-     400, "greater than or equal to 0", "frames[0].time"),
-    ("frames out of order", ("POST", "/v1/sessions/{sid}/frames", {"frames": [
-        {"time": 9, "image_url": SMALL}, {"time": 8, "image_url": SMALL}]}), 400, "in order", "frames[1].time"),
-    ("frame before the last", ("POST", "/v1/sessions/{sid}/frames", {"frames": [{"time": 1, "image_url": SMALL}]}),
-     400, "last frame time 5.0", "frames[0].time"),
-    ("too many frames", ("POST", "/v1/sessions/{sid}/frames", {"frames": [{"time": 9, "image_url": SMALL}] * 4}),
-     400, "at most 3 frames", "frames"),
+    (
+        "unknown session",
+        ("POST", "/v1/sessions/nope/frames", {"frames": [{"time": 9, "image_url": SMALL}]}),
+        404,
+        "no session 'nope'",
+        "session_id",
+    ),
+    (
+        "frame time negative",
+        ("POST", "/v1/sessions/{sid}/frames", {"frames": [{"time": -1, "image_url": SMALL}]}),
+        400,
+        "greater than or equal to 0",
+        "frames[0].time",
+    ),
+    (
+        "frames out of order",
+        (
+            "POST",
+            "/v1/sessions/{sid}/frames",
+            {"frames": [{"time": 9, "image_url": SMALL}, {"time": 8, "image_url": SMALL}]},
+        ),
+        400,
+        "in order",
+        "frames[1].time",
+    ),
+    (
+        "frame before the last",
+        ("POST", "/v1/sessions/{sid}/frames", {"frames": [{"time": 1, "image_url": SMALL}]}),
+        400,
+        "last frame time 5.0",
+        "frames[0].time",
+    ),
+    (
+        "too many frames",
+        ("POST", "/v1/sessions/{sid}/frames", {"frames": [{"time": 9, "image_url": SMALL}] * 4}),
+        400,
+        "at most 3 frames",
+        "frames",
+    ),
     ("no frames", ("POST", "/v1/sessions/{sid}/frames", {"frames": []}), 400, "at least 1", "frames"),
-    ("bad frame image", ("POST", "/v1/sessions/{sid}/frames", {"frames": [
-        {"time": 9, "image_url": SMALL}, {"time": 10, "image_url": "data:image/png;base64,AAAA"}]}), 400,
-     "not a decodable image", "frames[1].image_url"),
-    ("frame image url object", ("POST", "/v1/sessions/{sid}/frames", {"frames": [
-        {"time": 9, "image_url": {"url": WIDE}}]}), 400, "exceeds", "frames[0].image_url"),
+    (
+        "bad frame image",
+        (
+            "POST",
+            "/v1/sessions/{sid}/frames",
+            {"frames": [{"time": 9, "image_url": SMALL}, {"time": 10, "image_url": "data:image/png;base64,AAAA"}]},
+        ),
+        400,
+        "not a decodable image",
+        "frames[1].image_url",
+    ),
+    (
+        "frame image url object",
+        ("POST", "/v1/sessions/{sid}/frames", {"frames": [{"time": 9, "image_url": {"url": WIDE}}]}),
+        400,
+        "exceeds",
+        "frames[0].image_url",
+    ),
     ("empty message", ("POST", "/v1/sessions/{sid}/messages", {"content": ""}), 400, "at least 1", "content"),
-    ("message max_tokens", ("POST", "/v1/sessions/{sid}/messages", {"content": "hi", "respond": True,
-                                                                    "max_tokens": 100}), 400, "at most 64",
-     "max_tokens"),
-    ("message unknown field", ("POST", "/v1/sessions/{sid}/messages", {"content": "hi", "role": "user"}), 400,
-     "unknown field 'role'", "role"),
-    ("unknown strategy", ("POST", "/v1/sessions", {"context_strategy": "drop_some"}), 400, "drop_some",
-     "context_strategy_config"),
-    ("bad talk policy", ("POST", "/v1/sessions", {"talk_policy": "annotations"}), 400, "talk_policy",
-     "talk_policy"),
-    ("bad strategy key", ("POST", "/v1/sessions", {"context_strategy_config": {"keep_it": 1}}), 400,
-     "unknown config keys", "context_strategy_config"),
-    ("tiny context", ("POST", "/v1/sessions", {"context_strategy_config": {"max_seq_len": 10}}), 400,
-     "expected an int in [64", "context_strategy_config.max_seq_len"),
+    (
+        "message max_tokens",
+        ("POST", "/v1/sessions/{sid}/messages", {"content": "hi", "respond": True, "max_tokens": 100}),
+        400,
+        "at most 64",
+        "max_tokens",
+    ),
+    (
+        "message unknown field",
+        ("POST", "/v1/sessions/{sid}/messages", {"content": "hi", "role": "user"}),
+        400,
+        "unknown field 'role'",
+        "role",
+    ),
+    (
+        "unknown strategy",
+        ("POST", "/v1/sessions", {"context_strategy": "drop_some"}),
+        400,
+        "drop_some",
+        "context_strategy_config",
+    ),
+    ("bad talk policy", ("POST", "/v1/sessions", {"talk_policy": "annotations"}), 400, "talk_policy", "talk_policy"),
+    (
+        "bad strategy key",
+        ("POST", "/v1/sessions", {"context_strategy_config": {"keep_it": 1}}),
+        400,
+        "unknown config keys",
+        "context_strategy_config",
+    ),
+    (
+        "tiny context",
+        ("POST", "/v1/sessions", {"context_strategy_config": {"max_seq_len": 10}}),
+        400,
+        "expected an int in [64",
+        "context_strategy_config.max_seq_len",
+    ),
     # Inputs that once reached the engine and failed there with a 500 (which also dropped the connection).
     ("seed negative", chat(seed=-1, temperature=1), 400, "greater than or equal to 0", "seed"),
     ("seed over 64 bits", chat(seed=2**64, temperature=1), 400, "less than 18446744073709551616", "seed"),
-    ("temperature NaN", ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], '
-                                                         b'"temperature": NaN}'), 400, "finite number", "temperature"),
-    ("lone surrogate", ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
-     400, "lone surrogate", "messages[0].content"),
-    ("lone surrogate in a part", ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": '
-                                  b'[{"type": "text", "text": "\\udfff"}]}]}'), 400, "lone surrogate",
-     "messages[0].content[0].text"),
-    ("lone surrogate in a note", ("POST", "/v1/sessions/{sid}/messages", b'{"content": "\\ud83d"}'), 400,
-     "lone surrogate", "content"),
-    ("lone surrogate in knowledge", ("POST", "/v1/sessions", b'{"knowledge": "\\udc00"}'), 400, "lone surrogate",
-     "knowledge"),
-    ("NUL in a local path", chat(messages=image_msg("ok\u0000.png")), 400, "NUL character",
-     "messages[0].content[0].image_url"),
-    ("frame time infinite", ("POST", "/v1/sessions/{sid}/frames",
-                             b'{"frames": [{"time": Infinity, "image_url": "' + SMALL.encode() + b'"}]}'), 400,
-     "finite number", "frames[0].time"),
-    ("frame time huge", ("POST", "/v1/sessions/{sid}/frames", {"frames": [{"time": 1e308, "image_url": SMALL}]}),
-     400, "less than or equal to 10000000", "frames[0].time"),
-    ("session max_new_tokens over cap", ("POST", "/v1/sessions", {"max_new_tokens": 65}), 400, "at most 64",
-     "max_new_tokens"),
+    (
+        "temperature NaN",
+        ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'),
+        400,
+        "finite number",
+        "temperature",
+    ),
+    (
+        "lone surrogate",
+        ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+        400,
+        "lone surrogate",
+        "messages[0].content",
+    ),
+    (
+        "lone surrogate in a part",
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}',
+        ),
+        400,
+        "lone surrogate",
+        "messages[0].content[0].text",
+    ),
+    (
+        "lone surrogate in a note",
+        ("POST", "/v1/sessions/{sid}/messages", b'{"content": "\\ud83d"}'),
+        400,
+        "lone surrogate",
+        "content",
+    ),
+    (
+        "lone surrogate in knowledge",
+        ("POST", "/v1/sessions", b'{"knowledge": "\\udc00"}'),
+        400,
+        "lone surrogate",
+        "knowledge",
+    ),
+    (
+        "NUL in a local path",
+        chat(messages=image_msg("ok\u0000.png")),
+        400,
+        "NUL character",
+        "messages[0].content[0].image_url",
+    ),
+    (
+        "frame time infinite",
+        (
+            "POST",
+            "/v1/sessions/{sid}/frames",
+            b'{"frames": [{"time": Infinity, "image_url": "' + SMALL.encode() + b'"}]}',
+        ),
+        400,
+        "finite number",
+        "frames[0].time",
+    ),
+    (
+        "frame time huge",
+        ("POST", "/v1/sessions/{sid}/frames", {"frames": [{"time": 1e308, "image_url": SMALL}]}),
+        400,
+        "less than or equal to 10000000",
+        "frames[0].time",
+    ),
+    (
+        "session max_new_tokens over cap",
+        ("POST", "/v1/sessions", {"max_new_tokens": 65}),
+        400,
+        "at most 64",
+        "max_new_tokens",
+    ),
     ("unknown route", ("POST", "/v1/completions", {"prompt": "x"}), 404, "no route", None),
     ("wrong method", ("GET", "/v1/chat/completions", None), 405, "not allowed", None),
 ]
@@ -187,8 +344,10 @@ def test_unexpected_error_is_a_json_500_on_a_live_connection(setup):
 def test_near_zero_temperature_is_greedy(setup):
     """1e-320 once made the sampler divide by zero (500); below 0.001 sampling is greedy in all but name."""
     http = setup["http"]
-    replies = [http.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 8, "temperature": t, "seed": 1})
-               for t in (1e-320, 1e-4, 0)]
+    replies = [
+        http.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 8, "temperature": t, "seed": 1})
+        for t in (1e-320, 1e-4, 0)
+    ]
     assert [r.status_code for r in replies] == [200] * 3, replies[0].text
     assert len({r.json()["choices"][0]["message"]["content"] for r in replies}) == 1
 
@@ -206,8 +365,9 @@ def test_body_limit_without_content_length(setup):
 
 def test_local_images_only_under_the_allowed_dir(setup, tiny_model):
     http = setup["http"]
-    ok = http.post("/v1/chat/completions", json={"messages": image_msg(str(setup["allowed"] / "ok.png")),
-                                                 "max_tokens": 2})
+    ok = http.post(
+        "/v1/chat/completions", json={"messages": image_msg(str(setup["allowed"] / "ok.png")), "max_tokens": 2}
+    )
     assert ok.status_code == 200, ok.text
     for path in (str(setup["outside"]), str(setup["allowed"] / ".." / setup["outside"].parent.name / "no.png")):
         r = http.post("/v1/chat/completions", json={"messages": image_msg(path), "max_tokens": 2})

@@ -121,8 +121,7 @@ def test_many_large_frames_in_a_small_body_are_refused_undecoded(engine, decoded
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             sid = c.post("/v1/sessions", json={"max_new_tokens": 2}).json()["id"]
-            r = c.post(f"/v1/sessions/{sid}/frames", json={"frames": [{"time": k, "image_url": big}
-                                                                      for k in range(5)]})
+            r = c.post(f"/v1/sessions/{sid}/frames", json={"frames": [{"time": k, "image_url": big} for k in range(5)]})
             refused(r, "frames", f"expected at most {ServerLimits().max_request_pixels} pixels")
             assert decoded == []
     finally:

@@ -44,26 +44,59 @@ def test_top_p_reaches_the_engine(client):
 
 def test_neutral_values_are_accepted(client):
     greedy = reply(client)
-    assert reply(client, n=1, presence_penalty=0, frequency_penalty=0.0, logprobs=False, top_logprobs=0,
-                 logit_bias={}, response_format={"type": "text"}, tools=[], tool_choice="none",
-                 parallel_tool_calls=False, modalities=["text"], store=False, user="u-1",
-                 safety_identifier="s-1", prompt_cache_key="k", service_tier="auto",
-                 metadata={"run": "test"}) == greedy
+    assert (
+        reply(
+            client,
+            n=1,
+            presence_penalty=0,
+            frequency_penalty=0.0,
+            logprobs=False,
+            top_logprobs=0,
+            logit_bias={},
+            response_format={"type": "text"},
+            tools=[],
+            tool_choice="none",
+            parallel_tool_calls=False,
+            modalities=["text"],
+            store=False,
+            user="u-1",
+            safety_identifier="s-1",
+            prompt_cache_key="k",
+            service_tier="auto",
+            metadata={"run": "test"},
+        )
+        == greedy
+    )
 
 
 def test_streaming_with_usage_through_the_client(client):
-    chunks = list(client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=6, stream=True,
-                                                 stream_options={"include_usage": True}, top_p=0.5))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=MSGS, max_tokens=6, stream=True, stream_options={"include_usage": True}, top_p=0.5
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
 
 
 REFUSED = [
-    ("n", 2), ("presence_penalty", 0.5), ("frequency_penalty", -1), ("logprobs", True), ("top_logprobs", 3),
-    ("logit_bias", {"50": 10}), ("response_format", {"type": "json_object"}),
-    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]), ("tool_choice", "required"),
-    ("functions", [{"name": "f"}]), ("function_call", {"name": "f"}), ("modalities", ["text", "audio"]),
-    ("audio", {"voice": "alloy", "format": "wav"}), ("prediction", {"type": "content", "content": "x"}),
-    ("web_search_options", {}), ("reasoning_effort", "high"), ("verbosity", "low"), ("store", True),
+    ("n", 2),
+    ("presence_penalty", 0.5),
+    ("frequency_penalty", -1),
+    ("logprobs", True),
+    ("top_logprobs", 3),
+    ("logit_bias", {"50": 10}),
+    ("response_format", {"type": "json_object"}),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+    ("tool_choice", "required"),
+    ("functions", [{"name": "f"}]),
+    ("function_call", {"name": "f"}),
+    ("modalities", ["text", "audio"]),
+    ("audio", {"voice": "alloy", "format": "wav"}),
+    ("prediction", {"type": "content", "content": "x"}),
+    ("web_search_options", {}),
+    ("reasoning_effort", "high"),
+    ("verbosity", "low"),
+    ("store", True),
     ("presence_penalty", False),
 ]
 

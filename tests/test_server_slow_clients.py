@@ -42,13 +42,25 @@ def tokenized(engine, monkeypatch):
 BIG = "lorem ipsum " * 250_000  # 3 MB
 
 
-@pytest.mark.parametrize("path,body,param", [
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": BIG}]}, "messages[0].content"),
-    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [
-        {"type": "text", "text": BIG}]}]}, "messages[1].content[0].text"),
-    ("/v1/sessions", {"knowledge": BIG}, "knowledge"),
-    ("/v1/sessions", {"system_prompt": BIG}, "system_prompt"),
-], ids=["prompt", "text part", "knowledge", "system prompt"])
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": BIG}]}, "messages[0].content"),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": [{"type": "text", "text": BIG}]},
+                ]
+            },
+            "messages[1].content[0].text",
+        ),
+        ("/v1/sessions", {"knowledge": BIG}, "knowledge"),
+        ("/v1/sessions", {"system_prompt": BIG}, "system_prompt"),
+    ],
+    ids=["prompt", "text part", "knowledge", "system prompt"],
+)
 def test_huge_text_is_refused_before_the_engine(server, tokenized, path, body, param):
     r = httpx.post(server.url + path, json=body, timeout=60)
     assert r.status_code == 400, r.text
@@ -128,7 +140,7 @@ def closed_by_server(sock, trickle=b"", within=10.0):
             return False
         if i < len(trickle):
             try:
-                sock.send(trickle[i:i + 1])
+                sock.send(trickle[i : i + 1])
             except OSError:
                 return True
         if select.select([sock], [], [], 0.1)[0]:
@@ -160,8 +172,10 @@ def test_slow_headers_are_closed(server):
 
 def test_slow_body_is_closed(server):
     with connect(server) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{\"messages\": ")
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"messages": '
+        )
         assert closed_by_server(sock)
 
 

@@ -33,11 +33,11 @@ def _q4_1_by_hand(raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
     data = raw.reshape(rows, -1)
     for r in range(rows):
         for b in range(cols // 32):
-            block = data[r, b * 20:(b + 1) * 20].tobytes()
+            block = data[r, b * 20 : (b + 1) * 20].tobytes()
             d, m = struct.unpack("<ee", block[:4])
             q = np.frombuffer(block[4:], np.uint8)
-            out[r, b * 32:b * 32 + 16] = d * (q & 0xF) + m
-            out[r, b * 32 + 16:b * 32 + 32] = d * (q >> 4) + m
+            out[r, b * 32 : b * 32 + 16] = d * (q & 0xF) + m
+            out[r, b * 32 + 16 : b * 32 + 32] = d * (q >> 4) + m
     return out
 
 
@@ -52,9 +52,9 @@ def test_weights_are_dequantised_and_unpermuted(gguf_reader):
     q = _q4_1_by_hand(np.asarray(by_name["blk.0.attn_q.weight"].data), 576, 576)
     ours = weights["layers.0.self_attn.q_proj.weight"].numpy()
     head, half = 2, 32
-    rows = ours[head * 64:(head + 1) * 64]
-    np.testing.assert_array_equal(rows[:half], q[head * 64:(head + 1) * 64:2])
-    np.testing.assert_array_equal(rows[half:], q[head * 64 + 1:(head + 1) * 64:2])
+    rows = ours[head * 64 : (head + 1) * 64]
+    np.testing.assert_array_equal(rows[:half], q[head * 64 : (head + 1) * 64 : 2])
+    np.testing.assert_array_equal(rows[half:], q[head * 64 + 1 : (head + 1) * 64 : 2])
     assert weights["layers.29.self_attn.k_proj.weight"].shape == (192, 576)
     assert weights["embed_tokens.weight"].shape == (49152, 576) and "lm_head.weight" not in weights  # tied
     assert len([k for k in weights if k.startswith("layers.")]) == 30 * 9
@@ -98,8 +98,9 @@ def test_the_runner_answers_in_english(smollm2_model):
     """The runner's own prompt format and stop token: a reply that ends by itself, with the answer."""
     from prospect_core.runners import StreamRunner
 
-    runner = StreamRunner(smollm2_model, max_new_tokens=40, max_seq_len=1024,
-                             system_prompt="You are a helpful assistant.")
+    runner = StreamRunner(
+        smollm2_model, max_new_tokens=40, max_seq_len=1024, system_prompt="You are a helpful assistant."
+    )
     runner.ensure_context()
     rec = runner.add_user_turn(QUESTION, respond=True)
     assert "Paris" in rec["text"] and len(rec["tokens"]) < 40

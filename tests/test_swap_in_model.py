@@ -14,8 +14,11 @@ from test_swap_in_strategies import reference_drop_middle
 @pytest.fixture(scope="module")
 def pair(tiny_model):
     hf = AutoModelForImageTextToText.from_pretrained(tiny_model).eval()
-    return SmolVLMWithStrategies.from_pretrained(tiny_model, torch_dtype=torch.float32, device_map="cpu"), hf, \
-        CustomSmolVLMProcessor(AutoProcessor.from_pretrained(tiny_model))
+    return (
+        SmolVLMWithStrategies.from_pretrained(tiny_model, torch_dtype=torch.float32, device_map="cpu"),
+        hf,
+        CustomSmolVLMProcessor(AutoProcessor.from_pretrained(tiny_model)),
+    )
 
 
 def image(seed):
@@ -97,7 +100,7 @@ def test_the_end_token_is_returned_and_not_cached(pair):
     k = free[0].tolist().index(eos)
     ids, cache = ours.fast_greedy_generate(ours.joint_embed(**inputs), None, max_length=8, eos_token_id=eos)
     want, ref = reference_fast_greedy(hf, inputs, None, 8, eos)
-    assert ids[0].tolist() == want == free[0, :k + 1].tolist()  # stops at it, and returns it
+    assert ids[0].tolist() == want == free[0, : k + 1].tolist()  # stops at it, and returns it
     close(cache, ref)
     assert cache[0][0].shape[2] == inputs["input_ids"].shape[1] + k  # the end token itself is not cached
 
@@ -144,8 +147,9 @@ def test_sampling_reaches_the_decoder(pair):
     s2, _ = ours.fast_greedy_generate(embeds, None, max_length=10, do_sample=True, temperature=1.5, seed=3)
     assert torch.equal(s1, s2) and not torch.equal(s1, greedy)  # seeded, and really sampled
     # top_p this small keeps only the most likely token: sampling collapses to greedy.
-    narrow, _ = ours.fast_greedy_generate(embeds, None, max_length=10, do_sample=True, temperature=1.5, top_p=1e-9,
-                                          seed=3)
+    narrow, _ = ours.fast_greedy_generate(
+        embeds, None, max_length=10, do_sample=True, temperature=1.5, top_p=1e-9, seed=3
+    )
     assert torch.equal(narrow, greedy)
     with pytest.raises(ValueError, match="top_p expected a number in"):
         ours.fast_greedy_generate(embeds, None, do_sample=True, top_p=0)

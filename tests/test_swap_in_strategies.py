@@ -26,17 +26,39 @@ SIGNATURES = [
     (BaseContextStrategy, "handle_overflow", [("past_key_values", EMPTY), ("last_msg", EMPTY), "**"]),
     (BaseContextStrategy, "compress_cache", [("past_key_values", EMPTY), ("attention_mask", None), "**"]),
     (BaseContextStrategy, "should_reduce_cache", [("current_seq_len", EMPTY)]),
-    (DropMiddleStrategy, "__init__", [("max_seq_len", EMPTY), ("reserved_seq_len", 128), ("last_keep_len", 512),
-                                      "**"]),
+    (DropMiddleStrategy, "__init__", [("max_seq_len", EMPTY), ("reserved_seq_len", 128), ("last_keep_len", 512), "**"]),
     (DropMiddleStrategy, "set_initial_cache", [("past_key_values", EMPTY)]),
-    (SummarizeAndDropStrategy, "__init__", [("max_seq_len", EMPTY), ("reserved_seq_len", 128),
-                                            ("summary_max_length", 512), ("summary_prompt", None),
-                                            ("initial_sys_prompt", None), ("task_knowledge", None), "**"]),
-    (SummarizeWithDSTStrategy, "__init__", [("max_seq_len", EMPTY), ("reserved_seq_len", 128),
-                                            ("summary_max_length", 256), ("dst_file", None),
-                                            ("initial_sys_prompt", None), ("task_knowledge", None), "**"]),
-    (ContextStrategyFactory, "create_strategy", [("strategy_type", EMPTY), ("max_seq_len", EMPTY),
-                                                 ("reserved_seq_len", 128), "**"]),
+    (
+        SummarizeAndDropStrategy,
+        "__init__",
+        [
+            ("max_seq_len", EMPTY),
+            ("reserved_seq_len", 128),
+            ("summary_max_length", 512),
+            ("summary_prompt", None),
+            ("initial_sys_prompt", None),
+            ("task_knowledge", None),
+            "**",
+        ],
+    ),
+    (
+        SummarizeWithDSTStrategy,
+        "__init__",
+        [
+            ("max_seq_len", EMPTY),
+            ("reserved_seq_len", 128),
+            ("summary_max_length", 256),
+            ("dst_file", None),
+            ("initial_sys_prompt", None),
+            ("task_knowledge", None),
+            "**",
+        ],
+    ),
+    (
+        ContextStrategyFactory,
+        "create_strategy",
+        [("strategy_type", EMPTY), ("max_seq_len", EMPTY), ("reserved_seq_len", 128), "**"],
+    ),
 ]
 
 
@@ -44,13 +66,12 @@ SIGNATURES = [
 def test_signatures_match_the_original(cls, method, expected):
     params = [p for p in inspect.signature(getattr(cls, method)).parameters.values() if p.name != "self"]
     named = [x for x in expected if x != "**"]
-    assert [(p.name, p.default) for p in params[:len(named)]] == named  # ours may add options after theirs
+    assert [(p.name, p.default) for p in params[: len(named)]] == named  # ours may add options after theirs
     assert (params[-1].kind == inspect.Parameter.VAR_KEYWORD) == ("**" in expected)
 
 
 def test_factory_and_enum():
-    assert [s.value for s in ContextStrategy] == ["drop_all", "drop_middle", "summarize_and_drop",
-                                                  "summarize_with_dst"]
+    assert [s.value for s in ContextStrategy] == ["drop_all", "drop_middle", "summarize_and_drop", "summarize_with_dst"]
     s = ContextStrategyFactory.create_strategy(strategy_type="drop_middle", max_seq_len=4096)
     assert (type(s), s.last_keep_len, s.reserved_seq_len, s.ctxlen_to_reduce) == (DropMiddleStrategy, 512, 128, 3968)
     s = create_strategy("summarize_and_drop", 4096)  # the factory's own default prompt, not the class's
@@ -81,16 +102,21 @@ def reference_drop_middle(init, cur, last_keep_len):
     if T < last_keep_len:
         return cur
     start = max(T - last_keep_len, n)
-    return tuple((torch.cat([ik, k[:, :, start:]], 2), torch.cat([iv, v[:, :, start:]], 2))
-                 for (ik, iv), (k, v) in zip(init, cur))
+    return tuple(
+        (torch.cat([ik, k[:, :, start:]], 2), torch.cat([iv, v[:, :, start:]], 2))
+        for (ik, iv), (k, v) in zip(init, cur)
+    )
 
 
 def as_kind(kind, pkv):
     if kind == "tuple":
         return tuple((k.clone(), v.clone()) for k, v in pkv)
     if kind == "dynamic":
-        return DynamicCache.from_legacy_cache(tuple((k.clone(), v.clone()) for k, v in pkv)) \
-            if hasattr(DynamicCache, "from_legacy_cache") else _dynamic(pkv)
+        return (
+            DynamicCache.from_legacy_cache(tuple((k.clone(), v.clone()) for k, v in pkv))
+            if hasattr(DynamicCache, "from_legacy_cache")
+            else _dynamic(pkv)
+        )
     kv = pc.KVCache(len(pkv), pkv[0][0].shape[1], pkv[0][0].shape[3], 256)
     if pkv[0][0].shape[2]:
         kv.append([k for k, _ in pkv], [v for _, v in pkv], "frame")
@@ -111,14 +137,17 @@ def layers_of(c):
 
 
 @pytest.mark.parametrize("kind", ["tuple", "dynamic", "kvcache"])
-@pytest.mark.parametrize("init_len,cur_len,keep", [(5, 40, 12), (5, 14, 12), (30, 40, 12), (5, 10, 12), (0, 40, 12),
-                                                   (5, 40, 0)])
+@pytest.mark.parametrize(
+    "init_len,cur_len,keep", [(5, 40, 12), (5, 14, 12), (30, 40, 12), (5, 10, 12), (0, 40, 12), (5, 40, 0)]
+)
 def test_drop_middle_is_bit_identical_to_the_original(kind, init_len, cur_len, keep):
     first = cache(init_len, seed=1)
     grown = cache(cur_len, seed=2)
     # As in the original's flow, the current cache starts with the initial one (the snapshot was taken from it).
-    grown = tuple((torch.cat([ik, k[:, :, init_len:]], 2), torch.cat([iv, v[:, :, init_len:]], 2))
-                  for (ik, iv), (k, v) in zip(first, grown))
+    grown = tuple(
+        (torch.cat([ik, k[:, :, init_len:]], 2), torch.cat([iv, v[:, :, init_len:]], 2))
+        for (ik, iv), (k, v) in zip(first, grown)
+    )
     expect = reference_drop_middle(first, grown, keep)
     s = DropMiddleStrategy(max_seq_len=64, reserved_seq_len=8, last_keep_len=keep)
     s.set_initial_cache(as_kind(kind, first))
@@ -193,8 +222,12 @@ def test_drop_all_returns_none_and_empties_a_kvcache():
 
 def test_summarize_strategies_take_a_summarizer_and_keep_the_summary():
     calls = []
-    s = SummarizeAndDropStrategy(max_seq_len=4096, summary_prompt={"role": "system", "content": "Sum it up."},
-                                 initial_sys_prompt="You help.", task_knowledge="Tea needs water.")
+    s = SummarizeAndDropStrategy(
+        max_seq_len=4096,
+        summary_prompt={"role": "system", "content": "Sum it up."},
+        initial_sys_prompt="You help.",
+        task_knowledge="Tea needs water.",
+    )
 
     def summarize(text, n):
         calls.append((text, n))
@@ -205,8 +238,9 @@ def test_summarize_strategies_take_a_summarizer_and_keep_the_summary():
             return "<" + messages[0]["role"] + ">" + messages[0]["content"]
 
     kv = as_kind("kvcache", cache(10))
-    out, msg = s.handle_overflow(kv, None, summarize=summarize, chat_formatter=Formatter(), frame_idx=7,
-                                 current_timestamp=3.5)
+    out, msg = s.handle_overflow(
+        kv, None, summarize=summarize, chat_formatter=Formatter(), frame_idx=7, current_timestamp=3.5
+    )
     assert out is None and kv.length == 0
     assert calls == [("You help. Sum it up. Tea needs water.", 512)]
     assert msg == "<system>The water is boiling."
@@ -217,19 +251,26 @@ def test_summarize_strategies_take_a_summarizer_and_keep_the_summary():
 
 def test_summarize_with_dst_puts_the_task_state_in_the_request(tmp_path):
     tsv = tmp_path / "dst.tsv"
-    tsv.write_text("type\tname\tstart_ts\tend_ts\nSTEP\tBoil water\t0\t10\nSUBSTEP\tFill kettle\t0\t4\n"
-                   "STEP\tSteep tea\t10.5\t20\n")
+    tsv.write_text(
+        "type\tname\tstart_ts\tend_ts\nSTEP\tBoil water\t0\t10\nSUBSTEP\tFill kettle\t0\t4\nSTEP\tSteep tea\t10.5\t20\n"
+    )
     s = SummarizeWithDSTStrategy(max_seq_len=4096, dst_file=str(tsv))
     seen = []
     s.handle_overflow(cache(4), None, summarize=lambda text, n: seen.append(text) or "ok", current_timestamp=2.0)
     assert "now: Boil water" in seen[0] and "(substep: Fill kettle)" in seen[0] and "next: Steep tea." in seen[0]
     # The video's own annotations (the runner passes them) take precedence over the file.
-    s.handle_overflow(cache(4), None, summarize=lambda text, n: seen.append(text) or "ok", current_timestamp=12.0,
-                      dst_annotations=[{"type": "STEP", "name": "Pour", "start_ts": 11, "end_ts": 13}])
+    s.handle_overflow(
+        cache(4),
+        None,
+        summarize=lambda text, n: seen.append(text) or "ok",
+        current_timestamp=12.0,
+        dst_annotations=[{"type": "STEP", "name": "Pour", "start_ts": 11, "end_ts": 13}],
+    )
     assert "now: Pour" in seen[1]
     # A video without annotations (the runner passes none) leaves the file's.
-    s.handle_overflow(cache(4), None, summarize=lambda text, n: seen.append(text) or "ok", current_timestamp=12.0,
-                      dst_annotations=[])
+    s.handle_overflow(
+        cache(4), None, summarize=lambda text, n: seen.append(text) or "ok", current_timestamp=12.0, dst_annotations=[]
+    )
     assert "now: Steep tea" in seen[2]
     with pytest.raises(FileNotFoundError, match="dst_file: no such file"):
         SummarizeWithDSTStrategy(max_seq_len=4096, dst_file=str(tmp_path / "none.tsv"))
@@ -239,13 +280,17 @@ YAML = {
     "none.yaml": "type: none\n",
     "drop_all.yaml": "# all of it\ntype: drop_all\n",
     "drop_middle.yaml": "type: drop_middle\nlast_keep_len: 256\n",
-    "summarize_and_drop.yaml": ("type: summarize_and_drop\nsummary_max_length: 128\nsummary_prompt:\n"
-                                "  role: \"system\"\n  content: \"Please summarize the progress.\"\n"),
-    "summarize_with_dst.yaml": ("type: summarize_with_dst\nsummary_max_length: 64\n"
-                                "dst_file: ${data.dst_annotation_path}/dst.tsv\n"
-                                "summary_prompt:\n  role: system\n  content: Track the task.\n"
-                                "initial_sys_prompt: You are a proactive assistant.\n"
-                                "task_knowledge: Assemble in order.\n"),
+    "summarize_and_drop.yaml": (
+        "type: summarize_and_drop\nsummary_max_length: 128\nsummary_prompt:\n"
+        '  role: "system"\n  content: "Please summarize the progress."\n'
+    ),
+    "summarize_with_dst.yaml": (
+        "type: summarize_with_dst\nsummary_max_length: 64\n"
+        "dst_file: ${data.dst_annotation_path}/dst.tsv\n"
+        "summary_prompt:\n  role: system\n  content: Track the task.\n"
+        "initial_sys_prompt: You are a proactive assistant.\n"
+        "task_knowledge: Assemble in order.\n"
+    ),
 }
 
 
@@ -261,8 +306,9 @@ def test_yaml_configs_load_as_the_original_evaluator_reads_them(tmp_path):
     assert s.summary_request() == "Please summarize the progress."
     with pytest.raises(ValueError, match=r"\$\{data.dst_annotation_path\} is a Hydra interpolation"):
         load_strategy_config(tmp_path / "summarize_with_dst.yaml")
-    d = ContextStrategyFactory.from_yaml(tmp_path / "summarize_with_dst.yaml", 4096,
-                                         variables={"data.dst_annotation_path": str(tmp_path)})
+    d = ContextStrategyFactory.from_yaml(
+        tmp_path / "summarize_with_dst.yaml", 4096, variables={"data.dst_annotation_path": str(tmp_path)}
+    )
     assert d.summary_max_length == 64 and d.dst_annotations[0]["name"] == "A"
     (tmp_path / "bad.yaml").write_text("type: drop_middle\nlast_keep: 5\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown keys \['last_keep'\] for drop_middle"):

@@ -64,7 +64,7 @@ def test_damaged_copies(tmp_path):
     overwritten = tmp_path / "overwritten.avi"
     data = bytearray(src)
     for off in range(len(data) // 4, len(data) // 2, 997):
-        data[off:off + 64] = bytes(64)  # zero 64-byte runs through the middle
+        data[off : off + 64] = bytes(64)  # zero 64-byte runs through the middle
     overwritten.write_bytes(bytes(data))
     frames, _ = read_all(overwritten)  # decodes with errors, but does not crash
     assert all(f.shape == (528, 720, 3) for _, f in frames)
@@ -77,15 +77,19 @@ def test_preprocess_matches_the_video_processor(tiny_model, tmp_path):
     import prospect_core
     from prospect_core.frames import FramePreprocessor
 
-    path = prospect_core.make_model(tmp_path / "m", "tiny", overrides={
-        "vision_config.image_size": 512, "vision_config.patch_size": 16, "scale_factor": 4})
+    path = prospect_core.make_model(
+        tmp_path / "m",
+        "tiny",
+        overrides={"vision_config.image_size": 512, "vision_config.patch_size": 16, "scale_factor": 4},
+    )
     proc = AutoProcessor.from_pretrained(path)
     pre = FramePreprocessor(proc)
     diffs = []
     for name in ("vtest.avi", "Megamind.avi", "tree.avi"):
         for _, frame in list(pc.VideoReader(str(DATA / name), 0.5))[:2]:
-            ref = proc.video_processor(videos=[frame.permute(2, 0, 1)[None]], do_sample_frames=False,
-                                       return_tensors="pt")["pixel_values"]
+            ref = proc.video_processor(
+                videos=[frame.permute(2, 0, 1)[None]], do_sample_frames=False, return_tensors="pt"
+            )["pixel_values"]
             got, _, _, _ = pre(frame)
             assert got.shape == ref.shape == (1, 1, 3, 512, 512)
             diffs.append(((got - ref) * 0.5 * 255).abs())  # back on the 0-255 scale, before normalisation
@@ -97,12 +101,18 @@ def test_preprocess_matches_the_video_processor(tiny_model, tmp_path):
 def test_runner_reads_video_path(tiny_model):
     from prospect_core.runners import StreamRunner
 
-    r = StreamRunner(tiny_model, max_new_tokens=4, max_seq_len=512, reserved_seq_len=64,
-                        context_strategy_config={"last_keep_len": 128})
+    r = StreamRunner(
+        tiny_model,
+        max_new_tokens=4,
+        max_seq_len=512,
+        reserved_seq_len=64,
+        context_strategy_config={"last_keep_len": 128},
+    )
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        out = r.run_inference_on_video({"video_id": "tree", "video_path": str(DATA / "tree.avi"), "fps": 2.0,
-                                        "conversation": []})
+        out = r.run_inference_on_video(
+            {"video_id": "tree", "video_path": str(DATA / "tree.avi"), "fps": 2.0, "conversation": []}
+        )
     assert out["totals"]["frames_processed"] == 9
     assert any("stopped decoding" in str(x.message) for x in w)
 

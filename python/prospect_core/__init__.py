@@ -11,7 +11,8 @@ try:
 except ImportError as e:  # pragma: no cover - only on a broken install
     raise ImportError(
         "prospect_core's compiled core (prospect_core._C) is not importable: reinstall with `pip install .` "
-        f"from the prospect checkout ({e})") from e
+        f"from the prospect checkout ({e})"
+    ) from e
 
 
 def _series(version: str) -> str:
@@ -21,7 +22,8 @@ def _series(version: str) -> str:
 if _series(_C.__torch_version__) != _series(torch.__version__):
     raise ImportError(
         f"prospect_core was built against torch {_C.__torch_version__} but torch {torch.__version__} is "
-        "installed; rebuild with `pip install --no-build-isolation .` (or `pip install .`)")
+        "installed; rebuild with `pip install --no-build-isolation .` (or `pip install .`)"
+    )
 
 from prospect_core._C import *  # noqa: E402,F401,F403 - the core's names, as before the move
 from prospect_core._C import KVCache, __torch_version__, __version__  # noqa: E402,F401

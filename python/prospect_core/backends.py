@@ -19,6 +19,7 @@ from prospect_core.model import load_model
 # What a span of the cache holds, as the C++ core names it.
 SpanKind = Literal["system", "user", "assistant", "frame", "summary", "other"]
 
+
 class NativeBackend:
     """The C++ engine: vision, prefill and the decode loop never enter Python per token."""
 
@@ -35,8 +36,9 @@ class NativeBackend:
     def make_cache(self, capacity: int) -> core.KVCache:
         return self.model.make_cache(capacity)
 
-    def image_features(self, pixel_values: torch.Tensor,
-                       pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def image_features(
+        self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.model.image_features(pixel_values, pixel_attention_mask)
 
     def embed(self, ids: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
@@ -46,22 +48,48 @@ class NativeBackend:
             return text
         return core.joint_embed(ids.to(text.device), text, features, self.image_token_id)
 
-    def prefill(self, embeds: torch.Tensor, cache: core.KVCache, kind: SpanKind, frame_index: int | None = None,
-                extend: bool = False) -> torch.Tensor:
+    def prefill(
+        self,
+        embeds: torch.Tensor,
+        cache: core.KVCache,
+        kind: SpanKind,
+        frame_index: int | None = None,
+        extend: bool = False,
+    ) -> torch.Tensor:
         if extend:
             raise ValueError("extend=True is for the Python decode loop; the native engine decodes in C++")
         return self.model.prefill(embeds, cache, kind, frame_index)
 
-    def generate(self, embeds: torch.Tensor, cache: core.KVCache, max_new_tokens: int,
-                 stop_token_ids: Sequence[int], silence: tuple[int, float] | None = None, kind: SpanKind = "user",
-                 frame_index: int | None = None, keep_generated_in_cache: bool = True, temperature: float = 0.0,
-                 seed: int | None = None, on_token: Callable[[int], Any] | None = None,
-                 top_p: float = 1.0) -> Any:
+    def generate(
+        self,
+        embeds: torch.Tensor,
+        cache: core.KVCache,
+        max_new_tokens: int,
+        stop_token_ids: Sequence[int],
+        silence: tuple[int, float] | None = None,
+        kind: SpanKind = "user",
+        frame_index: int | None = None,
+        keep_generated_in_cache: bool = True,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        on_token: Callable[[int], Any] | None = None,
+        top_p: float = 1.0,
+    ) -> Any:
         """Prefill and the whole decode loop in C++ (SmolVLM.greedy_generate); returns its GenerateResult."""
-        return self.model.greedy_generate(embeds, cache, max_new_tokens, list(stop_token_ids),
-                                          keep_generated_in_cache=keep_generated_in_cache, silence=silence,
-                                          span_kind=kind, frame_index=frame_index, temperature=temperature,
-                                          top_p=top_p, seed=seed, on_token=on_token)
+        return self.model.greedy_generate(
+            embeds,
+            cache,
+            max_new_tokens,
+            list(stop_token_ids),
+            keep_generated_in_cache=keep_generated_in_cache,
+            silence=silence,
+            span_kind=kind,
+            frame_index=frame_index,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            on_token=on_token,
+        )
 
 
 BACKENDS = ("native", "hf")

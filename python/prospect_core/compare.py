@@ -67,8 +67,13 @@ def _weights_hash(model_dir: Path) -> str:
 def _versions() -> dict[str, str]:
     import transformers  # seconds to import, and only the metadata needs its version
 
-    return {"prospect": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
+    return {
+        "prospect": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def check_resume(sdir: Path, strategy: str, cfg: CompareConfig) -> None:
@@ -81,8 +86,10 @@ def check_resume(sdir: Path, strategy: str, cfg: CompareConfig) -> None:
         before = json.loads(path.read_text())
         changed = sorted(k for k in set(run) | set(before) if run.get(k) != before.get(k))
         if changed:
-            raise ValueError(f"out: {sdir} holds results made with other settings ({', '.join(changed)} differ); "
-                             f"pass another --out, or delete that folder to start over")
+            raise ValueError(
+                f"out: {sdir} holds results made with other settings ({', '.join(changed)} differ); "
+                f"pass another --out, or delete that folder to start over"
+            )
     else:
         write_json(path, run)
 
@@ -94,8 +101,9 @@ def _run_in_workers(strategy: str, records: list[dict], cfg: CompareConfig) -> s
     sdir = Path(cfg.out) / strategy
     todo = records
     while todo:
-        p = mp.get_context("spawn").Process(target=run_strategy, args=(strategy, todo, cfg),
-                                            name=f"prospect-{strategy}")
+        p = mp.get_context("spawn").Process(
+            target=run_strategy, args=(strategy, todo, cfg), name=f"prospect-{strategy}"
+        )
         p.start()
         p.join()
         if p.exitcode == 0:
@@ -114,8 +122,14 @@ def _video_error(sdir: Path, vid: str, why_missing: str) -> dict[str, str]:
     return {"video_id": vid, "error": error}
 
 
-def evaluate_strategy(sdir: Path, strategy: str, records: list[dict], cfg: CompareConfig, embedder: Any,
-                      why_missing: str = "no result was written") -> tuple[dict[str, Any], dict[str, list]]:
+def evaluate_strategy(
+    sdir: Path,
+    strategy: str,
+    records: list[dict],
+    cfg: CompareConfig,
+    embedder: Any,
+    why_missing: str = "no result was written",
+) -> tuple[dict[str, Any], dict[str, list]]:
     """Metrics over the videos of one strategy that have results, from the per-video files, and the
     errors of those that have none: ({...metrics, "videos_scored", "errors": [{video_id, error}]},
     predictions)."""
@@ -135,12 +149,18 @@ def evaluate_strategy(sdir: Path, strategy: str, records: list[dict], cfg: Compa
         predictions[rec["video_id"]] = out["predictions"]
     t = RunTotals.combine(totals)
     metrics = {
-        "strategy": strategy, "videos_scored": len(predictions), "errors": errors,
+        "strategy": strategy,
+        "videos_scored": len(predictions),
+        "errors": errors,
         "frames_processed": t.frames_processed,
         "dialogues_generated": sum(len(p) for p in predictions.values()),  # the oracle's replayed turns too
-        "dialogues_matched": tally.good, **tally.scores(),
-        "cache_compressions": t.cache_compressions, "avg_cache_size": t.avg_cache_size,
-        "peak_cache_size": t.peak_cache_size, "time_per_frame": t.time_per_frame, "peak_memory_mb": t.peak_memory_mb,
+        "dialogues_matched": tally.good,
+        **tally.scores(),
+        "cache_compressions": t.cache_compressions,
+        "avg_cache_size": t.avg_cache_size,
+        "peak_cache_size": t.peak_cache_size,
+        "time_per_frame": t.time_per_frame,
+        "peak_memory_mb": t.peak_memory_mb,
     }
     if cfg.text_metrics:
         text = nlg_metrics(tally.good_texts)
@@ -154,11 +174,20 @@ def _metadata(cfg: CompareConfig, strategy: str, embedder: Any) -> dict[str, Any
     # The strategy as the runner builds it (its own cut and position defaults), so the metadata says what ran.
     strat = ContextStrategyFactory.create_strategy(r.strategy, r.max_seq_len, r.reserved_seq_len, **r.strategy_kwargs())
     return {
-        "versions": _versions(), "model": str(cfg.model), "weights_sha256_16": cfg.weights_hash,
-        "strategy_config": strat.config(), "talk_policy": r.talk_policy,
-        "not_talk_threshold": r.not_talk_threshold, "max_new_tokens": r.max_new_tokens,
-        "window": list(cfg.window) if cfg.window else cfg.eval_dataset, "embedder": embedder.name, "seed": r.seed,
-        "oracle": cfg.oracle, "backend": r.backend, "device": r.device, "dtype": r.torch_dtype,
+        "versions": _versions(),
+        "model": str(cfg.model),
+        "weights_sha256_16": cfg.weights_hash,
+        "strategy_config": strat.config(),
+        "talk_policy": r.talk_policy,
+        "not_talk_threshold": r.not_talk_threshold,
+        "max_new_tokens": r.max_new_tokens,
+        "window": list(cfg.window) if cfg.window else cfg.eval_dataset,
+        "embedder": embedder.name,
+        "seed": r.seed,
+        "oracle": cfg.oracle,
+        "backend": r.backend,
+        "device": r.device,
+        "dtype": r.torch_dtype,
         "machine": {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count()},
     }
 
@@ -169,14 +198,19 @@ def _plots(out: Path, results: dict[str, dict]) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    first = {s: json.loads(next(iter(sorted((out / s / "videos").glob("*.json")))).read_text())
-             for s in results if (out / s / "videos").exists() and any((out / s / "videos").glob("*.json"))}
+    first = {
+        s: json.loads(next(iter(sorted((out / s / "videos").glob("*.json")))).read_text())
+        for s in results
+        if (out / s / "videos").exists() and any((out / s / "videos").glob("*.json"))
+    }
     if not first:
         return []
     vid = next(iter(first.values()))["video_id"]
     files = []
-    for name, key, ylabel in [("cache_length.png", "cache_len_peak", "cache length (tokens)"),
-                              ("latency.png", None, "ms per frame")]:
+    for name, key, ylabel in [
+        ("cache_length.png", "cache_len_peak", "cache length (tokens)"),
+        ("latency.png", None, "ms per frame"),
+    ]:
         fig, ax = plt.subplots(figsize=(8, 4))
         for s, o in first.items():
             ys = [f[key] if key else f["vision_ms"] + f["prefill_ms"] + f["decode_ms"] for f in o["frames"]]
@@ -198,13 +232,23 @@ def _plots(out: Path, results: dict[str, dict]) -> list[str]:
     return files + ["memory.png"]
 
 
-COLUMNS = [("videos", "videos_scored", "{}"), ("frames", "frames_processed", "{}"),
-           ("turns", "dialogues_generated", "{}"), ("good", "dialogues_matched", "{}"),
-           ("P", "precision", "{:.2f}"), ("R", "recall", "{:.2f}"), ("F1", "f1", "{:.2f}"),
-           ("compressions", "cache_compressions", "{}"), ("avg cache", "avg_cache_size", "{:.0f}"),
-           ("peak cache", "peak_cache_size", "{}"), ("ms/frame", "time_per_frame", "{:.1f}"),
-           ("peak MB", "peak_memory_mb", "{:.0f}"), ("BLEU-4", "Bleu_4", "{:.3f}"), ("METEOR", "METEOR", "{:.3f}"),
-           ("CIDEr", "CIDEr", "{:.3f}")]
+COLUMNS = [
+    ("videos", "videos_scored", "{}"),
+    ("frames", "frames_processed", "{}"),
+    ("turns", "dialogues_generated", "{}"),
+    ("good", "dialogues_matched", "{}"),
+    ("P", "precision", "{:.2f}"),
+    ("R", "recall", "{:.2f}"),
+    ("F1", "f1", "{:.2f}"),
+    ("compressions", "cache_compressions", "{}"),
+    ("avg cache", "avg_cache_size", "{:.0f}"),
+    ("peak cache", "peak_cache_size", "{}"),
+    ("ms/frame", "time_per_frame", "{:.1f}"),
+    ("peak MB", "peak_memory_mb", "{:.0f}"),
+    ("BLEU-4", "Bleu_4", "{:.3f}"),
+    ("METEOR", "METEOR", "{:.3f}"),
+    ("CIDEr", "CIDEr", "{:.3f}"),
+]
 
 
 def failures(results: dict[str, dict]) -> list[tuple[str, str | None, str]]:
@@ -221,15 +265,15 @@ def failures(results: dict[str, dict]) -> list[tuple[str, str | None, str]]:
 
 def summary_markdown(results: dict[str, dict], shown: int = 20) -> str:
     """The table, then the failed videos (the first `shown` of them; summary.json has them all)."""
-    lines = ["| strategy | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = ["| strategy | " + " | ".join(c for c, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for s, r in results.items():
         if "metrics" not in r:
             lines.append(f"| {s} | failed: {r.get('error', '?')} |")
             continue
         m = dict(r["metrics"], time_per_frame=r["metrics"]["time_per_frame"] * 1e3)
-        lines.append(f"| {s} | " + " | ".join(f.format(m[k]) if m.get(k) is not None else "-"
-                                              for _, k, f in COLUMNS) + " |")
+        lines.append(
+            f"| {s} | " + " | ".join(f.format(m[k]) if m.get(k) is not None else "-" for _, k, f in COLUMNS) + " |"
+        )
     failed = failures(results)
     if failed:
         lines += ["", f"Failed ({len(failed)}; not in the scores above, retried by a rerun):"]
@@ -265,9 +309,32 @@ def _runner_config(runner: RunnerConfig | None, settings: dict[str, Any]) -> Run
         settings["torch_dtype"] = settings.pop("dtype")
     unknown = sorted(set(settings) - set(RUNNER_FIELDS))
     if unknown:
-        raise TypeError(f"compare() got unexpected keyword arguments {unknown} (the runner settings are "
-                        f"RunnerConfig's fields: {', '.join(RUNNER_FIELDS)})")
+        raise TypeError(
+            f"compare() got unexpected keyword arguments {unknown} (the runner settings are "
+            f"RunnerConfig's fields: {', '.join(RUNNER_FIELDS)})"
+        )
     return replace(runner or RunnerConfig(), **settings)
+
+
+def _strategies(strategies: Iterable[str] | None) -> list[str]:
+    out = list(strategies or DEFAULT_STRATEGIES)
+    for s in out:
+        if s not in ContextStrategyFactory.known():
+            raise ValueError(f"strategies expected names from {', '.join(ContextStrategyFactory.known())}, got {s!r}")
+    return out
+
+
+def _run_on_ranks(
+    strategies: list[str], records: list[dict], cfg: CompareConfig
+) -> tuple[int, CompareConfig, dict[str, list[dict]]]:
+    """This rank's share of the (strategy, video) units, on the device torchrun gave it. Returns the rank, the
+    config on that device, and the failures of every rank by strategy."""
+    rank, world, device = distributed.init(cfg.runner.device)
+    cfg = replace(cfg, runner=replace(cfg.runner, device=device))
+    failed: dict[str, list[dict]] = {}
+    for f in distributed.run_units(strategies, records, cfg, rank, world):
+        failed.setdefault(f["strategy"], []).append(f)
+    return rank, cfg, failed
 
 
 def _records(dataset: str | Path | Iterable[dict]) -> list[dict]:
@@ -287,8 +354,9 @@ def _clean_out(out: Path) -> Path:
     return out
 
 
-def _run_strategy(strategy: str, records: list[dict], cfg: CompareConfig, workers: bool | None,
-                  rank_failures: list[dict]) -> str | None:
+def _run_strategy(
+    strategy: str, records: list[dict], cfg: CompareConfig, workers: bool | None, rank_failures: list[dict]
+) -> str | None:
     """Runs the strategy's videos not done yet: workers=True in a worker process, False here, None not at all
     (torchrun ranks ran them). Returns why the strategy's process failed, if it did."""
     sdir = Path(cfg.out) / strategy
@@ -297,8 +365,10 @@ def _run_strategy(strategy: str, records: list[dict], cfg: CompareConfig, worker
         shutil.rmtree(sdir / "errors", ignore_errors=True)  # from an earlier run; those videos run again
     for f in rank_failures:  # torchrun units that raised outside a video (the runner was not built)
         (sdir / "errors").mkdir(exist_ok=True)
-        write_json(sdir / "errors" / f"{f['video_id']}.json",
-                   {"video_id": f["video_id"], "error": f"on rank {f['rank']}: {f['error']}"})
+        write_json(
+            sdir / "errors" / f"{f['video_id']}.json",
+            {"video_id": f["video_id"], "error": f"on rank {f['rank']}: {f['error']}"},
+        )
     if workers:  # one process per strategy: its peak memory is its own, its crash too
         return _run_in_workers(strategy, records, cfg)
     if workers is not None:
@@ -309,15 +379,18 @@ def _run_strategy(strategy: str, records: list[dict], cfg: CompareConfig, worker
     return None
 
 
-def _score_strategy(strategy: str, records: list[dict], cfg: CompareConfig, embedder: Any,
-                    why: str | None) -> dict[str, Any]:
+def _score_strategy(
+    strategy: str, records: list[dict], cfg: CompareConfig, embedder: Any, why: str | None
+) -> dict[str, Any]:
     """{"metrics": ...}, also written to <strategy>_metrics.json; {"error", "errors"} when no video was done."""
     sdir = Path(cfg.out) / strategy
     metrics, predictions = evaluate_strategy(sdir, strategy, records, cfg, embedder, why or "no result was written")
     if not predictions:  # no video done: no row of numbers to show
         e = metrics["errors"][0]
-        return {"error": why or f"all {len(records)} videos failed; {e['video_id']}: {e['error']}",
-                "errors": metrics["errors"]}
+        return {
+            "error": why or f"all {len(records)} videos failed; {e['video_id']}: {e['error']}",
+            "errors": metrics["errors"],
+        }
     metrics["metadata"] = _metadata(cfg, strategy, embedder)
     write_json(sdir / f"{strategy}_predictions.json", predictions)
     write_json(sdir / f"{strategy}_metrics.json", metrics)
@@ -332,12 +405,25 @@ def _write_summary(out: Path, results: dict[str, dict], dataset: Any, records: l
     (out / "summary.md").write_text(summary_markdown(results) + "\n")
 
 
-def compare(dataset: str | Path | Iterable[dict], model: str | Path, strategies: Iterable[str] | None = None,
-            out: str | Path = "outputs/compare", *, runner: RunnerConfig | None = None,
-            last_keep_len: int = DEFAULT_LAST_KEEP_LEN, summary_max_length: int = DEFAULT_SUMMARY_MAX_LENGTH,
-            window: tuple[float, float] | None = None, eval_dataset: str | None = None, oracle: bool = False,
-            max_frames: int | None = None, text_metrics: bool = True, progress: bool = True,
-            workers: bool = True, launcher: str | None = None, **runner_settings: Any) -> dict[str, dict]:
+def compare(
+    dataset: str | Path | Iterable[dict],
+    model: str | Path,
+    strategies: Iterable[str] | None = None,
+    out: str | Path = "outputs/compare",
+    *,
+    runner: RunnerConfig | None = None,
+    last_keep_len: int = DEFAULT_LAST_KEEP_LEN,
+    summary_max_length: int = DEFAULT_SUMMARY_MAX_LENGTH,
+    window: tuple[float, float] | None = None,
+    eval_dataset: str | None = None,
+    oracle: bool = False,
+    max_frames: int | None = None,
+    text_metrics: bool = True,
+    progress: bool = True,
+    workers: bool = True,
+    launcher: str | None = None,
+    **runner_settings: Any,
+) -> dict[str, dict]:
     """Runs the comparison and returns {strategy: {"metrics": ...} or {"error": ..., "errors": [...]}}.
 
     runner: the RunnerConfig every strategy shares (its strategy fields are set per strategy); keyword
@@ -348,10 +434,8 @@ def compare(dataset: str | Path | Iterable[dict], model: str | Path, strategies:
 
     launcher="torchrun" (or a run under torchrun, detected from its environment) shares the (strategy, video)
     units across the ranks; rank 0 evaluates and returns the results, the other ranks return {}."""
-    strategies = list(strategies or DEFAULT_STRATEGIES)
-    for s in strategies:
-        if s not in ContextStrategyFactory.known():
-            raise ValueError(f"strategies expected names from {', '.join(ContextStrategyFactory.known())}, got {s!r}")
+    # Long only in its signature (one keyword a line) and docstring: each step is a function above.
+    strategies = _strategies(strategies)
     if launcher not in (None, "torchrun"):
         raise ValueError(f"launcher expected None or 'torchrun', got {launcher!r}")
     shared = _runner_config(runner, runner_settings)
@@ -360,20 +444,28 @@ def compare(dataset: str | Path | Iterable[dict], model: str | Path, strategies:
     records = _records(dataset)
     out = _clean_out(Path(out))
     model = resolve_model_path(model)
-    cfg = CompareConfig(model=str(model), out=str(out), weights_hash=_weights_hash(model), runner=shared,
-                        strategy_config={"drop_middle": {"last_keep_len": last_keep_len},
-                                         "summarize_and_drop": {"summary_max_length": summary_max_length}},
-                        oracle=oracle, window=(window[0], window[1]) if window else None, eval_dataset=eval_dataset,
-                        max_frames=max_frames, text_metrics=text_metrics, progress=progress)
+    cfg = CompareConfig(
+        model=str(model),
+        out=str(out),
+        weights_hash=_weights_hash(model),
+        runner=shared,
+        strategy_config={
+            "drop_middle": {"last_keep_len": last_keep_len},
+            "summarize_and_drop": {"summary_max_length": summary_max_length},
+        },
+        oracle=oracle,
+        window=(window[0], window[1]) if window else None,
+        eval_dataset=eval_dataset,
+        max_frames=max_frames,
+        text_metrics=text_metrics,
+        progress=progress,
+    )
     for s in strategies:
         check_resume(out / s, s, cfg)
     run_here: bool | None = workers
     rank_failures: dict[str, list[dict]] = {}
     if launcher == "torchrun" or distributed.launched_by_torchrun():
-        rank, world, device = distributed.init(shared.device)
-        cfg = replace(cfg, runner=replace(shared, device=device))
-        for f in distributed.run_units(strategies, records, cfg, rank, world):
-            rank_failures.setdefault(f["strategy"], []).append(f)
+        rank, cfg, rank_failures = _run_on_ranks(strategies, records, cfg)
         if rank != 0:
             return {}
         run_here = None  # units are done; rank 0 only evaluates

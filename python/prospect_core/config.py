@@ -128,19 +128,30 @@ class CompareConfig:
         """The runner of one strategy, with its config as the runner builds it, so the metadata says what ran."""
         scfg = {**NATIVE_STRATEGY_DEFAULTS.get(strategy, {}), **self.strategy_config.get(strategy, {})}
         talk_policy = "annotations" if self.oracle else self.runner.talk_policy
-        return replace(self.runner, context_strategy_type=strategy, context_strategy_config=scfg or None,
-                       talk_policy=talk_policy)
+        return replace(
+            self.runner, context_strategy_type=strategy, context_strategy_config=scfg or None, talk_policy=talk_policy
+        )
 
     def run_signature(self, strategy: str) -> dict[str, Any]:
         """What made a strategy's results (<out>/<strategy>/run.json); a resumed run must match it. The keys
         are those of older runs; a setting added since is listed only when it is not its default, so an
         older folder still resumes."""
         r = self.runner_for(strategy)
-        sig = {"weights_hash": self.weights_hash, "max_frames": self.max_frames, "oracle": self.oracle,
-               "torch_dtype": r.torch_dtype, "max_new_tokens": r.max_new_tokens,
-               "context_strategy_type": r.context_strategy_type, "context_strategy_config": r.context_strategy_config,
-               "max_seq_len": r.max_seq_len, "reserved_seq_len": r.reserved_seq_len, "backend": r.backend,
-               "talk_policy": r.talk_policy, "not_talk_threshold": r.not_talk_threshold, "seed": r.seed}
+        sig = {
+            "weights_hash": self.weights_hash,
+            "max_frames": self.max_frames,
+            "oracle": self.oracle,
+            "torch_dtype": r.torch_dtype,
+            "max_new_tokens": r.max_new_tokens,
+            "context_strategy_type": r.context_strategy_type,
+            "context_strategy_config": r.context_strategy_config,
+            "max_seq_len": r.max_seq_len,
+            "reserved_seq_len": r.reserved_seq_len,
+            "backend": r.backend,
+            "talk_policy": r.talk_policy,
+            "not_talk_threshold": r.not_talk_threshold,
+            "seed": r.seed,
+        }
         default = RunnerConfig()
         for name in ("temperature", "top_p", "use_kv_cache", "system_prompt", "split_frames"):
             if getattr(r, name) != getattr(default, name):
@@ -227,22 +238,29 @@ class RunTotals:
     @classmethod
     def of_frames(cls, frames: list[FrameRecord], elapsed_s: float, peak_memory_mb: float) -> RunTotals:
         n = len(frames)
-        return cls(frames_processed=n, dialogues_generated=sum(f.talked for f in frames),
-                   cache_compressions=sum(f.strategy_applied is not None for f in frames),
-                   avg_cache_size=sum(f.cache_len_after for f in frames) / n if n else 0.0,
-                   peak_cache_size=max((f.cache_len_peak for f in frames), default=0),
-                   time_per_frame=elapsed_s / n if n else 0.0, peak_memory_mb=peak_memory_mb)
+        return cls(
+            frames_processed=n,
+            dialogues_generated=sum(f.talked for f in frames),
+            cache_compressions=sum(f.strategy_applied is not None for f in frames),
+            avg_cache_size=sum(f.cache_len_after for f in frames) / n if n else 0.0,
+            peak_cache_size=max((f.cache_len_peak for f in frames), default=0),
+            time_per_frame=elapsed_s / n if n else 0.0,
+            peak_memory_mb=peak_memory_mb,
+        )
 
     @classmethod
     def combine(cls, parts: list[RunTotals]) -> RunTotals:
         """Sums and peaks over runs; the averages weighted by their frames."""
         n = sum(p.frames_processed for p in parts)
-        return cls(frames_processed=n, dialogues_generated=sum(p.dialogues_generated for p in parts),
-                   cache_compressions=sum(p.cache_compressions for p in parts),
-                   avg_cache_size=sum(p.avg_cache_size * p.frames_processed for p in parts) / n if n else 0.0,
-                   peak_cache_size=max((p.peak_cache_size for p in parts), default=0),
-                   time_per_frame=sum(p.time_per_frame * p.frames_processed for p in parts) / n if n else 0.0,
-                   peak_memory_mb=max((p.peak_memory_mb for p in parts), default=0.0))
+        return cls(
+            frames_processed=n,
+            dialogues_generated=sum(p.dialogues_generated for p in parts),
+            cache_compressions=sum(p.cache_compressions for p in parts),
+            avg_cache_size=sum(p.avg_cache_size * p.frames_processed for p in parts) / n if n else 0.0,
+            peak_cache_size=max((p.peak_cache_size for p in parts), default=0),
+            time_per_frame=sum(p.time_per_frame * p.frames_processed for p in parts) / n if n else 0.0,
+            peak_memory_mb=max((p.peak_memory_mb for p in parts), default=0.0),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

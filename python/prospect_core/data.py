@@ -40,8 +40,10 @@ def resolve_video(spec: str, base: Path) -> Path:
     elif spec.startswith("opencv-doc-gz:"):
         src = OPENCV_DOC / spec.split(":", 1)[1]
         if not src.exists():
-            raise FileNotFoundError(f"{src} not found: the sample videos come from Debian's opencv-doc package "
-                                    "(apt-get install opencv-doc; scripts/setup.sh does it)")
+            raise FileNotFoundError(
+                f"{src} not found: the sample videos come from Debian's opencv-doc package "
+                "(apt-get install opencv-doc; scripts/setup.sh does it)"
+            )
         path = _cache_dir() / src.name[:-3]
         if not path.exists():
             tmp = path.with_suffix(path.suffix + ".tmp")
@@ -67,9 +69,13 @@ def _finite(x):
 
 
 def _check_id(vid, where):
-    _check(isinstance(vid, str) and VIDEO_ID.fullmatch(vid), where, "video_id",
-           "expected a plain file name (letters, digits, '_', '-', '.'; not starting with '.' or '-'; "
-           f"at most 128 characters), got {vid!r}")
+    _check(
+        isinstance(vid, str) and VIDEO_ID.fullmatch(vid),
+        where,
+        "video_id",
+        "expected a plain file name (letters, digits, '_', '-', '.'; not starting with '.' or '-'; "
+        f"at most 128 characters), got {vid!r}",
+    )
 
 
 def _check_text(text, where, field, limit):
@@ -90,8 +96,12 @@ def _frames_dir(d, where, base):
     _check(isinstance(d, str), where, "frames_dir", f"expected a folder path, got {d!r}")
     folder = Path(d) if Path(d).is_absolute() else base / d
     _check(folder.is_dir(), where, "frames_dir", f"expected an existing folder, got {str(folder)!r}")
-    _check(any(p.suffix.lower() in FRAME_SUFFIXES for p in folder.iterdir()), where, "frames_dir",
-           f"expected a folder of {'/'.join(FRAME_SUFFIXES)} frames, got none in {str(folder)!r}")
+    _check(
+        any(p.suffix.lower() in FRAME_SUFFIXES for p in folder.iterdir()),
+        where,
+        "frames_dir",
+        f"expected a folder of {'/'.join(FRAME_SUFFIXES)} frames, got none in {str(folder)!r}",
+    )
     return folder
 
 
@@ -118,10 +128,18 @@ def parse_record(rec, where: str, base: Path) -> dict:
     for i, t in enumerate(conv):
         f = f"conversation[{i}]"
         _check(isinstance(t, dict), where, f, "expected an object with role, time, content")
-        _check(t.get("role") in ("system", "user", "assistant"), where, f + ".role",
-               f"expected system, user or assistant, got {t.get('role')!r}")
-        _check(_finite(t.get("time")) and t["time"] >= 0, where, f + ".time",
-               f"expected seconds, a finite number >= 0, got {t.get('time')!r}")
+        _check(
+            t.get("role") in ("system", "user", "assistant"),
+            where,
+            f + ".role",
+            f"expected system, user or assistant, got {t.get('role')!r}",
+        )
+        _check(
+            _finite(t.get("time")) and t["time"] >= 0,
+            where,
+            f + ".time",
+            f"expected seconds, a finite number >= 0, got {t.get('time')!r}",
+        )
         _check_text(t.get("content"), where, f + ".content", MAX_TURN_CHARS)
     out["conversation"] = [{"role": t["role"], "time": float(t["time"]), "content": t["content"]} for t in conv]
     return out

@@ -32,9 +32,12 @@ def _cat_drop_middle(legacy, keep_first, keep_last):
     """The original pipeline's surgery: a new tensor per layer."""
     T = legacy[0][0].shape[2]
     return tuple(
-        (torch.cat([k[:, :, :keep_first], k[:, :, T - keep_last:]], 2),
-         torch.cat([v[:, :, :keep_first], v[:, :, T - keep_last:]], 2))
-        for k, v in legacy)
+        (
+            torch.cat([k[:, :, :keep_first], k[:, :, T - keep_last :]], 2),
+            torch.cat([v[:, :, :keep_first], v[:, :, T - keep_last :]], 2),
+        )
+        for k, v in legacy
+    )
 
 
 def run_demo(args) -> int:
@@ -43,8 +46,10 @@ def run_demo(args) -> int:
     cache = pc.KVCache(LAYERS, KV_HEADS, HEAD_DIM, args.max_seq_len, rope_theta=THETA)
     storage = cache.storage.data_ptr()
     print(f"prospect {pc.__version__} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    print(f"{cache!r}\n{cache.capacity_bytes() / 2**20:.0f} MiB preallocated; compress past {threshold} tokens, "
-          f"keep the anchor + newest {args.last_keep_len} tokens as whole spans ({args.position_mode} positions)\n")
+    print(
+        f"{cache!r}\n{cache.capacity_bytes() / 2**20:.0f} MiB preallocated; compress past {threshold} tokens, "
+        f"keep the anchor + newest {args.last_keep_len} tokens as whole spans ({args.position_mode} positions)\n"
+    )
 
     cache.pin(_append(cache, SYSTEM_TOKENS, "system"))
     compressions, peak, surgery_ms = 0, 0, []
@@ -61,8 +66,10 @@ def run_demo(args) -> int:
             cache.drop_middle(args.last_keep_len, position_mode=args.position_mode)
             surgery_ms.append((time.perf_counter() - t0) * 1e3)
             compressions += 1
-            print(f"frame {f:4d}: drop_middle {before} -> {cache.length} tokens in {surgery_ms[-1]:.1f} ms; "
-                  f"{_describe(cache.spans)}; next_position {cache.next_position}")
+            print(
+                f"frame {f:4d}: drop_middle {before} -> {cache.length} tokens in {surgery_ms[-1]:.1f} ms; "
+                f"{_describe(cache.spans)}; next_position {cache.next_position}"
+            )
     assert cache.storage.data_ptr() == storage, "storage was reallocated"
 
     # The same surgery the original way, on the same full-cache shape, for comparison.
@@ -74,10 +81,14 @@ def run_demo(args) -> int:
     cat_ms = (time.perf_counter() - t0) * 1e3
     cat_bytes = sum(k.nbytes + v.nbytes for k, v in out)
 
-    print(f"\n{args.frames} frames, {compressions} compressions, peak {peak} tokens, final {cache.length} tokens; "
-          f"storage never reallocated ({cache.capacity_bytes() / 2**20:.0f} MiB)")
+    print(
+        f"\n{args.frames} frames, {compressions} compressions, peak {peak} tokens, final {cache.length} tokens; "
+        f"storage never reallocated ({cache.capacity_bytes() / 2**20:.0f} MiB)"
+    )
     if surgery_ms:
-        print(f"in-place drop_middle: median {sorted(surgery_ms)[len(surgery_ms) // 2]:.1f} ms, 0 bytes allocated "
-              f"for the cache; torch.cat drop_middle on the same shape: {cat_ms:.1f} ms, "
-              f"{cat_bytes / 2**20:.1f} MiB of new tensors")
+        print(
+            f"in-place drop_middle: median {sorted(surgery_ms)[len(surgery_ms) // 2]:.1f} ms, 0 bytes allocated "
+            f"for the cache; torch.cat drop_middle on the same shape: {cat_ms:.1f} ms, "
+            f"{cat_bytes / 2**20:.1f} MiB of new tensors"
+        )
     return 0

@@ -35,8 +35,7 @@ def init(device: str) -> tuple[int, int, str]:
     return rank, world, device
 
 
-def run_units(strategies: list[str], records: list[dict], cfg: CompareConfig, rank: int,
-              world: int) -> list[dict]:
+def run_units(strategies: list[str], records: list[dict], cfg: CompareConfig, rank: int, world: int) -> list[dict]:
     """This rank's share of the units not yet done. Returns the failures of every rank."""
     units = [(s, r) for s in strategies for r in records]
     failures: list[dict] = []

@@ -18,8 +18,9 @@ def dst_rows(annotations, what="dst_annotations"):
     if hasattr(annotations, "to_dict"):  # a pandas DataFrame
         annotations = annotations.to_dict("records")
     if not isinstance(annotations, (list, tuple)):
-        raise TypeError(f"{what} expected a DataFrame or a list of rows with {', '.join(COLUMNS)}, "
-                        f"got {type(annotations).__name__}")
+        raise TypeError(
+            f"{what} expected a DataFrame or a list of rows with {', '.join(COLUMNS)}, got {type(annotations).__name__}"
+        )
     rows = []
     for i, r in enumerate(annotations):
         if not isinstance(r, dict) or not set(COLUMNS) <= set(r):

@@ -15,8 +15,13 @@ from prospect_core.model import DTYPES, resolve_model_path
 
 
 class Engine:
-    def __init__(self, model_name: str | Path, backend: str = DEFAULT_BACKEND, torch_dtype: str = DEFAULT_DTYPE,
-                 device: str = DEFAULT_DEVICE):
+    def __init__(
+        self,
+        model_name: str | Path,
+        backend: str = DEFAULT_BACKEND,
+        torch_dtype: str = DEFAULT_DTYPE,
+        device: str = DEFAULT_DEVICE,
+    ):
         if torch_dtype not in DTYPES:
             raise ValueError(f"torch_dtype expected one of {', '.join(DTYPES)}, got {torch_dtype!r}")
         if backend not in BACKENDS:
@@ -26,16 +31,20 @@ class Engine:
 
         path = resolve_model_path(model_name)
         if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-            raise FileNotFoundError(f"model_name: {path} has no tokenizer files (expected tokenizer.json, "
-                                    "tokenizer.model or vocab.json next to config.json)")
+            raise FileNotFoundError(
+                f"model_name: {path} has no tokenizer files (expected tokenizer.json, "
+                "tokenizer.model or vocab.json next to config.json)"
+            )
         self.path, self.dtype, self.device = path, torch_dtype, torch.device(device)
         self.backend = make_backend(backend, path, torch_dtype, device)
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = self.processor.tokenizer
         self.eou_id = self.tokenizer.convert_tokens_to_ids(prompt.EOU)
         if prompt.EOU not in self.tokenizer.get_vocab():  # else the id is the unknown token's: replies never stop
-            raise ValueError(f"model_name: the tokenizer of {path} has no {prompt.EOU} token, which ends every "
-                             "SmolVLM2 turn (expected a SmolVLM2 tokenizer)")
+            raise ValueError(
+                f"model_name: the tokenizer of {path} has no {prompt.EOU} token, which ends every "
+                "SmolVLM2 turn (expected a SmolVLM2 tokenizer)"
+            )
 
     def ids(self, text: str) -> torch.Tensor:
         """Token ids [1, T] of text, no special tokens added."""

@@ -48,11 +48,13 @@ class FramePreprocessor:
     def __call__(self, frame, where="frame"):
         img = to_hwc_uint8(frame, where)
         if self.split:
-            out = self.image_processor(images=[[img]], do_image_splitting=True, return_tensors="pt",
-                                       return_row_col_info=True)
+            out = self.image_processor(
+                images=[[img]], do_image_splitting=True, return_tensors="pt", return_row_col_info=True
+            )
             return out["pixel_values"], out.get("pixel_attention_mask"), out["rows"][0][0], out["cols"][0][0]
-        pv = core.preprocess_frame(torch.from_numpy(img), self.longest_edge, self.image_size, self.mean, self.std,
-                                   self.resample)
+        pv = core.preprocess_frame(
+            torch.from_numpy(img), self.longest_edge, self.image_size, self.mean, self.std, self.resample
+        )
         return pv, None, 0, 0
 
 

@@ -108,8 +108,8 @@ class ProspectCache(Cache):
         kv = self.kv
         start, n = kv.length, key_states.shape[2]
         kv.write(layer, key_states, value_states)
-        keys = kv.key_buffer(layer)[:, :, :start + n]
-        values = kv.value_buffer(layer)[:, :, :start + n]
+        keys = kv.key_buffer(layer)[:, :, : start + n]
+        values = kv.value_buffer(layer)[:, :, : start + n]
         if layer == kv.num_layers - 1:
             if self._declared is not None:
                 kind, frame_index, extend = self._declared
@@ -132,8 +132,11 @@ class HFBackend:
         torch_dtype = TORCH_DTYPES.get(dtype)
         if torch_dtype is None:
             raise ValueError(f"dtype expected one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.model = SmolVLMForConditionalGeneration.from_pretrained(
-            resolve_model_path(path), dtype=torch_dtype).to(device).eval()
+        self.model = (
+            SmolVLMForConditionalGeneration.from_pretrained(resolve_model_path(path), dtype=torch_dtype)
+            .to(device)
+            .eval()
+        )
         cfg = self.model.config
         self.dtype, self.device = torch_dtype, torch.device(device)
         self.image_token_id = cfg.image_token_id
@@ -145,8 +148,15 @@ class HFBackend:
         t = self.model.config.text_config
         head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
         theta = rope_theta(t)
-        return core.KVCache(t.num_hidden_layers, t.num_key_value_heads, head_dim, capacity, dtype=self.dtype,
-                            device=str(self.device), rope_theta=float(theta))
+        return core.KVCache(
+            t.num_hidden_layers,
+            t.num_key_value_heads,
+            head_dim,
+            capacity,
+            dtype=self.dtype,
+            device=str(self.device),
+            rope_theta=float(theta),
+        )
 
     def _wrap(self, kv):
         pc = self._caches.get(id(kv))
@@ -155,8 +165,9 @@ class HFBackend:
         return pc
 
     @torch.no_grad()
-    def image_features(self, pixel_values: torch.Tensor,
-                       pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def image_features(
+        self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         pv = pixel_values.to(self.device, self.dtype)
         mask = pixel_attention_mask.to(self.device) if pixel_attention_mask is not None else None
         out = self.model.model.get_image_features(pv, mask)
@@ -172,8 +183,9 @@ class HFBackend:
         return core.joint_embed(ids.to(self.device), text, features.to(text.dtype), self.image_token_id)
 
     @torch.no_grad()
-    def prefill(self, embeds: torch.Tensor, cache: core.KVCache, kind: str, frame_index: int | None = None,
-                extend: bool = False) -> torch.Tensor:
+    def prefill(
+        self, embeds: torch.Tensor, cache: core.KVCache, kind: str, frame_index: int | None = None, extend: bool = False
+    ) -> torch.Tensor:
         pc = self._wrap(cache).next_span(kind, frame_index, extend)
         T = embeds.shape[1]
         if cache.length + T > cache.capacity:
@@ -181,18 +193,42 @@ class HFBackend:
         # Explicit positions: after surgery in "keep" mode they are not the cache length.
         pos = torch.arange(cache.next_position, cache.next_position + T, device=self.device).unsqueeze(0)
         try:
-            out = self.model(inputs_embeds=embeds, past_key_values=pc, position_ids=pos, use_cache=True,
-                             logits_to_keep=1)
+            out = self.model(
+                inputs_embeds=embeds, past_key_values=pc, position_ids=pos, use_cache=True, logits_to_keep=1
+            )
         except Exception:
             cache.discard_pending()
             raise
         return out.logits[:, -1]
 
-    def generate(self, embeds: torch.Tensor, cache: core.KVCache, max_new_tokens: int,
-                 stop_token_ids: Sequence[int], silence: tuple[int, float] | None = None, kind: str = "user",
-                 frame_index: int | None = None, keep_generated_in_cache: bool = True, temperature: float = 0.0,
-                 seed: int | None = None, on_token: Callable[[int], Any] | None = None,
-                 top_p: float = 1.0) -> GenerateResult:
+    def generate(
+        self,
+        embeds: torch.Tensor,
+        cache: core.KVCache,
+        max_new_tokens: int,
+        stop_token_ids: Sequence[int],
+        silence: tuple[int, float] | None = None,
+        kind: str = "user",
+        frame_index: int | None = None,
+        keep_generated_in_cache: bool = True,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        on_token: Callable[[int], Any] | None = None,
+        top_p: float = 1.0,
+    ) -> GenerateResult:
         with torch.no_grad():
-            return python_generate(self, embeds, cache, max_new_tokens, stop_token_ids, silence, kind, frame_index,
-                                   keep_generated_in_cache, temperature, seed, on_token, top_p)
+            return python_generate(
+                self,
+                embeds,
+                cache,
+                max_new_tokens,
+                stop_token_ids,
+                silence,
+                kind,
+                frame_index,
+                keep_generated_in_cache,
+                temperature,
+                seed,
+                on_token,
+                top_p,
+            )

@@ -20,48 +20,110 @@ from prospect_core.config import DEFAULT_DTYPE
 from prospect_core.model import DTYPES, TORCH_DTYPES
 
 # Shapes from the public SmolVLM2 configs (see the project's reference notes).
-_VISION_512 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                   image_size=512, patch_size=16)
+_VISION_512 = dict(
+    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=512, patch_size=16
+)
 PRESETS = {
     "tiny": dict(
-        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         head_dim=16, intermediate_size=128, rope_theta=100000.0, max_position_embeddings=8192,
-                         rms_norm_eps=1e-5),
-        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                           image_size=64, patch_size=8),
-        scale_factor=2),
+        text_config=dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=128,
+            rope_theta=100000.0,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-5,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=64,
+            patch_size=8,
+        ),
+        scale_factor=2,
+    ),
     "256m": dict(
-        text_config=dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                         head_dim=64, intermediate_size=1536, rope_theta=100000.0, max_position_embeddings=8192,
-                         rms_norm_eps=1e-5, vocab_size=49280),
-        vision_config=dict(_VISION_512), scale_factor=4),
+        text_config=dict(
+            hidden_size=576,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            head_dim=64,
+            intermediate_size=1536,
+            rope_theta=100000.0,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-5,
+            vocab_size=49280,
+        ),
+        vision_config=dict(_VISION_512),
+        scale_factor=4,
+    ),
     "500m": dict(
-        text_config=dict(hidden_size=960, num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5,
-                         head_dim=64, intermediate_size=2560, rope_theta=100000.0, max_position_embeddings=8192,
-                         rms_norm_eps=1e-5, vocab_size=49280),
-        vision_config=dict(_VISION_512), scale_factor=4),
+        text_config=dict(
+            hidden_size=960,
+            num_hidden_layers=32,
+            num_attention_heads=15,
+            num_key_value_heads=5,
+            head_dim=64,
+            intermediate_size=2560,
+            rope_theta=100000.0,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-5,
+            vocab_size=49280,
+        ),
+        vision_config=dict(_VISION_512),
+        scale_factor=4,
+    ),
     "2.2b": dict(
-        text_config=dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
-                         head_dim=64, intermediate_size=8192, rope_theta=100000.0, max_position_embeddings=16384,
-                         rms_norm_eps=1e-5, vocab_size=49280),
-        vision_config=dict(hidden_size=1152, num_hidden_layers=27, num_attention_heads=16, intermediate_size=4304,
-                           image_size=384, patch_size=14),
-        scale_factor=3),
+        text_config=dict(
+            hidden_size=2048,
+            num_hidden_layers=24,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            head_dim=64,
+            intermediate_size=8192,
+            rope_theta=100000.0,
+            max_position_embeddings=16384,
+            rms_norm_eps=1e-5,
+            vocab_size=49280,
+        ),
+        vision_config=dict(
+            hidden_size=1152,
+            num_hidden_layers=27,
+            num_attention_heads=16,
+            intermediate_size=4304,
+            image_size=384,
+            patch_size=14,
+        ),
+        scale_factor=3,
+    ),
 }
 
 SMOLLM2 = "256m-smollm2"  # the 256m shape with real SmolLM2-135M-Instruct text weights (prospect.smollm2)
 PRESET_NAMES = list(PRESETS) + [SMOLLM2]
 
-SPECIAL_TOKENS = (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<fake_token_around_image>",
-                   "<global-img>", "<image>", "<video>"]
-                  + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)])
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    "<image>",
+    "<video>",
+] + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 
 CHAT_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
     "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
     "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
     "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
-    "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+    "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
 
 # Text the tokenizer learns its merges from: the register of a task assistant.
 _CORPUS = """\
@@ -86,12 +148,21 @@ def build_tokenizer(vocab_size: int = 600):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([_CORPUS] * 4, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>", additional_special_tokens=SPECIAL_TOKENS[3:])
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[3:],
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -128,11 +199,16 @@ def _config(preset: str, tokenizer, overrides: dict | None) -> dict:
         _set(cfg, k, v)
     text = cfg["text_config"]
     if text["vocab_size"] < len(tokenizer):
-        raise ValueError(f"text_config.vocab_size expected >= the tokenizer's {len(tokenizer)} tokens, "
-                         f"got {text['vocab_size']}")
-    text.update(model_type="llama", bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
-                eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
-                pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+        raise ValueError(
+            f"text_config.vocab_size expected >= the tokenizer's {len(tokenizer)} tokens, got {text['vocab_size']}"
+        )
+    text.update(
+        model_type="llama",
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     cfg["image_token_id"] = tokenizer.convert_tokens_to_ids("<image>")
     return cfg
 
@@ -145,24 +221,53 @@ def _save_processor(out: Path, config, tokenizer) -> None:
     size = {"longest_edge": v.image_size}
     image_processor = SmolVLMImageProcessor(size={"longest_edge": 4 * v.image_size}, max_image_size=size)
     video_processor = SmolVLMVideoProcessor(
-        size=size, max_image_size=size, video_sampling={"fps": 1, "max_frames": 64, "video_size": size})
-    processor = SmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                 video_processor=video_processor, image_seq_len=image_seq_len,
-                                 chat_template=CHAT_TEMPLATE)
+        size=size, max_image_size=size, video_sampling={"fps": 1, "max_frames": 64, "video_size": size}
+    )
+    processor = SmolVLMProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        image_seq_len=image_seq_len,
+        chat_template=CHAT_TEMPLATE,
+    )
     processor.save_pretrained(out)
 
 
-def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = DEFAULT_DTYPE, overrides: dict | None = None,
-               lm_head_scale: float = 4.0) -> Path:
+@torch.no_grad()
+def _random_model(cfg: dict, lm_head_scale: float, tokenizer, text_weights: dict | None):
+    """The model of `cfg`, random but for SmolLM2's text weights when given."""
+    # transformers takes seconds to import, and `import prospect_core` imports this module.
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    config = SmolVLMConfig(**cfg)
+    model = SmolVLMForConditionalGeneration(config).eval()
+    h = config.text_config.hidden_size
+    model.lm_head.weight.normal_(0.0, lm_head_scale / h**0.5)
+    if text_weights is not None:
+        state = smollm2.text_state(text_weights, tokenizer, cfg["text_config"]["vocab_size"])
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        text_missing = [k for k in missing if k.startswith(("model.text_model.", "lm_head"))]
+        if unexpected or text_missing:
+            raise ValueError(
+                f"SmolLM2 weights do not fit the text model: missing {text_missing[:5]}, unexpected {unexpected[:5]}"
+            )
+    return model
+
+
+def make_model(
+    out,
+    preset: str = "tiny",
+    seed: int = 0,
+    dtype: str = DEFAULT_DTYPE,
+    overrides: dict | None = None,
+    lm_head_scale: float = 4.0,
+) -> Path:
     """Writes a complete random-weight SmolVLM2 folder to `out` and returns its path.
 
     overrides: {"text_config.num_key_value_heads": 2, "scale_factor": 2, ...} applied to the preset.
     lm_head_scale: lm_head rows have std lm_head_scale / sqrt(hidden), so next-token distributions
     are peaked and greedy choices are not ties within rounding.
     """
-    # transformers takes seconds to import, and `import prospect_core` imports this module.
-    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
-
     if preset not in PRESETS and preset != SMOLLM2:
         raise ValueError(f"preset expected one of {', '.join(PRESET_NAMES)}, got '{preset}'")
     torch_dtype = TORCH_DTYPES.get(dtype)
@@ -181,23 +286,20 @@ def make_model(out, preset: str = "tiny", seed: int = 0, dtype: str = DEFAULT_DT
     text = cfg["text_config"]
 
     torch.manual_seed(seed)
-    config = SmolVLMConfig(**cfg)
-    model = SmolVLMForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        h = config.text_config.hidden_size
-        model.lm_head.weight.normal_(0.0, lm_head_scale / h**0.5)
-        if text_weights is not None:
-            state = smollm2.text_state(text_weights, tokenizer, text["vocab_size"])
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            text_missing = [k for k in missing if k.startswith(("model.text_model.", "lm_head"))]
-            if unexpected or text_missing:
-                raise ValueError(f"SmolLM2 weights do not fit the text model: missing {text_missing[:5]}, "
-                                 f"unexpected {unexpected[:5]}")
+    model = _random_model(cfg, lm_head_scale, tokenizer, text_weights)
+    config = model.config
     model.to(torch_dtype).save_pretrained(out, safe_serialization=True)
     _save_processor(out, config, tokenizer)
-    (out / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": text["bos_token_id"], "eos_token_id": text["eos_token_id"],
-        "pad_token_id": text["pad_token_id"]}, indent=2))
+    (out / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": text["bos_token_id"],
+                "eos_token_id": text["eos_token_id"],
+                "pad_token_id": text["pad_token_id"],
+            },
+            indent=2,
+        )
+    )
     _portable(out)
     return out
 
@@ -218,6 +320,7 @@ def _portable(out: Path):
     so those are what is written. model_input_names is pinned because 4.57's
     PreTrainedTokenizerFast would add token_type_ids, which SmolVLM's generate() rejects.
     """
+
     def config(cfg):
         text = cfg["text_config"]
         rope = text.get("rope_parameters") or {}

@@ -38,17 +38,21 @@ def resolve_model_path(model_name, cache_dir=None) -> Path:
             raise FileNotFoundError(
                 f"model_name '{name}' is neither a folder nor in the local Hugging Face cache. Download it where a "
                 f"network is available (`huggingface-cli download {name}`), or point at a local folder; "
-                f"`prospect make-model DIR --preset tiny` makes a random-weight one.") from e
-    raise FileNotFoundError(f"model_name expected a checkpoint folder or a Hugging Face id, got '{name}' "
-                            f"(no such folder)")
+                f"`prospect make-model DIR --preset tiny` makes a random-weight one."
+            ) from e
+    raise FileNotFoundError(
+        f"model_name expected a checkpoint folder or a Hugging Face id, got '{name}' (no such folder)"
+    )
 
 
 def check_model_folder(path: Path) -> Path:
     """Refuses a folder holding a FIFO, socket or device: opening one for reading waits forever for a writer."""
     for entry in path.iterdir():
         if entry.exists() and not (entry.is_file() or entry.is_dir()):
-            raise ValueError(f"model_name: '{entry}' expected a regular file, got a special file (FIFO, socket or "
-                             "device); a checkpoint folder holds regular files only")
+            raise ValueError(
+                f"model_name: '{entry}' expected a regular file, got a special file (FIFO, socket or "
+                "device); a checkpoint folder holds regular files only"
+            )
     return path
 
 

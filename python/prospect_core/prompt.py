@@ -7,8 +7,10 @@ image), its content, `<end_of_utterance>` and a newline; a video frame is
 """
 
 EOU = "<end_of_utterance>"
-DEFAULT_SYSTEM_PROMPT = ("You are a helpful assistant watching a video of a person doing a task. When it helps, "
-                         "tell them what to do next or what went wrong; otherwise stay silent.")
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant watching a video of a person doing a task. When it helps, "
+    "tell them what to do next or what went wrong; otherwise stay silent."
+)
 
 
 def system_turn(text: str, first: bool) -> str:

@@ -17,8 +17,9 @@ class GenerateResult:
         self.tokens, self.silence_prob, self.prefill_ms, self.decode_ms = tokens, silence_prob, prefill_ms, decode_ms
 
 
-def pick_token(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
-               generator: torch.Generator | None = None) -> int:
+def pick_token(
+    logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None
+) -> int:
     """The next token from logits [1, V]: argmax at temperature 0, else a sample from the softmax at that
     temperature, cut to the smallest prefix of the sorted probabilities that reaches top_p."""
     if temperature <= 0:
@@ -33,11 +34,21 @@ def pick_token(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
-def python_generate(backend: Any, embeds: torch.Tensor, cache: Any, max_new_tokens: int,
-                    stop_token_ids: Sequence[int], silence: tuple[int, float] | None = None, kind: str = "user",
-                    frame_index: int | None = None, keep_generated_in_cache: bool = True, temperature: float = 0.0,
-                    seed: int | None = None, on_token: Callable[[int], Any] | None = None,
-                    top_p: float = 1.0) -> GenerateResult:
+def python_generate(
+    backend: Any,
+    embeds: torch.Tensor,
+    cache: Any,
+    max_new_tokens: int,
+    stop_token_ids: Sequence[int],
+    silence: tuple[int, float] | None = None,
+    kind: str = "user",
+    frame_index: int | None = None,
+    keep_generated_in_cache: bool = True,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    on_token: Callable[[int], Any] | None = None,
+    top_p: float = 1.0,
+) -> GenerateResult:
     """The same loop as the C++ greedy_generate, over backend.prefill and backend.embed."""
     if not 0 < top_p <= 1:
         raise ValueError(f"greedy_generate: top_p expected in (0, 1], got {top_p}")

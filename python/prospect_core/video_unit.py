@@ -53,8 +53,15 @@ def build_runner(cfg: CompareConfig, strategy: str) -> StreamRunner:
     return StreamRunner(cfg.model, config=cfg.runner_for(strategy))
 
 
-def run_videos(runner: StreamRunner, records: list[dict], sdir: Path, strategy: str, cfg: CompareConfig,
-               log: TextIO, progress: bool | None = None) -> None:
+def run_videos(
+    runner: StreamRunner,
+    records: list[dict],
+    sdir: Path,
+    strategy: str,
+    cfg: CompareConfig,
+    log: TextIO,
+    progress: bool | None = None,
+) -> None:
     """Runs the records not yet done; writes <sdir>/videos/<video_id>.json for each, or, for a video
     that fails, <sdir>/errors/<video_id>.json, and goes on with the next."""
     from tqdm import tqdm  # the hf extra's; only a run that shows progress needs it
@@ -82,9 +89,11 @@ def run_videos(runner: StreamRunner, records: list[dict], sdir: Path, strategy: 
         write_json(vdir / f"{vid}.json", out)
         (edir / f"{vid}.json").unlink()
         t = out["totals"]
-        log.write(f"{now()} {vid}: {t['frames_processed']} frames, {len(out['predictions'])} turns, "
-                  f"{t['cache_compressions']} compressions, {t['time_per_frame'] * 1e3:.1f} ms/frame, "
-                  f"{time.perf_counter() - t0:.1f} s\n")
+        log.write(
+            f"{now()} {vid}: {t['frames_processed']} frames, {len(out['predictions'])} turns, "
+            f"{t['cache_compressions']} compressions, {t['time_per_frame'] * 1e3:.1f} ms/frame, "
+            f"{time.perf_counter() - t0:.1f} s\n"
+        )
         log.flush()
 
 

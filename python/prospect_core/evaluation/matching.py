@@ -15,8 +15,13 @@ from prospect_core.evaluation.embedder import default_embedder
 
 # Time windows [pred + left, pred + right] in seconds, per ProAssist dataset.
 WINDOWS = {
-    "ego4d": (-4.0, 8.5), "epickitchens": (-1.5, 3.0), "holoassist": (-1.5, 2.5), "egoexolearn": (-2.0, 3.5),
-    "assembly101": (-2.0, 4.0), "wtag": (-3.0, 6.0), "narration": (-2.5, 2.5),
+    "ego4d": (-4.0, 8.5),
+    "epickitchens": (-1.5, 3.0),
+    "holoassist": (-1.5, 2.5),
+    "egoexolearn": (-2.0, 3.5),
+    "assembly101": (-2.0, 4.0),
+    "wtag": (-3.0, 6.0),
+    "narration": (-2.5, 2.5),
 }
 SEMANTIC_THRESHOLD = 0.5
 
@@ -24,14 +29,21 @@ SEMANTIC_THRESHOLD = 0.5
 def match_window(window: Sequence[float] | None, dataset: str | None) -> tuple[float, float]:
     """(left, right) seconds: the window given, or the named ProAssist dataset's."""
     if window is None and dataset is None:
-        raise ValueError("evaluate_dialogue expected window=(left, right) seconds or dataset= one of "
-                         f"{', '.join(WINDOWS)}; got neither")
+        raise ValueError(
+            "evaluate_dialogue expected window=(left, right) seconds or dataset= one of "
+            f"{', '.join(WINDOWS)}; got neither"
+        )
     if window is None:
         if dataset not in WINDOWS:
             raise ValueError(f"dataset expected one of {', '.join(WINDOWS)}, got {dataset!r}")
         return WINDOWS[dataset]
-    if (not isinstance(window, (tuple, list)) or len(window) != 2 or not all(isinstance(x, (int, float)) for x in window)
-            or window[0] > 0 or window[1] < 0):
+    if (
+        not isinstance(window, (tuple, list))
+        or len(window) != 2
+        or not all(isinstance(x, (int, float)) for x in window)
+        or window[0] > 0
+        or window[1] < 0
+    ):
         raise ValueError(f"window expected (left <= 0, right >= 0) seconds, got {window!r}")
     return float(window[0]), float(window[1])
 
@@ -60,12 +72,21 @@ def counts_to_metrics(matched: int, good: int, redundant: int, missed: int) -> d
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     total = matched + missed + redundant
     return {
-        "precision": precision, "recall": recall, "f1": f1,
-        "matched": matched, "good": good, "redundant": redundant, "missed": missed,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "matched": matched,
+        "good": good,
+        "redundant": redundant,
+        "missed": missed,
         "missing_rate": missed / (matched + missed) if matched + missed else 0.0,
         "redundant_rate": redundant / (matched + redundant) if matched + redundant else 0.0,
-        "F1": f1, "num_matched": good, "num_mismatched": matched - good, "num_missed": missed,
-        "num_redundant": redundant, "jaccard_index": good / total if total else 0.0,
+        "F1": f1,
+        "num_matched": good,
+        "num_mismatched": matched - good,
+        "num_missed": missed,
+        "num_redundant": redundant,
+        "jaccard_index": good / total if total else 0.0,
     }
 
 
@@ -77,9 +98,15 @@ def weighted_text_metrics(text: dict[str, Any], jaccard: float) -> dict[str, flo
 Pair = tuple[int, int, float, float]  # (prediction i, reference j, semantic score, time difference)
 
 
-def match_dialogue(predictions: list[tuple[float, str]], reference: list[tuple[float, str]],
-                   window: Sequence[float], fps: float, embedder: Callable[[list[str]], torch.Tensor],
-                   dist_factor: float = 0.3, dist_power: float = 1.5) -> tuple[list[Pair], list[int], list[int]]:
+def match_dialogue(
+    predictions: list[tuple[float, str]],
+    reference: list[tuple[float, str]],
+    window: Sequence[float],
+    fps: float,
+    embedder: Callable[[list[str]], torch.Tensor],
+    dist_factor: float = 0.3,
+    dist_power: float = 1.5,
+) -> tuple[list[Pair], list[int], list[int]]:
     """The matching itself: returns (pairs [(pred i, ref j, semantic score, time diff)], redundant pred indices,
     missed ref indices). Columns are the reference turns plus every silent frame; a prediction matched to a
     silent frame is redundant. The time cost is dist_factor * |frame difference|^dist_power / range^dist_power."""
@@ -103,7 +130,7 @@ def match_dialogue(predictions: list[tuple[float, str]], reference: list[tuple[f
         fp = frame(tp)
         for j, (tr, _) in enumerate(reference):
             if tp + left <= tr <= tp + right:
-                cost[i, j] = 1.0 - sim[i, j].item() + dist_factor * abs(fp - frame(tr)) ** dist_power / rg ** dist_power
+                cost[i, j] = 1.0 - sim[i, j].item() + dist_factor * abs(fp - frame(tr)) ** dist_power / rg**dist_power
         for k, fs in enumerate(silent):
             if tp + left <= (fs + 1) / fps - 1e-9 and fs / fps <= tp + right:
                 cost[i, n_r + k] = 1.0
@@ -135,8 +162,14 @@ class MatchTally:
     time_diff: list[float] = field(default_factory=list)  # |prediction time - reference time| of the good pairs
     good_texts: list[tuple[str, str]] = field(default_factory=list)  # (prediction, reference) of the good pairs
 
-    def add(self, predictions: list[tuple[float, str]], reference: list[tuple[float, str]], pairs: list[Pair],
-            redundant: Sequence[int], missed: Sequence[int]) -> list[int]:
+    def add(
+        self,
+        predictions: list[tuple[float, str]],
+        reference: list[tuple[float, str]],
+        pairs: list[Pair],
+        redundant: Sequence[int],
+        missed: Sequence[int],
+    ) -> list[int]:
         """One video's match_dialogue result; returns the indices into `pairs` of the good ones."""
         good = [k for k, p in enumerate(pairs) if p[2] > self.threshold]
         self.matched += len(pairs)
@@ -152,15 +185,22 @@ class MatchTally:
 
     def scores(self) -> dict[str, Any]:
         """counts_to_metrics of the counts, then semantic_score and time_diff (means over the good pairs)."""
-        return {**counts_to_metrics(self.matched, self.good, self.redundant, self.missed),
-                "semantic_score": sum(self.semantic) / len(self.semantic) if self.semantic else 0.0,
-                "time_diff": sum(self.time_diff) / len(self.time_diff) if self.time_diff else 0.0}
+        return {
+            **counts_to_metrics(self.matched, self.good, self.redundant, self.missed),
+            "semantic_score": sum(self.semantic) / len(self.semantic) if self.semantic else 0.0,
+            "time_diff": sum(self.time_diff) / len(self.time_diff) if self.time_diff else 0.0,
+        }
 
 
-def evaluate_dialogue(predictions: list[dict], reference_conversation: list[dict],
-                      window: Sequence[float] | None = None, dataset: str | None = None, fps: float = 2.0,
-                      embedder: Callable[[list[str]], torch.Tensor] | None = None,
-                      text_metrics: bool = True) -> dict[str, Any]:
+def evaluate_dialogue(
+    predictions: list[dict],
+    reference_conversation: list[dict],
+    window: Sequence[float] | None = None,
+    dataset: str | None = None,
+    fps: float = 2.0,
+    embedder: Callable[[list[str]], torch.Tensor] | None = None,
+    text_metrics: bool = True,
+) -> dict[str, Any]:
     """Scores predicted turns {time, text} against a ProAssist reference conversation {role, time, content}.
 
     Returns precision, recall, f1, the counts matched / good / redundant / missed, missing_rate,
@@ -174,14 +214,18 @@ def evaluate_dialogue(predictions: list[dict], reference_conversation: list[dict
     if not isinstance(predictions, list):
         raise TypeError(f"predictions expected a list of turns, got {type(predictions).__name__}")
     preds = parse_turns(predictions, "predictions")
-    refs = parse_turns([t for t in reference_conversation if isinstance(t, dict) and t.get("role") == "assistant"],
-                       "reference_conversation (assistant turns)")
+    refs = parse_turns(
+        [t for t in reference_conversation if isinstance(t, dict) and t.get("role") == "assistant"],
+        "reference_conversation (assistant turns)",
+    )
     emb = embedder or default_embedder()
     tally = MatchTally()
     tally.add(preds, refs, *match_dialogue(preds, refs, win, float(fps), emb))
     out = {
         **tally.scores(),
-        "window": list(win), "fps": float(fps), "embedder": getattr(emb, "name", type(emb).__name__),
+        "window": list(win),
+        "fps": float(fps),
+        "embedder": getattr(emb, "name", type(emb).__name__),
         "semantic_threshold": SEMANTIC_THRESHOLD,
     }
     if text_metrics:

@@ -38,4 +38,3 @@ def _close_meteor(m):
             m.meteor_p.stdin.close()
             m.meteor_p.kill()
             m.meteor_p.wait()
-

@@ -39,23 +39,28 @@ class StreamEvalSettings:
         if cfg is None:
             return cls()
         get = (lambda k, d: cfg.get(k, d)) if hasattr(cfg, "get") else (lambda k, d: getattr(cfg, k, d))
-        values = {f.name: get(f.name, getattr(cls(), f.name)) for f in fields(cls) if f.name != "context_handling_method"}
+        values = {
+            f.name: get(f.name, getattr(cls(), f.name)) for f in fields(cls) if f.name != "context_handling_method"
+        }
         generator = get("generator", None)
-        method = (generator.get("context_handling_method", None) if hasattr(generator, "get") else None)
+        method = generator.get("context_handling_method", None) if hasattr(generator, "get") else None
         values["context_handling_method"] = method or cls.context_handling_method
         values["match_window_time"] = tuple(values["match_window_time"])
         values["nlg_metrics"] = list(values["nlg_metrics"])
         s = cls(**values)
         left, right = s.match_window_time if len(s.match_window_time) == 2 else (1, -1)
         if not (left <= 0 <= right):
-            raise ValueError(f"cfg.match_window_time expected (left <= 0, right >= 0) seconds, got "
-                             f"{s.match_window_time!r}")
+            raise ValueError(
+                f"cfg.match_window_time expected (left <= 0, right >= 0) seconds, got {s.match_window_time!r}"
+            )
         return s
 
     @property
     def eval_name(self):
         name = f"stream/notalk{self.not_talk_threshold}-maxlen_{self.eval_max_seq_len_str}"
-        return name if self.context_handling_method == "summarize_and_drop" else f"{name}-{self.context_handling_method}"
+        return (
+            name if self.context_handling_method == "summarize_and_drop" else f"{name}-{self.context_handling_method}"
+        )
 
 
 def _embedder(sts_model_type):
@@ -75,6 +80,22 @@ def reference_turns(video, outputs, fps):
     return [(o.timestamp_in_stream, o.ref) for o in outputs if o.ref]
 
 
+def _match_result(preds, refs, pairs, redundant, missed) -> dict:
+    """One video's matching, as their results/<idx>.json holds it."""
+    return {
+        "matched": [
+            [
+                {"gen": preds[i][1], "timestamp_in_stream": preds[i][0]},
+                {"ref": refs[j][1], "timestamp_in_stream": refs[j][0]},
+            ]
+            for i, j, _, _ in pairs
+        ],
+        "semantic_scores": [p[2] for p in pairs],
+        "redundant": [preds[i][1] for i in redundant],
+        "missed": [refs[j][1] for j in missed],
+    }
+
+
 def _dump(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -85,8 +106,7 @@ def _dump(path, obj):
 class BaselineGenerator:
     def __init__(self, dataset, runner, output_dir, cfg=None, trace=None):
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-            raise TypeError(f"dataset expected a sized, indexable dataset of video dicts, got "
-                            f"{type(dataset).__name__}")
+            raise TypeError(f"dataset expected a sized, indexable dataset of video dicts, got {type(dataset).__name__}")
         if not hasattr(runner, "run_inference_on_video"):
             raise TypeError(f"runner expected an object with run_inference_on_video, got {type(runner).__name__}")
         self.dataset, self.runner, self.trace = dataset, runner, trace
@@ -117,30 +137,52 @@ class BaselineGenerator:
             preds = [(o.timestamp_in_stream, o.gen) for o in outputs if o.gen]
             refs = reference_turns(video, outputs, float(s.fps))
             self._trace_references(idx, refs, s.fps)
-            pairs, red, mis = match_dialogue(preds, refs, s.match_window_time, float(s.fps), embedder,
-                                             s.match_dist_func_factor, s.match_dist_func_power)
-            match = {"matched": [[{"gen": preds[i][1], "timestamp_in_stream": preds[i][0]},
-                                  {"ref": refs[j][1], "timestamp_in_stream": refs[j][0]}] for i, j, _, _ in pairs],
-                     "semantic_scores": [p[2] for p in pairs], "redundant": [preds[i][1] for i in red],
-                     "missed": [refs[j][1] for j in mis]}
+            pairs, red, mis = match_dialogue(
+                preds,
+                refs,
+                s.match_window_time,
+                float(s.fps),
+                embedder,
+                s.match_dist_func_factor,
+                s.match_dist_func_power,
+            )
+            match = _match_result(preds, refs, pairs, red, mis)
             for k in tally.add(preds, refs, pairs, red, mis):  # the good pairs: counted, scored, timed
                 i, j, score, _ = pairs[k]
                 gen_ref[f"{idx}_{k}"] = [preds[i][1], refs[j][1], score]
             matched += match["matched"]
             redundant += match["redundant"]
             missed += match["missed"]
-            _dump(self.result_dir / f"{idx}.json", {"video_id": result.get("video_id"), "match_result": match,
-                                                    "predictions": [o.to_dict() for o in outputs]})
+            _dump(
+                self.result_dir / f"{idx}.json",
+                {
+                    "video_id": result.get("video_id"),
+                    "match_result": match,
+                    "predictions": [o.to_dict() for o in outputs],
+                },
+            )
         metrics = tally.scores()
-        text = {k: v for k, v in (text_metrics(tally.good_texts) if s.nlg_metrics else {}).items()
-                if k.split("_")[0] in s.nlg_metrics}  # "Bleu" names Bleu_1..Bleu_4
+        text = {
+            k: v
+            for k, v in (text_metrics(tally.good_texts) if s.nlg_metrics else {}).items()
+            if k.split("_")[0] in s.nlg_metrics
+        }  # "Bleu" names Bleu_1..Bleu_4
         metrics.update(text)
         metrics.update(weighted_text_metrics({k: text[k] for k in NAMES if k in text}, metrics["jaccard_index"]))
-        metrics.update(sts_model=embedder.name, match_window_time=list(s.match_window_time), fps=s.fps,
-                       videos=len(self.dataset))
+        metrics.update(
+            sts_model=embedder.name, match_window_time=list(s.match_window_time), fps=s.fps, videos=len(self.dataset)
+        )
         if self.trace is not None and hasattr(self.trace, "set_metrics"):
             self.trace.set_metrics(metrics)
         _dump(self.eval_dir / "metrics.json", metrics)
-        _dump(self.eval_dir / "all_results.json", {"matched": matched, "redundant": redundant, "missed": missed,
-                                                   "gen_ref": gen_ref, "time_diff": tally.time_diff})
+        _dump(
+            self.eval_dir / "all_results.json",
+            {
+                "matched": matched,
+                "redundant": redundant,
+                "missed": missed,
+                "gen_ref": gen_ref,
+                "time_diff": tally.time_diff,
+            },
+        )
         return metrics

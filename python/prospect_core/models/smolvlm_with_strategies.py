@@ -35,8 +35,14 @@ def _model_config(path):
     raw = json.loads((path / "config.json").read_text())
     text = raw.get("text_config", {})
     eos = raw.get("eos_token_id", text.get("eos_token_id"))
-    return SimpleNamespace(**{**raw, "eos_token_id": eos, "max_seq_len": raw.get("max_seq_len", 4096),
-                              "text_config": SimpleNamespace(**text)})
+    return SimpleNamespace(
+        **{
+            **raw,
+            "eos_token_id": eos,
+            "max_seq_len": raw.get("max_seq_len", 4096),
+            "text_config": SimpleNamespace(**text),
+        }
+    )
 
 
 class SmolVLMWithStrategies:
@@ -50,14 +56,24 @@ class SmolVLMWithStrategies:
         self._handed_out = set()  # ids of the earlier ones (copied if passed back: they must not change)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, torch_dtype=None, dtype=None, device_map=None,
-                        cache_dir=None, trust_remote_code=None, **kwargs):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *args,
+        torch_dtype=None,
+        dtype=None,
+        device_map=None,
+        cache_dir=None,
+        trust_remote_code=None,
+        **kwargs,
+    ):
         """Loads a SmolVLM2 checkpoint (folder, or an id in the local HF cache) into the C++ engine."""
         if args or kwargs:
             raise TypeError(f"from_pretrained: unsupported arguments {list(args) + sorted(kwargs)}")
         path = resolve_model_path(pretrained_model_name_or_path, cache_dir)
-        return cls(load_model(path, dtype_name(dtype if dtype is not None else torch_dtype),
-                              _device_name(device_map)), path)
+        return cls(
+            load_model(path, dtype_name(dtype if dtype is not None else torch_dtype), _device_name(device_map)), path
+        )
 
     @property
     def device(self):
@@ -91,33 +107,45 @@ class SmolVLMWithStrategies:
             return self.engine.joint_embed(ids.to(self.device), pixel_values, mask)
         if isinstance(inputs_embeds, torch.Tensor) and inputs_embeds.dim() == 3 and inputs_embeds.shape[0] == 1:
             return inputs_embeds.to(self.device, self.dtype)
-        raise TypeError("inputs_embeds expected embeddings [1, T, H] or joint_embed's (input_ids, pixel_values, "
-                        f"kwargs), got {type(inputs_embeds).__name__}")
+        raise TypeError(
+            "inputs_embeds expected embeddings [1, T, H] or joint_embed's (input_ids, pixel_values, "
+            f"kwargs), got {type(inputs_embeds).__name__}"
+        )
 
     def _cache_for(self, past_key_values, need):
         """A KVCache holding past_key_values with room for `need` more tokens."""
         if isinstance(past_key_values, core.KVCache):
             if past_key_values.length + need > past_key_values.capacity:
-                raise ValueError(f"past_key_values: a KVCache of capacity {past_key_values.capacity} cannot take "
-                                 f"{need} more tokens at length {past_key_values.length}")
+                raise ValueError(
+                    f"past_key_values: a KVCache of capacity {past_key_values.capacity} cannot take "
+                    f"{need} more tokens at length {past_key_values.length}"
+                )
             return past_key_values
         length = cache_length(past_key_values)
         capacity = max(int(self.config.max_seq_len), 2 * (length + need))
         kv = self._kv
         ours = past_key_values is self._last_out or id(past_key_values) not in self._handed_out
-        if (ours and isinstance(past_key_values, tuple) and kv is not None and length <= kv.length
-                and length + need <= kv.capacity and _views_of(past_key_values, kv)):
+        if (
+            ours
+            and isinstance(past_key_values, tuple)
+            and kv is not None
+            and length <= kv.length
+            and length + need <= kv.capacity
+            and _views_of(past_key_values, kv)
+        ):
             kv.truncate(length)  # surgery on the tuple moved the data in place; the next token takes `length`
             return kv
         self._kv, self._last_out, self._handed_out = None, None, set()  # a new storage from here on
         if past_key_values is None or length == 0:
             return self.engine.make_cache(capacity)
-        return core.KVCache.from_past_key_values(past_key_values, capacity=capacity,
-                                                 rope_theta=rope_theta(self.config.text_config))
+        return core.KVCache.from_past_key_values(
+            past_key_values, capacity=capacity, rope_theta=rope_theta(self.config.text_config)
+        )
 
     @torch.no_grad()
-    def fast_greedy_generate(self, inputs_embeds, past_key_values=None, max_length: int = 100, verbose: bool = False,
-                             **kwargs):
+    def fast_greedy_generate(
+        self, inputs_embeds, past_key_values=None, max_length: int = 100, verbose: bool = False, **kwargs
+    ):
         """(output_ids [1, n], past_key_values). Greedy unless do_sample=True (then temperature, top_p, seed).
         As the original: output_ids ends with the end token when one came; the cache holds the input and every
         output token but the last."""
@@ -147,8 +175,15 @@ class SmolVLMWithStrategies:
         return self.inplace_output_ids
 
     @torch.no_grad()
-    def generate(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_attention_mask=None,
-                 max_new_tokens: int = 20, **kwargs):
+    def generate(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        pixel_values=None,
+        pixel_attention_mask=None,
+        max_new_tokens: int = 20,
+        **kwargs,
+    ):
         """transformers-style: the prompt followed by the new tokens, [1, T + n], from a fresh cache."""
         if input_ids is None or input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"input_ids expected a [1, T] tensor, got {input_ids!r:.80}")
@@ -181,7 +216,10 @@ def _views_of(legacy, kv):
         return False
     for i in (0, kv.num_layers - 1):
         k, v = legacy[i][0], legacy[i][1]
-        if (k.data_ptr() != kv.key_buffer(i).data_ptr() or v.data_ptr() != kv.value_buffer(i).data_ptr()
-                or k.stride() != kv.key_buffer(i).stride()):
+        if (
+            k.data_ptr() != kv.key_buffer(i).data_ptr()
+            or v.data_ptr() != kv.value_buffer(i).data_ptr()
+            or k.stride() != kv.key_buffer(i).stride()
+        ):
             return False
     return True

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 try:
     from mmassist.eval.runners.stream_inference import FrameOutput
 except ImportError:
+
     @dataclass
     class FrameOutput:
         gen: str
@@ -21,5 +22,6 @@ except ImportError:
             for k in [ignore_keys] if isinstance(ignore_keys, str) else (ignore_keys or []):
                 d.pop(k, None)
             return d
+
 
 __all__ = ["FrameOutput"]

@@ -56,17 +56,24 @@ def summary_ids(tokenizer: Any, summary: str, budget: int | None = None) -> torc
     if budget is None or len(ids) <= budget:
         return ids
     head, tail = (_text_ids(tokenizer, part) for part in prompt.summary_turn("\0").split("\0"))
-    body = _text_ids(tokenizer, summary)[:max(0, budget - len(head) - len(tail))]
+    body = _text_ids(tokenizer, summary)[: max(0, budget - len(head) - len(tail))]
     return torch.cat([head, body, tail]) if len(head) + len(tail) <= budget else ids[:0]
 
 
-def restart_context(model: Any, tokenizer: Any, cache: core.KVCache, system_prompt: str | None,
-                    knowledge: str | None = None, summary: str | None = None,
-                    summary_budget: int | None = None) -> None:
+def restart_context(
+    model: Any,
+    tokenizer: Any,
+    cache: core.KVCache,
+    system_prompt: str | None,
+    knowledge: str | None = None,
+    summary: str | None = None,
+    summary_budget: int | None = None,
+) -> None:
     """Prefills the anchor into an empty cache: system prompt, then summary and knowledge, all pinned.
     summary_budget: the most tokens the summary turn may take (it is cut to fit)."""
-    pieces = [("system", _text_ids(tokenizer, prompt.system_turn(system_prompt or prompt.DEFAULT_SYSTEM_PROMPT,
-                                                                   first=True)))]
+    pieces = [
+        ("system", _text_ids(tokenizer, prompt.system_turn(system_prompt or prompt.DEFAULT_SYSTEM_PROMPT, first=True)))
+    ]
     if summary is not None:
         pieces.append(("summary", summary_ids(tokenizer, summary, summary_budget)))
     if knowledge:
@@ -97,36 +104,70 @@ class StreamRunner:
     The settings are a RunnerConfig: pass `config=RunnerConfig(...)`, or its fields as keyword arguments
     (as the pipeline this mirrors takes them); with `config`, the keyword arguments are not read."""
 
-    def __init__(self, model_name: Any, device: str = DEFAULT_DEVICE, torch_dtype: str = DEFAULT_DTYPE,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = DEFAULT_TEMPERATURE,
-                 use_kv_cache: bool = True, context_strategy_type: str = DEFAULT_STRATEGY,
-                 context_strategy_config: dict[str, Any] | None = None, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-                 reserved_seq_len: int = DEFAULT_RESERVED_SEQ_LEN, backend: str = DEFAULT_BACKEND,
-                 talk_policy: str = DEFAULT_TALK_POLICY, not_talk_threshold: float = DEFAULT_NOT_TALK_THRESHOLD,
-                 system_prompt: str | None = None, split_frames: bool = False, seed: int = DEFAULT_SEED,
-                 top_p: float = DEFAULT_TOP_P, *, config: RunnerConfig | None = None):
+    def __init__(
+        self,
+        model_name: Any,
+        device: str = DEFAULT_DEVICE,
+        torch_dtype: str = DEFAULT_DTYPE,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float = DEFAULT_TEMPERATURE,
+        use_kv_cache: bool = True,
+        context_strategy_type: str = DEFAULT_STRATEGY,
+        context_strategy_config: dict[str, Any] | None = None,
+        max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+        reserved_seq_len: int = DEFAULT_RESERVED_SEQ_LEN,
+        backend: str = DEFAULT_BACKEND,
+        talk_policy: str = DEFAULT_TALK_POLICY,
+        not_talk_threshold: float = DEFAULT_NOT_TALK_THRESHOLD,
+        system_prompt: str | None = None,
+        split_frames: bool = False,
+        seed: int = DEFAULT_SEED,
+        top_p: float = DEFAULT_TOP_P,
+        *,
+        config: RunnerConfig | None = None,
+    ):
         if config is None:
-            config = RunnerConfig(device=device, torch_dtype=torch_dtype, max_new_tokens=max_new_tokens,
-                                  temperature=temperature, use_kv_cache=use_kv_cache,
-                                  context_strategy_type=context_strategy_type,
-                                  context_strategy_config=context_strategy_config, max_seq_len=max_seq_len,
-                                  reserved_seq_len=reserved_seq_len, backend=backend, talk_policy=talk_policy,
-                                  not_talk_threshold=not_talk_threshold, system_prompt=system_prompt,
-                                  split_frames=split_frames, seed=seed, top_p=top_p)
+            config = RunnerConfig(
+                device=device,
+                torch_dtype=torch_dtype,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                use_kv_cache=use_kv_cache,
+                context_strategy_type=context_strategy_type,
+                context_strategy_config=context_strategy_config,
+                max_seq_len=max_seq_len,
+                reserved_seq_len=reserved_seq_len,
+                backend=backend,
+                talk_policy=talk_policy,
+                not_talk_threshold=not_talk_threshold,
+                system_prompt=system_prompt,
+                split_frames=split_frames,
+                seed=seed,
+                top_p=top_p,
+            )
         elif not isinstance(config, RunnerConfig):
             raise TypeError(f"config expected a RunnerConfig or None, got {type(config).__name__}")
-        self.config = c = config
+        self._start(model_name, config)
+
+    def _start(self, model_name: Any, c: RunnerConfig) -> None:
+        """The strategy, the engine (loaded, or the one given), the cache; refuses a context too small for one
+        frame and its reply."""
+        self.config = c
         self.strategy = ContextStrategyFactory.create_strategy(
-            c.strategy, max_seq_len=c.max_seq_len, reserved_seq_len=c.reserved_seq_len, **c.strategy_kwargs())
+            c.strategy, max_seq_len=c.max_seq_len, reserved_seq_len=c.reserved_seq_len, **c.strategy_kwargs()
+        )
         if c.max_new_tokens >= c.max_seq_len:
             raise ValueError(f"max_new_tokens expected < max_seq_len ({c.max_seq_len}), got {c.max_new_tokens}")
 
-        engine = model_name if isinstance(model_name, Engine) else Engine(model_name, c.backend, c.torch_dtype,
-                                                                          c.device)
+        engine = (
+            model_name if isinstance(model_name, Engine) else Engine(model_name, c.backend, c.torch_dtype, c.device)
+        )
         self.max_positions = engine.backend.max_position_embeddings
         if c.max_seq_len > self.max_positions:
-            raise ValueError(f"max_seq_len expected <= the model's max_position_embeddings ({self.max_positions}), "
-                             f"got {c.max_seq_len}")
+            raise ValueError(
+                f"max_seq_len expected <= the model's max_position_embeddings ({self.max_positions}), "
+                f"got {c.max_seq_len}"
+            )
         self.engine = engine
         self.model_path, self.backend, self.processor = engine.path, engine.backend, engine.processor
         self.tokenizer, self.eou_id, self.device = engine.tokenizer, engine.eou_id, engine.device
@@ -140,12 +181,17 @@ class StreamRunner:
         self.cache = self.backend.make_cache(c.max_seq_len)
         self._prompt_ids = self._ids(prompt.ASSISTANT_PROMPT)[0]
         self._empty = torch.zeros(0, dtype=torch.long)
-        step = (len(_text_ids(self.tokenizer, prompt.system_turn(self.system_prompt, first=True)))
-                + len(_text_ids(self.tokenizer, prompt.frame_turn(0, self.backend.image_seq_len)))
-                + len(self._prompt_ids) + c.max_new_tokens)
+        step = (
+            len(_text_ids(self.tokenizer, prompt.system_turn(self.system_prompt, first=True)))
+            + len(_text_ids(self.tokenizer, prompt.frame_turn(0, self.backend.image_seq_len)))
+            + len(self._prompt_ids)
+            + c.max_new_tokens
+        )
         if step > c.max_seq_len:  # no strategy could make room for even one frame
-            raise ValueError(f"max_seq_len expected >= {step} (the system prompt, one frame and a reply of "
-                             f"max_new_tokens={c.max_new_tokens}), got {c.max_seq_len}")
+            raise ValueError(
+                f"max_seq_len expected >= {step} (the system prompt, one frame and a reply of "
+                f"max_new_tokens={c.max_new_tokens}), got {c.max_seq_len}"
+            )
         self.reset()
 
     # ---- helpers -------------------------------------------------------------------------
@@ -156,14 +202,15 @@ class StreamRunner:
         """The most tokens a summary turn may take: a third of what the anchor, the next step (its input and a
         reply) and a summary request leave in the cache. The other thirds are the room the next summary is
         generated in and the frames in between, so the stream goes on before it summarises again."""
-        free = (self.max_seq_len - self._anchor_len - incoming - self.max_new_tokens - SUMMARY_REQUEST_TOKENS)
+        free = self.max_seq_len - self._anchor_len - incoming - self.max_new_tokens - SUMMARY_REQUEST_TOKENS
         return max(0, free // 3)
 
     def _compress(self, frame_index, t, incoming=0):
         self._summary_budget = self._summary_room(incoming)
         # What the strategies read: where the stream is, and how to ask this runner's model for a summary.
-        cache, msg = self.strategy.handle_overflow(self.cache, self._last_msg, frame_index=frame_index, time=t,
-                                                   summarize=self._summarize)
+        cache, msg = self.strategy.handle_overflow(
+            self.cache, self._last_msg, frame_index=frame_index, time=t, summarize=self._summarize
+        )
         if cache is not None:
             self.cache, self._last_msg = cache, msg
             return self.strategy.name
@@ -171,8 +218,15 @@ class StreamRunner:
         self.cache.drop_all()
         self._last_msg = None
         if isinstance(msg, str):
-            restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, self._knowledge, msg,
-                            summary_budget=self._summary_budget)
+            restart_context(
+                self.backend,
+                self.tokenizer,
+                self.cache,
+                self.system_prompt,
+                self._knowledge,
+                msg,
+                summary_budget=self._summary_budget,
+            )
         return self.strategy.name
 
     def _summarize(self, text, max_tokens):
@@ -185,8 +239,9 @@ class StreamRunner:
         max_tokens = min(max_tokens, room, self._summary_budget - wrap)  # the summary must fit where it goes
         if max_tokens <= 0:
             return ""
-        r = self.backend.generate(self.backend.embed(ids), self.cache, max_tokens, [self.eou_id],
-                                  kind="user", keep_generated_in_cache=False)
+        r = self.backend.generate(
+            self.backend.embed(ids), self.cache, max_tokens, [self.eou_id], kind="user", keep_generated_in_cache=False
+        )
         self.cache.truncate(self.cache.length - ids.shape[1])  # the request goes too
         return self._decode(r.tokens)
 
@@ -263,14 +318,15 @@ class StreamRunner:
             raise TypeError(f"video_data['conversation'] expected a list of turns, got {type(conv).__name__}")
         for i, turn in enumerate(conv):
             if not isinstance(turn, dict) or not {"role", "time", "content"} <= set(turn):
-                raise ValueError(f"video_data['conversation'][{i}] expected a dict with role, time, content; "
-                                 f"got {turn!r}")
+                raise ValueError(
+                    f"video_data['conversation'][{i}] expected a dict with role, time, content; got {turn!r}"
+                )
             if turn["role"] not in ("system", "user", "assistant"):
-                raise ValueError(f"video_data['conversation'][{i}]['role'] expected system, user or assistant, "
-                                 f"got {turn['role']!r}")
+                raise ValueError(
+                    f"video_data['conversation'][{i}]['role'] expected system, user or assistant, got {turn['role']!r}"
+                )
             if not isinstance(turn["time"], (int, float)) or not 0 <= turn["time"] < math.inf:
-                raise ValueError(f"video_data['conversation'][{i}]['time'] expected seconds >= 0, "
-                                 f"got {turn['time']!r}")
+                raise ValueError(f"video_data['conversation'][{i}]['time'] expected seconds >= 0, got {turn['time']!r}")
         return float(fps), conv
 
     def _frames(self, video, fps):
@@ -281,8 +337,10 @@ class StreamRunner:
                 raise TypeError(f"video_data['frames'] expected a list of images, got {type(frames).__name__}")
         else:
             if not getattr(core, "has_opencv", False):
-                raise RuntimeError("video_path needs prospect_core.VideoReader, which this build lacks "
-                                   "(rebuild with OpenCV: apt-get install libopencv-dev)")
+                raise RuntimeError(
+                    "video_path needs prospect_core.VideoReader, which this build lacks "
+                    "(rebuild with OpenCV: apt-get install libopencv-dev)"
+                )
             frames = (f for _, f in core.VideoReader(str(video["video_path"]), fps=fps))
         for i, f in enumerate(frames):
             if limit is not None and i >= limit:
@@ -290,8 +348,11 @@ class StreamRunner:
             yield i, (i + 1) / fps, f
 
     def _turn_text(self, turn):
-        return (prompt.user_turn(turn["content"]) if turn["role"] == "user"
-                else prompt.system_turn(turn["content"], first=False))
+        return (
+            prompt.user_turn(turn["content"])
+            if turn["role"] == "user"
+            else prompt.system_turn(turn["content"], first=False)
+        )
 
     # ---- one step at a time (what stream() and server sessions call) --------------------------
     def reset(self, knowledge: str | None = None) -> None:
@@ -313,8 +374,15 @@ class StreamRunner:
             restart_context(self.backend, self.tokenizer, self.cache, self.system_prompt, self._knowledge)
             self._anchor_pinned = False
 
-    def add_frame(self, frame: Any, frame_index: int, t: float, turns: Iterable[dict] = (), talk: bool = True,
-                  where: str = "frame") -> FrameRecord:
+    def add_frame(
+        self,
+        frame: Any,
+        frame_index: int,
+        t: float,
+        turns: Iterable[dict] = (),
+        talk: bool = True,
+        where: str = "frame",
+    ) -> FrameRecord:
         """One frame at time t (seconds), after the system/user turns placed before it. talk=False only
         watches; otherwise the talk policy decides. Returns the frame's record."""
         check_time("t", t)
@@ -361,8 +429,15 @@ class StreamRunner:
         self._finish(rec, frame_index, t)
         return rec
 
-    def add_user_turn(self, text: str, frame_index: int | None = None, t: float | None = None, respond: bool = False,
-                      max_new_tokens: int | None = None, on_token: Callable[[int], Any] | None = None) -> TurnRecord:
+    def add_user_turn(
+        self,
+        text: str,
+        frame_index: int | None = None,
+        t: float | None = None,
+        respond: bool = False,
+        max_new_tokens: int | None = None,
+        on_token: Callable[[int], Any] | None = None,
+    ) -> TurnRecord:
         """A user turn between frames. respond=True: the assistant answers at once (no silence rule);
         returns the record with the reply's text (None when not asked to respond)."""
         if not isinstance(text, str) or not text.strip():
@@ -385,8 +460,13 @@ class StreamRunner:
         if respond:
             limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
             room = self.cache.capacity - self.cache.length - len(prompt_ids)
-            r = self._generate(self.backend.embed(prompt_ids.unsqueeze(0)), min(limit, room), frame_index,
-                               kind="assistant", on_token=on_token)
+            r = self._generate(
+                self.backend.embed(prompt_ids.unsqueeze(0)),
+                min(limit, room),
+                frame_index,
+                kind="assistant",
+                on_token=on_token,
+            )
             rec.prefill_ms += r.prefill_ms
             rec.decode_ms = r.decode_ms
             rec.text = self._decode(r.tokens)
@@ -406,8 +486,10 @@ class StreamRunner:
         owed = self._last_msg if self._last_msg is not None else self._empty
         ids = torch.cat([owed, self._ids(prompt.user_turn(text))[0], self._prompt_ids]).unsqueeze(0)
         if self.cache.length + ids.shape[1] > self.cache.capacity:
-            raise ValueError(f"text: {ids.shape[1]} tokens do not fit in the {self.cache.capacity - self.cache.length} "
-                             "left in the cache")
+            raise ValueError(
+                f"text: {ids.shape[1]} tokens do not fit in the {self.cache.capacity - self.cache.length} "
+                "left in the cache"
+            )
         start = self.cache.length
         try:
             return self.backend.prefill(self.backend.embed(ids), self.cache, "user")
@@ -418,9 +500,19 @@ class StreamRunner:
         """A reply of at most `limit` tokens (none if negative), sampled with this runner's settings; frame i
         samples with seed + i, so a rerun says the same."""
         sp = self.sampling
-        return self.backend.generate(embeds, self.cache, max(0, limit), [self.eou_id], silence=silence, kind=kind,
-                                     frame_index=frame_index, temperature=sp.temperature, top_p=sp.top_p,
-                                     seed=self.seed + (frame_index or 0), on_token=on_token)
+        return self.backend.generate(
+            embeds,
+            self.cache,
+            max(0, limit),
+            [self.eou_id],
+            silence=silence,
+            kind=kind,
+            frame_index=frame_index,
+            temperature=sp.temperature,
+            top_p=sp.top_p,
+            seed=self.seed + (frame_index or 0),
+            on_token=on_token,
+        )
 
     def _finish(self, rec, frame_index, t):
         """The cache's state after a step, and the compression the strategy asks for after it, if any."""
@@ -455,8 +547,7 @@ class StreamRunner:
         elapsed = time.perf_counter() - t_start
         return {
             "video_id": video_data.get("video_id"),
-            "predictions": [{"time": f.time, "frame_index": f.frame_index, "text": f.text} for f in frames
-                            if f.talked],
+            "predictions": [{"time": f.time, "frame_index": f.frame_index, "text": f.text} for f in frames if f.talked],
             "frames": [f.to_dict() for f in frames],
             "summaries": list(getattr(self.strategy, "summaries", [])),
             "totals": RunTotals.of_frames(frames, elapsed, _peak_memory_mb(self.device)).to_dict(),

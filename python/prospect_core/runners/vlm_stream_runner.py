@@ -36,16 +36,33 @@ def _number(name, value, low, high=None, low_open=False):
 
 
 class VLMStreamRunner:
-    def __init__(self, model_name, eval_name: str = "vlm_baseline", device: str = "cuda",
-                 torch_dtype: str = "bfloat16", max_new_tokens: int = 100, temperature: float = 0.7,
-                 top_p: float = 0.9, do_sample: bool = True, transition_detection_prompt: str = "",
-                 dialogue_generation_prompt: str = "", fps: int = 2, not_talk_threshold: float = 0.5,
-                 use_gt_substeps: bool = True, cache_dir=None, context_strategy_type: str = "none",
-                 context_strategy_config=None, trace=None, **kwargs):
+    def __init__(
+        self,
+        model_name,
+        eval_name: str = "vlm_baseline",
+        device: str = "cuda",
+        torch_dtype: str = "bfloat16",
+        max_new_tokens: int = 100,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        do_sample: bool = True,
+        transition_detection_prompt: str = "",
+        dialogue_generation_prompt: str = "",
+        fps: int = 2,
+        not_talk_threshold: float = 0.5,
+        use_gt_substeps: bool = True,
+        cache_dir=None,
+        context_strategy_type: str = "none",
+        context_strategy_config=None,
+        trace=None,
+        **kwargs,
+    ):
+        # Long as the original's constructor is: the same arguments, each checked, then the model loaded.
         unknown = sorted(set(kwargs) - set(RUNNER_KWARGS))
         if unknown:
-            raise TypeError(f"VLMStreamRunner: unknown arguments {unknown} (extra keyword arguments are "
-                            f"{', '.join(RUNNER_KWARGS)})")
+            raise TypeError(
+                f"VLMStreamRunner: unknown arguments {unknown} (extra keyword arguments are {', '.join(RUNNER_KWARGS)})"
+            )
         opts = {**RUNNER_KWARGS, **kwargs}
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens expected an int >= 1, got {max_new_tokens!r}")
@@ -54,11 +71,16 @@ class VLMStreamRunner:
         _number("fps", fps, 0, low_open=True)
         _number("not_talk_threshold", not_talk_threshold, 0, 1)
         if context_strategy_config is not None and not isinstance(context_strategy_config, Mapping):
-            raise TypeError(f"context_strategy_config expected a dict or None, got "
-                            f"{type(context_strategy_config).__name__}")
+            raise TypeError(
+                f"context_strategy_config expected a dict or None, got {type(context_strategy_config).__name__}"
+            )
         self.model_name, self.eval_name, self.device = model_name, eval_name, device
-        self.max_new_tokens, self.temperature, self.top_p, self.do_sample = max_new_tokens, temperature, top_p, \
-            bool(do_sample)
+        self.max_new_tokens, self.temperature, self.top_p, self.do_sample = (
+            max_new_tokens,
+            temperature,
+            top_p,
+            bool(do_sample),
+        )
         self.transition_detection_prompt = transition_detection_prompt
         self.dialogue_generation_prompt = dialogue_generation_prompt
         self.fps, self.not_talk_threshold, self.use_gt_substeps = fps, not_talk_threshold, use_gt_substeps
@@ -68,16 +90,18 @@ class VLMStreamRunner:
         self.context_strategy = None
         if context_strategy_type and context_strategy_type != "none":
             self.context_strategy = ContextStrategyFactory.create_strategy(
-                context_strategy_type, max_seq_len=self.max_seq_len, reserved_seq_len=self.reserved_seq_len,
-                **dict(context_strategy_config or {}))
+                context_strategy_type,
+                max_seq_len=self.max_seq_len,
+                reserved_seq_len=self.reserved_seq_len,
+                **dict(context_strategy_config or {}),
+            )
 
         from transformers import AutoProcessor
 
         path = resolve_model_path(model_name, cache_dir)
         self.processor = CustomSmolVLMProcessor(AutoProcessor.from_pretrained(path))
         self.chat_formatter = ChatFormatter(self.processor.tokenizer)
-        self.model = SmolVLMWithStrategies.from_pretrained(path, torch_dtype=dtype_name(torch_dtype),
-                                                           device_map=device)
+        self.model = SmolVLMWithStrategies.from_pretrained(path, torch_dtype=dtype_name(torch_dtype), device_map=device)
         self.model.config.max_seq_len = self.max_seq_len  # the cache is sized for it
         self.prev_substep = self.current_substep = None
         self.cache_manager = KVCacheManager(context_strategy=self.context_strategy)
@@ -93,11 +117,15 @@ class VLMStreamRunner:
             raise TypeError(f"run_inference_on_video: unknown arguments {unknown}")
         video_id, frames, conversation = self._check_video(video)
         self._rows = dst_rows(video.get("dst_annotations"), "video['dst_annotations']")
-        if not (self.use_gt_substeps and video.get("dst_annotations") is not None) \
-                and "<image>" not in self.transition_detection_prompt:
-            raise ValueError("transition_detection_prompt expected a prompt with <image> (substeps are predicted "
-                             "when use_gt_substeps is off or the video has no dst_annotations), got "
-                             f"{self.transition_detection_prompt!r}")
+        if (
+            not (self.use_gt_substeps and video.get("dst_annotations") is not None)
+            and "<image>" not in self.transition_detection_prompt
+        ):
+            raise ValueError(
+                "transition_detection_prompt expected a prompt with <image> (substeps are predicted "
+                "when use_gt_substeps is off or the video has no dst_annotations), got "
+                f"{self.transition_detection_prompt!r}"
+            )
         self.prev_substep = self.current_substep = None
         self.cache_manager.reset()
         refs = reference_frames(conversation, self.fps)
@@ -112,8 +140,15 @@ class VLMStreamRunner:
                     gen = self._generate_dialogue_with_cache(frame, self.prev_substep, curr, t, frame_idx)
                 else:
                     gen = self._generate_dialogue(frame, self.prev_substep, curr, frame_idx)
-            outputs.append(FrameOutput(gen=gen, ref=refs.get(frame_idx, ""), image=frame,
-                                       frame_idx_in_stream=frame_idx, timestamp_in_stream=t))
+            outputs.append(
+                FrameOutput(
+                    gen=gen,
+                    ref=refs.get(frame_idx, ""),
+                    image=frame,
+                    frame_idx_in_stream=frame_idx,
+                    timestamp_in_stream=t,
+                )
+            )
             self.prev_substep = curr
         return {"predictions": outputs, "video_id": video_id}
 
@@ -125,8 +160,10 @@ class VLMStreamRunner:
                 raise ValueError(f"video expected a '{key}' key; it has {sorted(video)}")
         fps = video.get("fps", self.fps)
         if fps != self.fps:
-            raise ValueError(f"video['fps'] is {fps!r} but the runner was built with fps={self.fps}: timestamps "
-                             "would not match the frames; build the runner with the video's fps")
+            raise ValueError(
+                f"video['fps'] is {fps!r} but the runner was built with fps={self.fps}: timestamps "
+                "would not match the frames; build the runner with the video's fps"
+            )
         frames = video["frames"]
         if not isinstance(frames, (list, tuple)):
             raise TypeError(f"video['frames'] expected a list of images, got {type(frames).__name__}")
@@ -141,12 +178,16 @@ class VLMStreamRunner:
             return active(self._rows, "SUBSTEP", timestamp)
         inputs = self.processor(images=frame, text=self.transition_detection_prompt, return_tensors="pt")
         out = self.model.generate(**inputs, max_new_tokens=50, do_sample=False)
-        return self.processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        return self.processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
     # ---- dialogue -----------------------------------------------------------------------------
     def _sampling(self, frame_idx):
-        return {"do_sample": self.do_sample, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed + frame_idx}
+        return {
+            "do_sample": self.do_sample,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed + frame_idx,
+        }
 
     def _clean(self, text, prompt):
         if "Assistant:" in text:
@@ -158,7 +199,7 @@ class VLMStreamRunner:
         prompt = self.dialogue_generation_prompt.format(prev_substep=prev_substep, curr_substep=curr_substep)
         inputs = self.processor(images=frame, text=prompt, return_tensors="pt")
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **self._sampling(frame_idx))
-        new = out[0, inputs["input_ids"].shape[1]:]  # the reply only, not the prompt decoded back
+        new = out[0, inputs["input_ids"].shape[1] :]  # the reply only, not the prompt decoded back
         return self._clean(self.processor.decode(new, skip_special_tokens=True), prompt)
 
     @staticmethod
@@ -178,14 +219,26 @@ class VLMStreamRunner:
         before = self._get_cache_length(past_key_values)
         t0 = time.perf_counter()
         past_key_values, _ = self.context_strategy.compress_cache(
-            past_key_values=past_key_values, attention_mask=None, model=self.model, processor=self.processor,
-            current_frame=frame, chat_formatter=self.chat_formatter, current_timestamp=timestamp,
-            frame_idx=frame_idx, trace=self.trace, dst_annotations=self._rows or None)
+            past_key_values=past_key_values,
+            attention_mask=None,
+            model=self.model,
+            processor=self.processor,
+            current_frame=frame,
+            chat_formatter=self.chat_formatter,
+            current_timestamp=timestamp,
+            frame_idx=frame_idx,
+            trace=self.trace,
+            dst_annotations=self._rows or None,
+        )
         if self.trace is not None:
-            self.trace.add_compression_event(timestamp=timestamp, frame_idx=frame_idx, tokens_before=before,
-                                             tokens_after=self._get_cache_length(past_key_values),
-                                             strategy_name=self.context_strategy.name,
-                                             compression_time=time.perf_counter() - t0)
+            self.trace.add_compression_event(
+                timestamp=timestamp,
+                frame_idx=frame_idx,
+                tokens_before=before,
+                tokens_after=self._get_cache_length(past_key_values),
+                strategy_name=self.context_strategy.name,
+                compression_time=time.perf_counter() - t0,
+            )
         return past_key_values
 
     @torch.no_grad()
@@ -195,21 +248,35 @@ class VLMStreamRunner:
         prompt = self.dialogue_generation_prompt.format(prev_substep=prev_substep, curr_substep=curr_substep)
         inputs = self.processor(images=frame, text=prompt, return_tensors="pt")
         pkv = self.cache_manager.get_cache()
-        if pkv is not None and self.context_strategy is not None \
-                and self.context_strategy.should_reduce_cache(self._get_cache_length(pkv)):
+        if (
+            pkv is not None
+            and self.context_strategy is not None
+            and self.context_strategy.should_reduce_cache(self._get_cache_length(pkv))
+        ):
             pkv = self._compress(pkv, frame, timestamp, frame_idx)
-        embeds = self.model.joint_embed(input_ids=inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
-                                        pixel_attention_mask=inputs.get("pixel_attention_mask"))
-        out, new_cache = self.model.fast_greedy_generate(inputs_embeds=embeds, past_key_values=pkv,
-                                                         max_length=self.max_new_tokens, verbose=False,
-                                                         **self._sampling(frame_idx))
+        embeds = self.model.joint_embed(
+            input_ids=inputs["input_ids"],
+            pixel_values=inputs.get("pixel_values"),
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+        )
+        out, new_cache = self.model.fast_greedy_generate(
+            inputs_embeds=embeds,
+            past_key_values=pkv,
+            max_length=self.max_new_tokens,
+            verbose=False,
+            **self._sampling(frame_idx),
+        )
         self.cache_manager.update_cache(new_cache)
         dialogue = self._clean(self.processor.tokenizer.decode(out[0], skip_special_tokens=True), prompt)
         if self.trace is not None and dialogue:
-            self.trace.add_generation_event(timestamp=timestamp, frame_idx=frame_idx, generated_text=dialogue,
-                                            generation_time=time.perf_counter() - t0,
-                                            cache_tokens=self._get_cache_length(pkv),
-                                            frame_path=self._save_frame(frame, frame_idx))
+            self.trace.add_generation_event(
+                timestamp=timestamp,
+                frame_idx=frame_idx,
+                generated_text=dialogue,
+                generation_time=time.perf_counter() - t0,
+                cache_tokens=self._get_cache_length(pkv),
+                frame_path=self._save_frame(frame, frame_idx),
+            )
         return dialogue
 
     def _get_reference_dialogue(self, conversation, timestamp):

@@ -34,8 +34,7 @@ class RunningServer:
         self.thread.join(timeout=30)
 
 
-def start_in_thread(engine, host="127.0.0.1", port=0, limits=None, log_level="warning",
-                    access=None) -> RunningServer:
+def start_in_thread(engine, host="127.0.0.1", port=0, limits=None, log_level="warning", access=None) -> RunningServer:
     """Starts the server on a background thread (port 0: any free port) and returns once it listens;
     for notebooks and tests. `.url`, `.app.state.sessions`, `.stop()`."""
     limits = limits or ServerLimits()

@@ -25,7 +25,7 @@ def host_name(value: str) -> str:
     """A Host header -> its name without port or IPv6 brackets, lower case: '[::1]:8080' -> '::1'."""
     value = value.strip().lower()
     if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value
+        return value[1 : value.find("]")] if "]" in value else value
     return value.rpartition(":")[0] if value.count(":") == 1 else value
 
 
@@ -39,14 +39,23 @@ def site_check(access: Access):
         headers = dict(scope["headers"])
         host = headers.get(b"host", b"").decode("latin-1")
         if not any_host and host_name(host) not in hosts:
-            return APIError(400, f"Host: expected one of {', '.join(sorted(hosts))} (add names with "
-                                 f"--allowed-hosts), got {host[:100]!r}", "Host", "host_not_allowed")
+            return APIError(
+                400,
+                f"Host: expected one of {', '.join(sorted(hosts))} (add names with "
+                f"--allowed-hosts), got {host[:100]!r}",
+                "Host",
+                "host_not_allowed",
+            )
         origin = headers.get(b"origin")
         if origin is not None and origin.decode("latin-1") not in origins:
             allowed = ", ".join(sorted(origins)) or "none"
-            return APIError(403, f"Origin: browser requests from other sites are refused (allowed origins: "
-                                 f"{allowed}; add with --allowed-origins), got {origin.decode('latin-1')[:100]!r}",
-                            "Origin", "origin_not_allowed")
+            return APIError(
+                403,
+                f"Origin: browser requests from other sites are refused (allowed origins: "
+                f"{allowed}; add with --allowed-origins), got {origin.decode('latin-1')[:100]!r}",
+                "Origin",
+                "origin_not_allowed",
+            )
         return None
 
     return check
@@ -67,15 +76,23 @@ def caller_check(access: Access):
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), key):
                 got = "none" if b"authorization" not in headers else "a different key"
-                return APIError(401, f"Authorization: expected 'Bearer <api key>' with the key the server was "
-                                     f"started with, got {got}", "Authorization", "invalid_api_key",
-                                headers=[(b"www-authenticate", b"Bearer")])
+                return APIError(
+                    401,
+                    f"Authorization: expected 'Bearer <api key>' with the key the server was started with, got {got}",
+                    "Authorization",
+                    "invalid_api_key",
+                    headers=[(b"www-authenticate", b"Bearer")],
+                )
         if scope["method"] in ("POST", "PUT", "PATCH") and _has_body(headers):
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if ctype != b"application/json":
                 given = repr(ctype.decode("latin-1")[:100]) if ctype else "none"
-                return APIError(415, f"Content-Type: expected application/json, got {given}", "Content-Type",
-                                "unsupported_media_type")
+                return APIError(
+                    415,
+                    f"Content-Type: expected application/json, got {given}",
+                    "Content-Type",
+                    "unsupported_media_type",
+                )
         return None
 
     return check

@@ -27,14 +27,19 @@ def _add_middleware(app: FastAPI, limits: ServerLimits, access: Access) -> None:
     app.add_middleware(BodyLimit, limit=int(limits.max_body_mb * 2**20))
     app.add_middleware(Guard, check=caller_check(access))
     if access.allowed_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(access.allowed_origins),
-                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["authorization", "content-type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(access.allowed_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["authorization", "content-type"],
+        )
     app.add_middleware(Guard, check=site_check(access))
     app.add_middleware(errors.CatchAll)
 
 
-def create_app(engine: Engine, limits: ServerLimits | None = None, model_id: str | None = None,
-               access: Access | None = None) -> FastAPI:
+def create_app(
+    engine: Engine, limits: ServerLimits | None = None, model_id: str | None = None, access: Access | None = None
+) -> FastAPI:
     limits, access = limits or ServerLimits(), access or Access()
     state = ServerState.create(engine, limits, model_id or engine.path.name)
 

@@ -61,12 +61,12 @@ class TextStream:
         before, after = self._decode(self.prefix, self.read), self._decode(self.prefix)
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""  # nothing whole yet: a character split across tokens, or a special token
-        self.raw += after[len(before):]
+        self.raw += after[len(before) :]
         self.prefix, self.read = self.read, len(self.tokens)
         text = self.raw.lstrip()
         cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if cuts:
-            self.text, self.stopped = text[:min(cuts)], True
+            self.text, self.stopped = text[: min(cuts)], True
             return self._release(len(self.text))
         self.text = text
         return self._release(len(text) - self.hold)
@@ -78,7 +78,7 @@ class TextStream:
         return self._release(len(self.text))
 
     def _release(self, upto) -> str:
-        delta = self.text[self.sent:upto] if upto > self.sent else ""
+        delta = self.text[self.sent : upto] if upto > self.sent else ""
         self.sent = max(self.sent, upto)
         return delta
 
@@ -86,8 +86,15 @@ class TextStream:
 class Completion:
     """One request's prompt, checked against the limits before any token is generated."""
 
-    def __init__(self, engine: Engine, preprocess: FramePreprocessor, req: ChatRequest, text: str,
-                 images: list[tuple[str, np.ndarray]], max_tokens_cap: int):
+    def __init__(
+        self,
+        engine: Engine,
+        preprocess: FramePreprocessor,
+        req: ChatRequest,
+        text: str,
+        images: list[tuple[str, np.ndarray]],
+        max_tokens_cap: int,
+    ):
         """text: the prompt render() made of req.messages; images: [(param, HxWx3 array)] in its order."""
         backend = engine.backend
         self.engine, self.req = engine, req
@@ -96,15 +103,23 @@ class Completion:
         context = backend.max_position_embeddings
         room = context - self.prompt_tokens
         if room < 1:
-            raise APIError(400, f"messages: the prompt is {self.prompt_tokens} tokens, the model's context is "
-                                f"{context}", "messages")
+            raise APIError(
+                400,
+                f"messages: the prompt is {self.prompt_tokens} tokens, the model's context is {context}",
+                "messages",
+            )
         asked = req.max_completion_tokens or req.max_tokens
         if asked is not None and asked > max_tokens_cap:
-            raise APIError(400, f"max_tokens: expected at most {max_tokens_cap} (the server's limit), got {asked}",
-                           "max_tokens")
+            raise APIError(
+                400, f"max_tokens: expected at most {max_tokens_cap} (the server's limit), got {asked}", "max_tokens"
+            )
         if asked is not None and asked > room:
-            raise APIError(400, f"max_tokens: the prompt is {self.prompt_tokens} tokens, so at most {room} more fit "
-                                f"in the model's context of {context}; got {asked}", "max_tokens")
+            raise APIError(
+                400,
+                f"max_tokens: the prompt is {self.prompt_tokens} tokens, so at most {room} more fit "
+                f"in the model's context of {context}; got {asked}",
+                "max_tokens",
+            )
         max_tokens = asked if asked is not None else min(max_tokens_cap, room)
         self.features = None
         if images:
@@ -115,17 +130,21 @@ class Completion:
             raise APIError(400, f"stop: expected at most 4 strings, got {len(stops)}", "stop")
         self.stream = TextStream(engine.tokenizer, stops)
         temperature = float(req.temperature or 0.0)
-        self.sampling = SamplingParams(temperature=temperature if temperature >= GREEDY_BELOW else 0.0,
-                                       top_p=req.top_p if req.top_p is not None else 1.0,
-                                       seed=req.seed if req.seed is not None else secrets.randbits(62),
-                                       max_new_tokens=max_tokens, stop=tuple(stops))
+        self.sampling = SamplingParams(
+            temperature=temperature if temperature >= GREEDY_BELOW else 0.0,
+            top_p=req.top_p if req.top_p is not None else 1.0,
+            seed=req.seed if req.seed is not None else secrets.randbits(62),
+            max_new_tokens=max_tokens,
+            stop=tuple(stops),
+        )
 
     @property
     def max_tokens(self) -> int:
         return self.sampling.max_new_tokens
 
-    def run(self, on_delta: Callable[[str], None] | None = None,
-            cancelled: Callable[[], bool] = lambda: False) -> tuple[str, str, int]:
+    def run(
+        self, on_delta: Callable[[str], None] | None = None, cancelled: Callable[[], bool] = lambda: False
+    ) -> tuple[str, str, int]:
         """Generates; on_delta(text) gets each released piece; cancelled() (the client hung up) stops it before
         the next token. Returns (text, finish_reason, tokens)."""
         if cancelled():  # gone while this waited in the engine queue
@@ -141,8 +160,17 @@ class Completion:
             return not self.stream.stopped and not cancelled()
 
         sp = self.sampling
-        r = backend.generate(embeds, cache, sp.max_new_tokens, [self.engine.eou_id], kind="user",
-                             temperature=sp.temperature, top_p=sp.top_p, seed=sp.seed, on_token=on_token)
+        r = backend.generate(
+            embeds,
+            cache,
+            sp.max_new_tokens,
+            [self.engine.eou_id],
+            kind="user",
+            temperature=sp.temperature,
+            top_p=sp.top_p,
+            seed=sp.seed,
+            on_token=on_token,
+        )
         tail = self.stream.finish()
         if tail and on_delta:
             on_delta(tail)

@@ -44,7 +44,15 @@ class _ReadDeadline(H11Protocol):
 
 def uvicorn_server(app, host, port, log_level, limits):
     protocol = type("ReadDeadlineH11", (_ReadDeadline,), {"read_timeout_s": float(limits.read_timeout_s)})
-    return uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, http=protocol,
-        timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.max_connections,
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES))
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            http=protocol,
+            timeout_keep_alive=limits.keep_alive_s,
+            limit_concurrency=limits.max_connections,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        )
+    )

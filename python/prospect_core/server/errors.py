@@ -10,22 +10,28 @@ from starlette.exceptions import HTTPException
 
 log = logging.getLogger("prospect.server")
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-          415: "invalid_request_error", 429: "rate_limit_error", 503: "server_overloaded"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_overloaded",
+}
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers=()):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, headers=()):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = list(headers)  # [(name, value)] as bytes, for the middleware that answers with it
 
 
 def error_body(status, message, param=None, code=None):
-    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param,
-                      "code": code}}
+    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
 
 
 def _encode(body) -> bytes:
@@ -45,14 +51,17 @@ def _response(status, message, param=None, code=None):
 async def send_error(send, status, message, param=None, code=None, headers=()):
     """The same error body, sent from ASGI middleware (before or around the app)."""
     body = _encode(error_body(status, message, param, code))
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-LONE_SURROGATE = ("expected valid Unicode text, without a lone surrogate (a \\ud800-\\udfff escape missing "
-                  "its pair)")
+LONE_SURROGATE = "expected valid Unicode text, without a lone surrogate (a \\ud800-\\udfff escape missing its pair)"
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "ImageURL", "TextPart", "ImagePart"}
 
@@ -106,8 +115,10 @@ def install(app: FastAPI):
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, e: HTTPException):
-        message = {404: f"no route {request.method} {request.url.path}",
-                   405: f"method {request.method} not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        message = {
+            404: f"no route {request.method} {request.url.path}",
+            405: f"method {request.method} not allowed on {request.url.path}",
+        }.get(e.status_code, str(e.detail))
         return _response(e.status_code, message)
 
 

@@ -26,8 +26,9 @@ def _open(data: bytes, param: str, max_pixels: int):
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise APIError(400, f"{param}: not a decodable image: expected a {FORMAT_NAMES} image "
-                            f"({type(e).__name__}: {e})", param) from None
+        raise APIError(
+            400, f"{param}: not a decodable image: expected a {FORMAT_NAMES} image ({type(e).__name__}: {e})", param
+        ) from None
     w, h = img.size  # the first frame's, the one decoded
     if w * h > max_pixels:
         raise APIError(400, f"{param}: image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels", param)
@@ -49,11 +50,15 @@ def _read(url: str, param: str, max_bytes: int, local_dir: Path | None) -> bytes
     if url.startswith("data:"):
         head, sep, payload = url.partition(",")
         if not sep or not head.endswith(";base64") or not head[5:].startswith("image/"):
-            raise APIError(400, f"{param}: expected a data URL 'data:image/<type>;base64,<data>', got "
-                                f"'{head[:40]}...'", param)
+            raise APIError(
+                400, f"{param}: expected a data URL 'data:image/<type>;base64,<data>', got '{head[:40]}...'", param
+            )
         if len(payload) * 3 // 4 > max_bytes:
-            raise APIError(400, f"{param}: image of about {len(payload) * 3 // 4} bytes exceeds the limit of "
-                                f"{max_bytes} bytes", param)
+            raise APIError(
+                400,
+                f"{param}: image of about {len(payload) * 3 // 4} bytes exceeds the limit of {max_bytes} bytes",
+                param,
+            )
         try:
             return base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as e:
@@ -61,8 +66,12 @@ def _read(url: str, param: str, max_bytes: int, local_dir: Path | None) -> bytes
     if url.startswith(("http://", "https://")):
         raise APIError(400, f"{param}: remote image URLs are not fetched; send the image as a data URL", param)
     if local_dir is None:
-        raise APIError(400, f"{param}: expected a data URL; local image paths are refused unless the server "
-                            "was started with --allow-local-images DIR", param)
+        raise APIError(
+            400,
+            f"{param}: expected a data URL; local image paths are refused unless the server "
+            "was started with --allow-local-images DIR",
+            param,
+        )
     if "\x00" in url:
         raise APIError(400, f"{param}: expected a file path, got one with a NUL character", param)
     try:
@@ -80,15 +89,18 @@ def _read(url: str, param: str, max_bytes: int, local_dir: Path | None) -> bytes
         raise APIError(400, f"{param}: cannot read image file '{url[:200]}' ({type(e).__name__})", param) from None
 
 
-def load_images(pairs, where: str, max_bytes: int, max_pixels: int, max_total_pixels: int,
-                local_dir: Path | None):
+def load_images(pairs, where: str, max_bytes: int, max_pixels: int, max_total_pixels: int, local_dir: Path | None):
     """[(param, url)] -> [(param, HxWx3 uint8)]; 400 on the first bad one. where: the request's field holding
     them, named when they are too many pixels together."""
     opened = [(param, _open(_read(url, param, max_bytes, local_dir), param, max_pixels)) for param, url in pairs]
     total = sum(img.size[0] * img.size[1] for _, img in opened)
     if total > max_total_pixels:
-        raise APIError(400, f"{where}: expected at most {max_total_pixels} pixels of images per request, got "
-                            f"{len(opened)} images of {total} pixels together", where)
+        raise APIError(
+            400,
+            f"{where}: expected at most {max_total_pixels} pixels of images per request, got "
+            f"{len(opened)} images of {total} pixels together",
+            where,
+        )
     return [(param, _decode(img, param)) for param, img in opened]
 
 

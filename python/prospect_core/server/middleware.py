@@ -13,8 +13,9 @@ class Guard:
         if scope["type"] == "http":
             refused: APIError | None = self.check(scope)
             if refused is not None:
-                return await send_error(send, refused.status, refused.message, refused.param, refused.code,
-                                        refused.headers)
+                return await send_error(
+                    send, refused.status, refused.message, refused.param, refused.code, refused.headers
+                )
         await self.app(scope, receive, send)
 
 

@@ -104,6 +104,7 @@ def _same(value: Any, allowed: Any) -> bool:
 class ChatRequest(Strict):
     """The OpenAI chat-completions fields: those prospect honours, the identifiers and hints it accepts and
     ignores, and the rest of what OpenAI's client can send, accepted only at their neutral values."""
+
     # Honoured.
     model: ShortText | None = None
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -161,8 +162,9 @@ class ChatRequest(Strict):
             if isinstance(m.content, str):
                 out.append((f"messages[{i}].content", m.content))
             else:
-                out += [(f"messages[{i}].content[{j}].text", p.text) for j, p in enumerate(m.content)
-                        if p.type == "text"]
+                out += [
+                    (f"messages[{i}].content[{j}].text", p.text) for j, p in enumerate(m.content) if p.type == "text"
+                ]
         return out
 
 
@@ -178,8 +180,15 @@ class SessionCreate(Strict):
 
     def texts(self):
         cfg = self.context_strategy_config or {}
-        return [(k, v) for k, v in (("system_prompt", self.system_prompt), ("knowledge", self.knowledge),
-                                    ("context_strategy_config", repr(cfg) if cfg else None)) if v]
+        return [
+            (k, v)
+            for k, v in (
+                ("system_prompt", self.system_prompt),
+                ("knowledge", self.knowledge),
+                ("context_strategy_config", repr(cfg) if cfg else None),
+            )
+            if v
+        ]
 
 
 class Frame(Strict):

@@ -35,11 +35,20 @@ from prospect_core.server.schemas import SessionCreate
 
 def _public(rec: FrameRecord | TurnRecord) -> dict[str, Any]:
     """A step's record as the API shows it (a user turn has no vision time or silence probability)."""
-    return {"time": rec.time, "frame_index": rec.frame_index, "talked": rec.talked, "text": rec.text,
-            "cache_len_before": rec.cache_len_before, "cache_len_after": rec.cache_len_after,
-            "strategy_applied": rec.strategy_applied, "silence_prob": getattr(rec, "silence_prob", None),
-            "vision_ms": getattr(rec, "vision_ms", None), "prefill_ms": rec.prefill_ms, "decode_ms": rec.decode_ms,
-            "cache_length": rec.cache_len_after}
+    return {
+        "time": rec.time,
+        "frame_index": rec.frame_index,
+        "talked": rec.talked,
+        "text": rec.text,
+        "cache_len_before": rec.cache_len_before,
+        "cache_len_after": rec.cache_len_after,
+        "strategy_applied": rec.strategy_applied,
+        "silence_prob": getattr(rec, "silence_prob", None),
+        "vision_ms": getattr(rec, "vision_ms", None),
+        "prefill_ms": rec.prefill_ms,
+        "decode_ms": rec.decode_ms,
+        "cache_length": rec.cache_len_after,
+    }
 
 
 def session_config(body: SessionCreate, max_seq_len: int, max_tokens: int) -> RunnerConfig:
@@ -54,11 +63,16 @@ def session_config(body: SessionCreate, max_seq_len: int, max_tokens: int) -> Ru
     if strategy == "summarize_and_drop":
         cfg.setdefault("summary_max_length", min(DEFAULT_SUMMARY_MAX_LENGTH, max_seq_len // 8))
     threshold = body.not_talk_threshold
-    return RunnerConfig(max_seq_len=max_seq_len, reserved_seq_len=reserved, context_strategy_type=strategy,
-                        context_strategy_config=cfg, system_prompt=body.system_prompt,
-                        talk_policy=body.talk_policy or DEFAULT_TALK_POLICY,
-                        not_talk_threshold=DEFAULT_NOT_TALK_THRESHOLD if threshold is None else threshold,
-                        max_new_tokens=body.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, max_seq_len // 4, max_tokens))
+    return RunnerConfig(
+        max_seq_len=max_seq_len,
+        reserved_seq_len=reserved,
+        context_strategy_type=strategy,
+        context_strategy_config=cfg,
+        system_prompt=body.system_prompt,
+        talk_policy=body.talk_policy or DEFAULT_TALK_POLICY,
+        not_talk_threshold=DEFAULT_NOT_TALK_THRESHOLD if threshold is None else threshold,
+        max_new_tokens=body.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, max_seq_len // 4, max_tokens),
+    )
 
 
 def kept_on_compress(strategy: BaseContextStrategy, engine: Engine, unpinned: int) -> int:
@@ -95,19 +109,25 @@ class Session:
         n = len(self.runner.engine.ids(text)[0])
         room = self._room(later)
         if n > room:
-            raise APIError(400, f"{param}: expected {what} of at most {room} tokens (the session's context of "
-                                f"{self.runner.cache.capacity} less its pinned anchor and what a compression "
-                                f"keeps), got {n}", param)
+            raise APIError(
+                400,
+                f"{param}: expected {what} of at most {room} tokens (the session's context of "
+                f"{self.runner.cache.capacity} less its pinned anchor and what a compression "
+                f"keeps), got {n}",
+                param,
+            )
 
     def add_frames(self, frames: list[tuple[float, np.ndarray]]) -> list[dict[str, Any]]:
         """frames: [(time, HxWx3 uint8)] -> one result per frame, in order."""
         if frames and frames[0][0] < self.last_time:
-            raise ValueError(f"frames[0].time: expected >= the session's last frame time {self.last_time}, "
-                             f"got {frames[0][0]}")
+            raise ValueError(
+                f"frames[0].time: expected >= the session's last frame time {self.last_time}, got {frames[0][0]}"
+            )
         image_seq_len = self.runner.backend.image_seq_len
         for k, (t, _) in enumerate(frames):
-            self._check_fits(prompt.frame_turn(t, image_seq_len) + prompt.ASSISTANT_PROMPT, f"frames[{k}]",
-                             "a frame", later=k > 0)
+            self._check_fits(
+                prompt.frame_turn(t, image_seq_len) + prompt.ASSISTANT_PROMPT, f"frames[{k}]", "a frame", later=k > 0
+            )
         results = []
         for k, (t, image) in enumerate(frames):
             rec = self.runner.add_frame(image, self.frames, t, where=f"frames[{k}].image_url")
@@ -118,10 +138,12 @@ class Session:
         return results
 
     def add_message(self, content: str, respond: bool, max_tokens: int | None = None) -> dict[str, Any]:
-        self._check_fits(prompt.user_turn(content) + (prompt.ASSISTANT_PROMPT if respond else ""), "content",
-                         "a message")
-        rec = self.runner.add_user_turn(content, frame_index=max(self.frames - 1, 0), t=self.last_time,
-                                        respond=respond, max_new_tokens=max_tokens)
+        self._check_fits(
+            prompt.user_turn(content) + (prompt.ASSISTANT_PROMPT if respond else ""), "content", "a message"
+        )
+        rec = self.runner.add_user_turn(
+            content, frame_index=max(self.frames - 1, 0), t=self.last_time, respond=respond, max_new_tokens=max_tokens
+        )
         self.turns += 1
         self.compressions += rec.strategy_applied is not None
         out = _public(rec)
@@ -132,13 +154,33 @@ class Session:
         r = self.runner
         cache = r.cache
         return {
-            "id": self.id, "object": "session", "created": int(self.created), "last_used": int(self.last_used),
-            "system_prompt": r.system_prompt, "talk_policy": r.talk_policy, "context_strategy": r.strategy.config(),
-            "frames": self.frames, "turns": self.turns, "compressions": self.compressions,
-            "last_time": self.last_time, "cache_length": cache.length, "capacity": cache.capacity,
-            "next_position": cache.next_position, "cache_bytes": self.nbytes,
-            "spans": [{"id": s.id, "kind": s.kind, "frame_index": s.frame_index, "start": s.start, "end": s.end,
-                       "first_position": s.first_position, "pinned": s.pinned} for s in cache.spans],
+            "id": self.id,
+            "object": "session",
+            "created": int(self.created),
+            "last_used": int(self.last_used),
+            "system_prompt": r.system_prompt,
+            "talk_policy": r.talk_policy,
+            "context_strategy": r.strategy.config(),
+            "frames": self.frames,
+            "turns": self.turns,
+            "compressions": self.compressions,
+            "last_time": self.last_time,
+            "cache_length": cache.length,
+            "capacity": cache.capacity,
+            "next_position": cache.next_position,
+            "cache_bytes": self.nbytes,
+            "spans": [
+                {
+                    "id": s.id,
+                    "kind": s.kind,
+                    "frame_index": s.frame_index,
+                    "start": s.start,
+                    "end": s.end,
+                    "first_position": s.first_position,
+                    "pinned": s.pinned,
+                }
+                for s in cache.spans
+            ],
             "summaries": list(getattr(r.strategy, "summaries", [])),
         }
 
@@ -161,21 +203,31 @@ class SessionStore:
         n = (body.context_strategy_config or {}).get("max_seq_len", self.max_seq_len)
         limit = self.engine.backend.max_position_embeddings
         if not isinstance(n, int) or isinstance(n, bool) or not 64 <= n <= limit:
-            raise APIError(400, f"context_strategy_config.max_seq_len: expected an int in [64, {limit}], got {n!r}",
-                           "context_strategy_config.max_seq_len")
+            raise APIError(
+                400,
+                f"context_strategy_config.max_seq_len: expected an int in [64, {limit}], got {n!r}",
+                "context_strategy_config.max_seq_len",
+            )
         return n
 
     def reserve(self, max_seq_len):
         """Claims a slot and room for a new session's cache, or refuses with 429 (too many) / 503 (memory).
         Called on the event loop with no await between check and claim, so concurrent creates cannot overshoot."""
         if len(self.sessions) + self.building >= self.max_sessions:
-            raise APIError(429, f"session limit reached ({self.max_sessions} open); delete one or wait for "
-                                "idle ones to expire", code="too_many_sessions")
+            raise APIError(
+                429,
+                f"session limit reached ({self.max_sessions} open); delete one or wait for idle ones to expire",
+                code="too_many_sessions",
+            )
         nbytes = self.bytes_per_token * max_seq_len
         if self.used_bytes + nbytes > self.max_cache_bytes:
-            raise APIError(503, f"cache memory limit reached: a session of {max_seq_len} tokens needs "
-                                f"{nbytes / 2**20:.1f} MiB, {(self.max_cache_bytes - self.used_bytes) / 2**20:.1f} "
-                                f"MiB of {self.max_cache_bytes / 2**20:.0f} MiB are free", code="cache_memory_full")
+            raise APIError(
+                503,
+                f"cache memory limit reached: a session of {max_seq_len} tokens needs "
+                f"{nbytes / 2**20:.1f} MiB, {(self.max_cache_bytes - self.used_bytes) / 2**20:.1f} "
+                f"MiB of {self.max_cache_bytes / 2**20:.0f} MiB are free",
+                code="cache_memory_full",
+            )
         self.reserved += nbytes
         self.building += 1
         return nbytes
@@ -200,8 +252,12 @@ class SessionStore:
     def get(self, sid) -> Session:
         s = self.sessions.get(sid)
         if s is None:
-            raise APIError(404, f"no session '{sid}' (never created, deleted, or expired after {self.ttl_s:g} s "
-                                "idle)", "session_id", "session_not_found")
+            raise APIError(
+                404,
+                f"no session '{sid}' (never created, deleted, or expired after {self.ttl_s:g} s idle)",
+                "session_id",
+                "session_not_found",
+            )
         return s
 
     def remove(self, sid):

@@ -55,14 +55,20 @@ class ServerState:
     preprocess: FramePreprocessor
     local_dir: Path | None
     pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="prospect-engine"))
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="prospect-engine")
+    )
     started: float = field(default_factory=time.time)
 
     @classmethod
     def create(cls, engine: Engine, limits: ServerLimits, model_id: str) -> ServerState:
-        store = SessionStore(engine, limits.max_sessions, int(limits.max_cache_mb * 2**20), limits.session_ttl_s,
-                             min(limits.session_max_seq_len, engine.backend.max_position_embeddings),
-                             limits.max_tokens)
+        store = SessionStore(
+            engine,
+            limits.max_sessions,
+            int(limits.max_cache_mb * 2**20),
+            limits.session_ttl_s,
+            min(limits.session_max_seq_len, engine.backend.max_position_embeddings),
+            limits.max_tokens,
+        )
         local_dir = Path(limits.allow_local_images).resolve() if limits.allow_local_images else None
         return cls(engine, limits, model_id, store, FramePreprocessor(engine.processor), local_dir)
 
@@ -76,8 +82,15 @@ class ServerState:
     async def images(self, pairs: list[tuple[str, str]], where: str) -> list[tuple[str, np.ndarray]]:
         """[(param, url)] -> [(param, array)], decoded off the event loop; 400 on the first bad one."""
         lim = self.limits
-        return await run_in_threadpool(load_images, pairs, where, int(lim.max_image_mb * 2**20),
-                                       lim.max_image_pixels, lim.max_request_pixels, self.local_dir)
+        return await run_in_threadpool(
+            load_images,
+            pairs,
+            where,
+            int(lim.max_image_mb * 2**20),
+            lim.max_image_pixels,
+            lim.max_request_pixels,
+            self.local_dir,
+        )
 
     def check_text(self, texts: list[tuple[str, str]]) -> None:
         """texts: [(param, text)]. Refuses a request whose text together exceeds the limit, naming its longest
@@ -86,8 +99,7 @@ class ServerState:
         total = sum(len(t) for _, t in texts)
         if total > limit:
             param = max(texts, key=lambda x: len(x[1]))[0]
-            raise APIError(400, f"{param}: expected at most {limit} characters of text per request, got {total}",
-                           param)
+            raise APIError(400, f"{param}: expected at most {limit} characters of text per request, got {total}", param)
 
     async def expire_idle(self) -> None:
         """Runs for the server's life: removes sessions idle past their TTL."""

@@ -32,5 +32,8 @@ class KVCacheManager:
         return self.past_key_values is not None
 
     def get_cache_stats(self) -> dict:
-        return {"cache_length": self.get_cache_length(), "has_initial_cache": self.initial_kv_cache is not None,
-                "strategy": self.context_strategy.name if self.context_strategy else "none"}
+        return {
+            "cache_length": self.get_cache_length(),
+            "has_initial_cache": self.initial_kv_cache is not None,
+            "strategy": self.context_strategy.name if self.context_strategy else "none",
+        }

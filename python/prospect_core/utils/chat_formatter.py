@@ -18,8 +18,9 @@ class ChatFormatter:
         self.tokenizer = tokenizer
 
     def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = True):
-        return self.tokenizer.apply_chat_template(_as_parts(messages), tokenize=tokenize,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            _as_parts(messages), tokenize=tokenize, add_generation_prompt=add_generation_prompt
+        )
 
     def format_system_message(self, content: str) -> str:
         return self.apply_chat_template([{"role": "system", "content": content}], add_generation_prompt=False)

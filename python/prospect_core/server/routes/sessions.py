@@ -37,8 +37,14 @@ async def create_session(st: State, body: SessionCreate | None = None) -> dict[s
         store.release(nbytes)
         raise
     s = store.add(runner, nbytes)
-    return {"id": s.id, "object": "session", "created": int(s.created), "context_strategy": runner.strategy.config(),
-            "talk_policy": runner.talk_policy, "capacity": runner.cache.capacity}
+    return {
+        "id": s.id,
+        "object": "session",
+        "created": int(s.created),
+        "context_strategy": runner.strategy.config(),
+        "talk_policy": runner.talk_policy,
+        "capacity": runner.cache.capacity,
+    }
 
 
 async def _in_session(st: ServerState, sid: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -64,11 +70,13 @@ async def add_frames(sid: str, body: FramesRequest, st: State) -> dict[str, Any]
     last = None
     for k, f in enumerate(body.frames):
         if last is not None and f.time < last:
-            raise APIError(400, f"frames[{k}].time: expected times in order, got {f.time} after {last}",
-                           f"frames[{k}].time")
+            raise APIError(
+                400, f"frames[{k}].time: expected times in order, got {f.time} after {last}", f"frames[{k}].time"
+            )
         last = f.time
-    imgs = await st.images([(f"frames[{k}].image_url", image_url_of(f.image_url)) for k, f in enumerate(body.frames)],
-                           "frames")
+    imgs = await st.images(
+        [(f"frames[{k}].image_url", image_url_of(f.image_url)) for k, f in enumerate(body.frames)], "frames"
+    )
     timed = [(f.time, img) for f, (_, img) in zip(body.frames, imgs)]
     return {"results": await _in_session(st, sid, s.add_frames, timed)}
 
