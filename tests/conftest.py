@@ -29,3 +29,11 @@ def tiny_model(tmp_path_factory):
     import prospect_core
 
     return prospect_core.make_model(tmp_path_factory.mktemp("tiny_model"), "tiny")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    """The tiny checkpoint loaded once per test module (a server test's server holds it)."""
+    from prospect_core.engine import Engine
+
+    return Engine(tiny_model)

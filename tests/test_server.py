@@ -8,15 +8,13 @@ from contextlib import contextmanager
 
 import httpx
 import numpy as np
+import openai
 import pytest
 import torch
+from PIL import Image
 
-openai = pytest.importorskip("openai")
-from PIL import Image  # noqa: E402
-
-from prospect_core.engine import Engine  # noqa: E402
-from prospect_core.frames import FramePreprocessor  # noqa: E402
-from prospect_core.server import ServerLimits, start_in_thread  # noqa: E402
+from prospect_core.frames import FramePreprocessor
+from prospect_core.server import ServerLimits, start_in_thread
 
 EOU = "<end_of_utterance>"
 
@@ -29,11 +27,6 @@ def data_url(arr, fmt="PNG"):
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, fmt)
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model):
-    return Engine(tiny_model)
 
 
 @contextmanager

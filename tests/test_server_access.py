@@ -2,20 +2,13 @@
 to, and no cross-site browser requests (foreign Origin 403, non-JSON bodies 415)."""
 
 import httpx
+import openai
 import pytest
 
-openai = pytest.importorskip("openai")
-
-from prospect_core.engine import Engine  # noqa: E402
-from prospect_core.server import Access, start_in_thread  # noqa: E402
+from prospect_core.server import Access, start_in_thread
 
 KEY = "s3cret-key"
 USER = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model):
-    return Engine(tiny_model)
 
 
 @pytest.fixture(scope="module")

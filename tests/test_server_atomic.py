@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prospect_core.engine import Engine
 from prospect_core.server import ServerLimits, start_in_thread
 
 
@@ -20,11 +19,6 @@ def frame_url(seed):
     buf = io.BytesIO()
     Image.fromarray((np.random.default_rng(seed).random((40, 40, 3)) * 255).astype(np.uint8)).save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model):
-    return Engine(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from prospect_core.engine import Engine
 from prospect_core.server import ServerLimits, start_in_thread
 
 
@@ -36,11 +35,6 @@ def ico_holding(png: bytes) -> bytes:
 def chat_with(*urls):
     content = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
     return {"messages": [{"role": "user", "content": [*content, {"type": "text", "text": "what?"}]}], "max_tokens": 2}
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model):
-    return Engine(tiny_model)
 
 
 @pytest.fixture(scope="module")

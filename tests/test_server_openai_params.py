@@ -2,12 +2,11 @@
 the openai client can send is accepted at its neutral value and refused otherwise, by a 400 naming it."""
 
 import httpx
+import openai
 import pytest
 
-openai = pytest.importorskip("openai")
-
-from prospect_core.engine import Engine  # noqa: E402
-from prospect_core.server import start_in_thread  # noqa: E402
+from prospect_core.engine import Engine
+from prospect_core.server import start_in_thread
 
 MSGS = [{"role": "user", "content": "Anything."}]
 

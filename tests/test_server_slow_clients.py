@@ -15,11 +15,6 @@ USER = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model):
-    return Engine(tiny_model)
-
-
-@pytest.fixture(scope="module")
 def server(engine):
     srv = start_in_thread(engine, limits=ServerLimits(read_timeout_s=0.5))
     yield srv
