@@ -1,11 +1,12 @@
 #include "decode_step.h"
 
+#include "matvec.h"
+#include "simd.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
-
-#include "matvec.h"
 
 namespace prospect {
 
@@ -30,20 +31,51 @@ void rope(float* v, int64_t heads, int64_t d, const float* cos, const float* sin
     }
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-    float s = 0;
-    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+PROSPECT_SIMD_INLINE float dot(const float* a, const float* b, int64_t n) {
+    Vec8f s0 = {}, s1 = {};  // two accumulators: head_dim 64 is four iterations, each with two chains
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 += load8(a + i) * load8(b + i);
+        s1 += load8(a + i + 8) * load8(b + i + 8);
+    }
+    if (i + 8 <= n) {
+        s0 += load8(a + i) * load8(b + i);
+        i += 8;
+    }
+    float s = sum8(s0 + s1);
+    for (; i < n; ++i) s += a[i] * b[i];
     return s;
 }
 
+// One query head over `keys` cached tokens: out [D] = softmax(K q * scale) V. K, V: [keys, D] rows;
+// p: scratch for the keys' weights.
+PROSPECT_SIMD_INLINE void attend_head_body(const float* q, const float* K, const float* V, float* p, float* out,
+                                           int64_t keys, int64_t D, float scale) {
+    float top = -INFINITY;
+    for (int64_t j = 0; j < keys; ++j) {
+        p[j] = dot(q, K + j * D, D) * scale;
+        top = std::max(top, p[j]);
+    }
+    float sum = 0;
+    for (int64_t j = 0; j < keys; ++j) sum += (p[j] = std::exp(p[j] - top));
+    std::fill(out, out + D, 0.0f);
+    for (int64_t j = 0; j < keys; ++j) {
+        const float pj = p[j] / sum;
+        const float* vj = V + j * D;
+        for (int64_t i = 0; i < D; ++i) out[i] += pj * vj[i];
+    }
+}
+
+const auto attend_head = simd_dispatch<attend_head_body>();
+
 }  // namespace
 
-int64_t decode_scratch_size(const decode_shape& s, int64_t keys) {
+int64_t decode_scratch_size(const DecodeShape& s, int64_t keys) {
     const int64_t nq = s.heads * s.head_dim, nkv = s.kv_heads * s.head_dim;
     return s.hidden + (nq + 2 * nkv) + nq + s.hidden + 2 * s.intermediate + s.heads * keys;
 }
 
-void decode_layer(float* x, const decode_weights& w, const decode_shape& s, float* kv, int64_t capacity, int64_t slot,
+void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, float* kv, int64_t capacity, int64_t slot,
                   const float* cos, const float* sin, float* scratch) {
     const int64_t H = s.hidden, D = s.head_dim, nq = s.heads * D, nkv = s.kv_heads * D, I = s.intermediate;
     const int64_t keys = slot + 1;
@@ -61,7 +93,7 @@ void decode_layer(float* x, const decode_weights& w, const decode_shape& s, floa
     const float* v = qkv + nq + nkv;
     rope(q, s.heads, D, cos, sin);
     rope(k, s.kv_heads, D, cos, sin);
-    float* K = kv;                             // [kv_heads, capacity, D]
+    float* K = kv;                              // [kv_heads, capacity, D]
     float* V = kv + s.kv_heads * capacity * D;  // the same for values
     for (int64_t g = 0; g < s.kv_heads; ++g) {
         std::copy(k + g * D, k + (g + 1) * D, K + (g * capacity + slot) * D);
@@ -72,24 +104,9 @@ void decode_layer(float* x, const decode_weights& w, const decode_shape& s, floa
     const int64_t group = s.heads / s.kv_heads;
     at::parallel_for(0, s.heads, 1, [&](int64_t h0, int64_t h1) {
         for (int64_t hd = h0; hd < h1; ++hd) {
-            const float* qh = q + hd * D;
-            const float* Kg = K + (hd / group) * capacity * D;
-            const float* Vg = V + (hd / group) * capacity * D;
-            float* p = scores + hd * keys;
-            float top = -INFINITY;
-            for (int64_t j = 0; j < keys; ++j) {
-                p[j] = dot(qh, Kg + j * D, D) * scale;
-                top = std::max(top, p[j]);
-            }
-            float sum = 0;
-            for (int64_t j = 0; j < keys; ++j) sum += (p[j] = std::exp(p[j] - top));
-            float* out = attn + hd * D;
-            std::fill(out, out + D, 0.0f);
-            for (int64_t j = 0; j < keys; ++j) {
-                const float pj = p[j] / sum;
-                const float* vj = Vg + j * D;
-                for (int64_t i = 0; i < D; ++i) out[i] += pj * vj[i];
-            }
+            const int64_t g = hd / group;
+            attend_head(q + hd * D, K + g * capacity * D, V + g * capacity * D, scores + hd * keys, attn + hd * D, keys,
+                        D, scale);
         }
     });
     matvec(w.o, attn, proj, H, nq);

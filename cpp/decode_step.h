@@ -8,22 +8,22 @@
 
 namespace prospect {
 
-struct decode_shape {
+struct DecodeShape {
     int64_t hidden, heads, kv_heads, head_dim, intermediate;
     float eps;
 };
 
-struct decode_weights {
+struct DecodeWeights {
     const float *input_norm, *qkv, *o, *post_norm, *gate_up, *down;
 };
 
 // Floats of scratch decode_layer needs for a context of `keys` tokens.
-int64_t decode_scratch_size(const decode_shape& s, int64_t keys);
+int64_t decode_scratch_size(const DecodeShape& s, int64_t keys);
 
 // x [hidden] is updated in place. kv: this layer's cache storage [2, kv_heads, capacity, head_dim]
 // (keys then values); the token's key and value are written at `slot` and attention reads
 // slots [0, slot]. cos/sin [head_dim] for the token's position.
-void decode_layer(float* x, const decode_weights& w, const decode_shape& s, float* kv, int64_t capacity, int64_t slot,
+void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, float* kv, int64_t capacity, int64_t slot,
                   const float* cos, const float* sin, float* scratch);
 
 // out [n] = w * x / rms(x), as Llama's RMSNorm in fp32.

@@ -1,6 +1,7 @@
 #include "frame_preprocess.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 
 #include <cmath>
 #include <vector>
@@ -26,19 +27,19 @@ double sinc(double x) {
 double lanczos(double x) { return (x > -3.0 && x < 3.0) ? sinc(x) * sinc(x / 3.0) : 0.0; }
 
 // For each output index: the first input index and the normalised weights.
-struct taps {
+struct Taps {
     std::vector<int64_t> first;
     std::vector<int64_t> count;
     std::vector<double> weights;  // [out, max_count]
     int64_t max_count = 0;
 };
 
-taps make_taps(int64_t in, int64_t out, ResampleFilter filter) {
-    const double support_1 = filter == RESAMPLE_BICUBIC ? 2.0 : 3.0;
+Taps make_taps(int64_t in, int64_t out, ResampleFilter filter) {
+    const double support_1 = filter == ResampleFilter::BICUBIC ? 2.0 : 3.0;
     const double scale = static_cast<double>(in) / static_cast<double>(out);
     const double filterscale = std::max(scale, 1.0);  // widen the kernel when shrinking: antialiasing
     const double support = support_1 * filterscale;
-    taps t;
+    Taps t;
     t.max_count = static_cast<int64_t>(std::ceil(support)) * 2 + 1;
     t.first.resize(out);
     t.count.resize(out);
@@ -53,7 +54,7 @@ taps make_taps(int64_t in, int64_t out, ResampleFilter filter) {
         double total = 0;
         for (int64_t k = 0; k < n; ++k) {
             const double x = (k + lo - center + 0.5) / filterscale;
-            const double w = filter == RESAMPLE_BICUBIC ? bicubic(x) : lanczos(x);
+            const double w = filter == ResampleFilter::BICUBIC ? bicubic(x) : lanczos(x);
             t.weights[i * t.max_count + k] = w;
             total += w;
         }
@@ -137,8 +138,8 @@ at::Tensor pass_horizontal(const at::Tensor& src, int64_t out_w, ResampleFilter 
 }  // namespace
 
 ResampleFilter resample_filter_from_name(const std::string& name) {
-    if (name == "bicubic") return RESAMPLE_BICUBIC;
-    if (name == "lanczos") return RESAMPLE_LANCZOS;
+    if (name == "bicubic") return ResampleFilter::BICUBIC;
+    if (name == "lanczos") return ResampleFilter::LANCZOS;
     TORCH_CHECK_VALUE(false, "resample expected 'lanczos' or 'bicubic', got '", name, "'");
 }
 
@@ -169,8 +170,8 @@ std::pair<int64_t, int64_t> longest_edge_size(int64_t h, int64_t w, int64_t long
     return {std::max<int64_t>(oh, 1), std::max<int64_t>(ow, 1)};
 }
 
-at::Tensor preprocess_frame(const at::Tensor& img, int64_t longest_edge, int64_t image_size,
-                            std::array<double, 3> mean, std::array<double, 3> std, ResampleFilter filter) {
+at::Tensor preprocess_frame(const at::Tensor& img, int64_t longest_edge, int64_t image_size, std::array<double, 3> mean,
+                            std::array<double, 3> std, ResampleFilter filter) {
     TORCH_CHECK_VALUE(img.dim() == 3 && img.size(2) == 3, "preprocess_frame: frame expected [H, W, 3], got shape ",
                       img.sizes());
     TORCH_CHECK_TYPE(img.scalar_type() == at::kByte, "preprocess_frame: frame expected uint8, got ", img.scalar_type());

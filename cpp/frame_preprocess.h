@@ -5,7 +5,7 @@
 // kernel widens when shrinking), with uint8 rounding after each pass.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <string>
@@ -13,9 +13,9 @@
 
 namespace prospect {
 
-enum ResampleFilter : int8_t {
-    RESAMPLE_BICUBIC,  // Keys cubic, a = -0.5
-    RESAMPLE_LANCZOS,  // Lanczos, a = 3
+enum class ResampleFilter : int8_t {
+    BICUBIC,  // Keys cubic, a = -0.5
+    LANCZOS,  // Lanczos, a = 3
 };
 
 ResampleFilter resample_filter_from_name(const std::string& name);  // throws ValueError
@@ -28,7 +28,7 @@ at::Tensor resize_antialias(const at::Tensor& img, int64_t out_h, int64_t out_w,
 std::pair<int64_t, int64_t> longest_edge_size(int64_t h, int64_t w, int64_t longest_edge);
 
 // img [H, W, 3] uint8 RGB -> pixel_values [1, 1, 3, image_size, image_size] float32.
-at::Tensor preprocess_frame(const at::Tensor& img, int64_t longest_edge, int64_t image_size,
-                            std::array<double, 3> mean, std::array<double, 3> std, ResampleFilter filter);
+at::Tensor preprocess_frame(const at::Tensor& img, int64_t longest_edge, int64_t image_size, std::array<double, 3> mean,
+                            std::array<double, 3> std, ResampleFilter filter);
 
 }  // namespace prospect

@@ -1,5 +1,8 @@
 #include "generate.h"
 
+#include "smolvlm.h"
+
+#include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
@@ -13,7 +16,7 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-int64_t pick(const at::Tensor& logits, const generate_options& o, at::Generator& gen) {
+int64_t pick(const at::Tensor& logits, const GenerateOptions& o, at::Generator& gen) {
     if (o.temperature <= 0) return logits.argmax(-1).item<int64_t>();
     // In float64 and from the max: a tiny temperature (even subnormal) then tends to greedy, never to NaN.
     auto l = logits.to(at::kCPU, at::kDouble).view({-1});
@@ -29,10 +32,10 @@ int64_t pick(const at::Tensor& logits, const generate_options& o, at::Generator&
 
 }  // namespace
 
-generate_result greedy_generate(const SmolVLM& model, const at::Tensor& embeds, KVCache& cache,
-                                const generate_options& o) {
-    TORCH_CHECK_VALUE(embeds.dim() == 3 && embeds.size(0) == 1, "greedy_generate: embeds expected [1, T, H], got shape ",
-                      embeds.sizes());
+GenerateResult greedy_generate(const SmolVLM& model, const at::Tensor& embeds, KVCache& cache,
+                               const GenerateOptions& o) {
+    TORCH_CHECK_VALUE(embeds.dim() == 3 && embeds.size(0) == 1,
+                      "greedy_generate: embeds expected [1, T, H], got shape ", embeds.sizes());
     TORCH_CHECK_VALUE(o.max_new_tokens >= 0, "greedy_generate: max_new_tokens expected >= 0, got ", o.max_new_tokens);
     TORCH_CHECK_VALUE(o.temperature >= 0, "greedy_generate: temperature expected >= 0, got ", o.temperature);
     TORCH_CHECK_VALUE(o.top_p > 0 && o.top_p <= 1, "greedy_generate: top_p expected in (0, 1], got ", o.top_p);
@@ -40,15 +43,15 @@ generate_result greedy_generate(const SmolVLM& model, const at::Tensor& embeds, 
     for (auto s : o.stop_token_ids)
         TORCH_CHECK_VALUE(s >= 0 && s < V, "greedy_generate: stop_token_ids expected ids in [0, ", V, "), got ", s);
     if (o.silence) {
-        TORCH_CHECK_VALUE(o.silence->first >= 0 && o.silence->first < V, "greedy_generate: silence token expected in [0, ",
-                          V, "), got ", o.silence->first);
+        TORCH_CHECK_VALUE(o.silence->first >= 0 && o.silence->first < V,
+                          "greedy_generate: silence token expected in [0, ", V, "), got ", o.silence->first);
         TORCH_CHECK_VALUE(o.silence->second >= 0 && o.silence->second <= 1,
                           "greedy_generate: silence threshold expected in [0, 1], got ", o.silence->second);
     }
     auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed.value_or(at::default_rng_seed_val));
-    KVCache::use_guard guard(cache);  // prefill, decode steps and rollback, as one use
+    KVCache::UseGuard guard(cache);  // prefill, decode steps and rollback, as one use
 
-    generate_result r;
+    GenerateResult r;
     auto t0 = std::chrono::steady_clock::now();
     auto logits = model.prefill(embeds, cache, o.span_kind, o.frame_index);  // [1, V]
     const int64_t input_end = cache.length();
@@ -70,10 +73,9 @@ generate_result greedy_generate(const SmolVLM& model, const at::Tensor& embeds, 
         r.tokens.push_back(tok);
         const bool go_on = !o.on_token || o.on_token(tok);
         // The reply fills the cache, or the model's positions: keep what fits.
-        if (cache.length() >= cache.capacity() ||
-            cache.next_position() >= model.config().text.max_position_embeddings)
+        if (cache.length() >= cache.capacity() || cache.next_position() >= model.config().text.max_position_embeddings)
             break;
-        logits = model.forward(model.embed_sampled(tok), cache, SPAN_ASSISTANT, o.frame_index, step > 0);
+        logits = model.forward(model.embed_sampled(tok), cache, SpanKind::ASSISTANT, o.frame_index, step > 0);
         if (!go_on || step + 1 == o.max_new_tokens) break;
         tok = pick(logits, o, gen);
     }

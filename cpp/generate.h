@@ -1,21 +1,24 @@
 // Greedy (or sampled) decoding over the KVCache, the whole loop in C++.
 #pragma once
 
-#include "smolvlm.h"
+#include "kv_cache.h"
 
 #include <functional>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace prospect {
 
-struct generate_options {
+class SmolVLM;
+
+struct GenerateOptions {
     int64_t max_new_tokens = 100;
     std::vector<int64_t> stop_token_ids;
     bool keep_generated_in_cache = true;
     // ProAssist's talk rule: at the first step, if P(token) > threshold, say nothing.
     std::optional<std::pair<int64_t, double>> silence;
-    SpanKind span_kind = SPAN_USER;
+    SpanKind span_kind = SpanKind::USER;
     std::optional<int64_t> frame_index;
     double temperature = 0.0;  // 0: greedy
     double top_p = 1.0;
@@ -24,7 +27,7 @@ struct generate_options {
     std::function<bool(int64_t)> on_token;
 };
 
-struct generate_result {
+struct GenerateResult {
     std::vector<int64_t> tokens;  // new tokens, stop token excluded
     std::optional<double> silence_prob;
     double prefill_ms = 0;
@@ -35,7 +38,7 @@ struct generate_result {
 // token per step. Every emitted token is fed back (one assistant span); the
 // stop token is not. With keep_generated_in_cache=false the cache ends as it
 // was after the input.
-generate_result greedy_generate(const SmolVLM& model, const at::Tensor& embeds, KVCache& cache,
-                                const generate_options& options);
+GenerateResult greedy_generate(const SmolVLM& model, const at::Tensor& embeds, KVCache& cache,
+                               const GenerateOptions& options);
 
 }  // namespace prospect

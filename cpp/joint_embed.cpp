@@ -7,10 +7,10 @@ at::Tensor joint_embed(const at::Tensor& input_ids, const at::Tensor& text_embed
     TORCH_CHECK_VALUE(input_ids.dim() == 2, "joint_embed: input_ids expected [B, T], got shape ", input_ids.sizes());
     TORCH_CHECK_TYPE(!at::isFloatingType(input_ids.scalar_type()) && input_ids.scalar_type() != at::kBool,
                      "joint_embed: input_ids expected an integer dtype, got ", input_ids.scalar_type());
-    TORCH_CHECK_VALUE(text_embeds.dim() == 3 && text_embeds.size(0) == input_ids.size(0) &&
-                          text_embeds.size(1) == input_ids.size(1),
-                      "joint_embed: text_embeds expected [", input_ids.size(0), ", ", input_ids.size(1),
-                      ", H] to match input_ids, got shape ", text_embeds.sizes());
+    TORCH_CHECK_VALUE(
+        text_embeds.dim() == 3 && text_embeds.size(0) == input_ids.size(0) && text_embeds.size(1) == input_ids.size(1),
+        "joint_embed: text_embeds expected [", input_ids.size(0), ", ", input_ids.size(1),
+        ", H] to match input_ids, got shape ", text_embeds.sizes());
     TORCH_CHECK_TYPE(at::isFloatingType(text_embeds.scalar_type()),
                      "joint_embed: text_embeds expected a floating dtype, got ", text_embeds.scalar_type());
     const auto H = text_embeds.size(2);

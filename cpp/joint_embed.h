@@ -1,7 +1,7 @@
 // Merging image features into the text embeddings, as SmolVLM2 does.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace prospect {
 

@@ -3,6 +3,9 @@
 #include "kv_compact.h"
 #include "rope.h"
 
+#include <ATen/ops/zeros.h>
+#include <c10/core/InferenceMode.h>
+
 #include <algorithm>
 #include <unordered_set>
 
@@ -14,24 +17,24 @@ constexpr const char* SPAN_KIND_NAMES[] = {"system", "user", "assistant", "frame
 
 }  // namespace
 
-const char* span_kind_name(SpanKind kind) { return SPAN_KIND_NAMES[kind]; }
+const char* span_kind_name(SpanKind kind) { return SPAN_KIND_NAMES[static_cast<int>(kind)]; }
 
 SpanKind span_kind_from_name(const std::string& name) {
-    for (int i = 0; i <= SPAN_OTHER; ++i) {
+    for (int i = 0; i <= static_cast<int>(SpanKind::OTHER); ++i) {
         if (name == SPAN_KIND_NAMES[i]) return static_cast<SpanKind>(i);
     }
     TORCH_CHECK_VALUE(false, "kind expected one of system, user, assistant, frame, summary, other; got '", name, "'");
 }
 
 PositionMode position_mode_from_name(const std::string& name) {
-    if (name == "keep") return POSITION_KEEP;
-    if (name == "shift") return POSITION_SHIFT;
-    if (name == "length") return POSITION_LENGTH;
+    if (name == "keep") return PositionMode::KEEP;
+    if (name == "shift") return PositionMode::SHIFT;
+    if (name == "length") return PositionMode::LENGTH;
     TORCH_CHECK_VALUE(false, "position_mode expected 'shift', 'keep' or 'length', got '", name, "'");
 }
 
-KVCache::KVCache(int64_t num_layers, int64_t num_kv_heads, int64_t head_dim, int64_t capacity,
-                 at::ScalarType dtype, at::Device device, int64_t batch, double rope_theta)
+KVCache::KVCache(int64_t num_layers, int64_t num_kv_heads, int64_t head_dim, int64_t capacity, at::ScalarType dtype,
+                 at::Device device, int64_t batch, double rope_theta)
     : L_(num_layers), H_(num_kv_heads), D_(head_dim), B_(batch), capacity_(capacity), rope_theta_(rope_theta) {
     TORCH_CHECK_VALUE(num_layers > 0, "KVCache: num_layers expected > 0, got ", num_layers);
     TORCH_CHECK_VALUE(num_kv_heads > 0, "KVCache: num_kv_heads expected > 0, got ", num_kv_heads);
@@ -41,25 +44,25 @@ KVCache::KVCache(int64_t num_layers, int64_t num_kv_heads, int64_t head_dim, int
     TORCH_CHECK_VALUE(batch > 0, "KVCache: batch expected > 0, got ", batch);
     TORCH_CHECK_VALUE(rope_theta > 0, "KVCache: rope_theta expected > 0, got ", rope_theta);
     TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
-                     "KVCache: dtype expected float32, float16, bfloat16 or float64 (what RoPE re-rotation "
-                     "supports), got ", dtype);
+                     "KVCache: dtype expected float32, float16, bfloat16 or float64 ",
+                     "(what RoPE re-rotation supports), got ", dtype);
     // "cpu:7" would silently mean the one CPU; "meta" holds no data to cut.
     TORCH_CHECK_VALUE((device.is_cpu() && (!device.has_index() || device.index() == 0)) || device.is_cuda(),
                       "KVCache: device expected 'cpu' or 'cuda[:N]', got '", device.str(), "'");
     storage_ = at::zeros({L_, 2, B_, H_, capacity_, D_}, at::TensorOptions().dtype(dtype).device(device));
 }
 
-KVCache::use_guard::use_guard(const KVCache& c) : c_(c) {
+KVCache::UseGuard::UseGuard(const KVCache& c) : c_(c) {
     std::thread::id expected{};
     const auto me = std::this_thread::get_id();
     if (!c.owner_.compare_exchange_strong(expected, me)) {
         TORCH_CHECK(expected == me, "KVCache is in use by another thread: one stream per cache at a time "
-                    "(give each thread its own cache)");
+                                    "(give each thread its own cache)");
         nested_ = true;
     }
 }
 
-KVCache::use_guard::~use_guard() {
+KVCache::UseGuard::~UseGuard() {
     if (!nested_) c_.owner_.store(std::thread::id{});
 }
 
@@ -74,17 +77,18 @@ void KVCache::check_layer(int64_t layer, const char* who) const {
 
 void KVCache::check_kv(const at::Tensor& t, const char* who, const char* arg, int64_t tokens) const {
     TORCH_CHECK_TYPE(t.defined(), who, ": ", arg, " expected a tensor, got None");
-    TORCH_CHECK_VALUE(t.dim() == 4 && t.size(0) == B_ && t.size(1) == H_ && t.size(3) == D_ &&
-                          (tokens < 0 || t.size(2) == tokens),
-                      who, ": ", arg, " expected shape [", B_, ", ", H_, ", ", tokens < 0 ? "T" : std::to_string(tokens),
-                      ", ", D_, "] (batch, kv heads, tokens, head_dim), got ", t.sizes());
-    TORCH_CHECK_TYPE(t.scalar_type() == dtype(), who, ": ", arg, " expected dtype ", dtype(), ", got ", t.scalar_type());
+    TORCH_CHECK_VALUE(
+        t.dim() == 4 && t.size(0) == B_ && t.size(1) == H_ && t.size(3) == D_ && (tokens < 0 || t.size(2) == tokens),
+        who, ": ", arg, " expected shape [", B_, ", ", H_, ", ", tokens < 0 ? "T" : std::to_string(tokens), ", ", D_,
+        "] (batch, kv heads, tokens, head_dim), got ", t.sizes());
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype(), who, ": ", arg, " expected dtype ", dtype(), ", got ",
+                     t.scalar_type());
     TORCH_CHECK_VALUE(t.device() == device(), who, ": ", arg, " expected device ", device(), ", got ", t.device());
 }
 
 int64_t KVCache::append(const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values, SpanKind kind,
                         std::optional<int64_t> frame_index) {
-    use_guard g(*this);
+    UseGuard g(*this);
     TORCH_CHECK_VALUE(static_cast<int64_t>(keys.size()) == L_, "KVCache.append: keys expected one tensor per layer (",
                       L_, "), got ", keys.size());
     TORCH_CHECK_VALUE(static_cast<int64_t>(values.size()) == L_,
@@ -104,7 +108,7 @@ int64_t KVCache::append(const std::vector<at::Tensor>& keys, const std::vector<a
 }
 
 void KVCache::write(int64_t layer, const at::Tensor& keys, const at::Tensor& values) {
-    use_guard g(*this);
+    UseGuard g(*this);
     check_layer(layer, "KVCache.write");
     check_kv(keys, "KVCache.write", "keys", -1);
     check_kv(values, "KVCache.write", "values", keys.size(2));
@@ -132,7 +136,7 @@ void KVCache::note_written(int64_t tokens) {
 }
 
 int64_t KVCache::commit(int64_t tokens, SpanKind kind, std::optional<int64_t> frame_index) {
-    use_guard g(*this);
+    UseGuard g(*this);
     check_written(tokens, "KVCache.commit");
     spans_.push_back({next_span_id_++, kind, frame_index, length_, length_ + tokens, next_position_, false});
     length_ += tokens;
@@ -142,7 +146,7 @@ int64_t KVCache::commit(int64_t tokens, SpanKind kind, std::optional<int64_t> fr
 }
 
 void KVCache::commit_extend(int64_t tokens) {
-    use_guard g(*this);
+    UseGuard g(*this);
     TORCH_CHECK_VALUE(!spans_.empty(), "KVCache.commit_extend: the cache has no span to extend");
     check_written(tokens, "KVCache.commit_extend");
     spans_.back().end += tokens;
@@ -171,7 +175,10 @@ const Span& KVCache::span(int64_t span_id) const {
     TORCH_CHECK_INDEX(false, "span_id ", span_id, " is not a live span of this cache");
 }
 
-void KVCache::pin(int64_t span_id, bool pinned) { use_guard g(*this); const_cast<Span&>(span(span_id)).pinned = pinned; }
+void KVCache::pin(int64_t span_id, bool pinned) {
+    UseGuard g(*this);
+    const_cast<Span&>(span(span_id)).pinned = pinned;
+}
 
 int64_t KVCache::keep_only(const std::vector<size_t>& keep, PositionMode mode) {
     std::vector<Span> pieces;
@@ -181,7 +188,7 @@ int64_t KVCache::keep_only(const std::vector<size_t>& keep, PositionMode mode) {
 }
 
 int64_t KVCache::keep_pieces(std::vector<Span> kept, PositionMode mode) {
-    use_guard g(*this);
+    UseGuard g(*this);
     c10::InferenceMode guard;
     const int64_t before = length_;
     std::vector<std::pair<int64_t, int64_t>> ranges;
@@ -198,7 +205,7 @@ int64_t KVCache::keep_pieces(std::vector<Span> kept, PositionMode mode) {
         cursor = s.end;
     }
 
-    if (mode == POSITION_SHIFT) {
+    if (mode == PositionMode::SHIFT) {
         // Re-rotate runs of adjacent survivors that move by the same delta.
         size_t i = 0;
         while (i < kept.size()) {
@@ -215,7 +222,7 @@ int64_t KVCache::keep_pieces(std::vector<Span> kept, PositionMode mode) {
         }
         for (auto& s : kept) s.first_position = s.start;
         next_position_ = cursor;
-    } else if (mode == POSITION_LENGTH) {
+    } else if (mode == PositionMode::LENGTH) {
         next_position_ = cursor;
     }
     spans_ = std::move(kept);
@@ -266,8 +273,9 @@ int64_t KVCache::drop_spans(const std::vector<int64_t>& span_ids, PositionMode m
 }
 
 int64_t KVCache::drop_range(int64_t start, int64_t end, PositionMode mode) {
-    TORCH_CHECK_VALUE(0 <= start && start <= end && end <= length_, "KVCache.drop_range: expected 0 <= start <= end <= ",
-                      length_, " (the cache length), got start ", start, ", end ", end);
+    TORCH_CHECK_VALUE(0 <= start && start <= end && end <= length_,
+                      "KVCache.drop_range: expected 0 <= start <= end <= ", length_, " (the cache length), got start ",
+                      start, ", end ", end);
     if (start == end) return 0;  // nothing to cut: no span is split, no position moves
     std::vector<Span> pieces;
     for (const auto& s : spans_) {
@@ -292,9 +300,9 @@ int64_t KVCache::drop_range(int64_t start, int64_t end, PositionMode mode) {
 }
 
 int64_t KVCache::truncate(int64_t length) {
-    use_guard g(*this);
-    TORCH_CHECK_VALUE(length >= 0 && length <= length_, "KVCache.truncate: length expected in [0, ", length_,
-                      "], got ", length);
+    UseGuard g(*this);
+    TORCH_CHECK_VALUE(length >= 0 && length <= length_, "KVCache.truncate: length expected in [0, ", length_, "], got ",
+                      length);
     const int64_t dropped = length_ - length;
     if (dropped == 0) return 0;
     // Spans tile [0, length_): the one holding slot `length` gives its position.

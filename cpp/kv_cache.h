@@ -7,7 +7,7 @@
 // so a frame's image tokens are never cut in half.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <atomic>
 #include <optional>
@@ -17,23 +17,23 @@
 
 namespace prospect {
 
-enum SpanKind : int8_t {
-    SPAN_SYSTEM,
-    SPAN_USER,
-    SPAN_ASSISTANT,
-    SPAN_FRAME,
-    SPAN_SUMMARY,
-    SPAN_OTHER,
+enum class SpanKind : int8_t {
+    SYSTEM,
+    USER,
+    ASSISTANT,
+    FRAME,
+    SUMMARY,
+    OTHER,
 };
 
 // "keep": survivors keep their positions and next_position keeps counting.
 // "shift": survivors are re-rotated to contiguous positions 0..length-1.
 // "length": survivors keep their rotations, but the next token takes position
 //   `length`, as transformers assigns positions from the cache length.
-enum PositionMode : int8_t {
-    POSITION_KEEP,
-    POSITION_SHIFT,
-    POSITION_LENGTH,
+enum class PositionMode : int8_t {
+    KEEP,
+    SHIFT,
+    LENGTH,
 };
 
 const char* span_kind_name(SpanKind kind);
@@ -57,12 +57,12 @@ public:
     // A cache serves one stream at a time. A thread that is running the model on it (which
     // releases the GIL) holds it; any call from another thread meanwhile raises RuntimeError
     // instead of racing. Different caches may be used from different threads at once.
-    class use_guard {
+    class UseGuard {
     public:
-        explicit use_guard(const KVCache& c);
-        ~use_guard();
-        use_guard(const use_guard&) = delete;
-        use_guard& operator=(const use_guard&) = delete;
+        explicit UseGuard(const KVCache& c);
+        ~UseGuard();
+        UseGuard(const UseGuard&) = delete;
+        UseGuard& operator=(const UseGuard&) = delete;
 
     private:
         const KVCache& c_;
@@ -76,7 +76,7 @@ public:
     // One [B, Hkv, T, D] tensor per layer; keys already rotated at positions
     // next_position .. next_position + T - 1. Returns the new span's id.
     int64_t append(const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values,
-                   SpanKind kind = SPAN_OTHER, std::optional<int64_t> frame_index = std::nullopt);
+                   SpanKind kind = SpanKind::OTHER, std::optional<int64_t> frame_index = std::nullopt);
 
     // The engine's path: write one layer's T new tokens at slot `length`
     // (nothing is visible yet), then commit them as a span once all layers are written.
@@ -101,12 +101,12 @@ public:
     void pin(int64_t span_id, bool pinned = true);
 
     // Surgery, in place. Each returns the number of tokens dropped.
-    int64_t drop_all(bool keep_pinned = false, PositionMode mode = POSITION_SHIFT);
-    int64_t drop_middle(int64_t keep_last_tokens, PositionMode mode = POSITION_SHIFT);
-    int64_t drop_spans(const std::vector<int64_t>& span_ids, PositionMode mode = POSITION_SHIFT);
+    int64_t drop_all(bool keep_pinned = false, PositionMode mode = PositionMode::SHIFT);
+    int64_t drop_middle(int64_t keep_last_tokens, PositionMode mode = PositionMode::SHIFT);
+    int64_t drop_spans(const std::vector<int64_t>& span_ids, PositionMode mode = PositionMode::SHIFT);
     // Token-exact: drops slots [start, end). A span cut by the range is shortened, or split in two
     // (the second part gets a new id); the one place besides truncate where spans are cut.
-    int64_t drop_range(int64_t start, int64_t end, PositionMode mode = POSITION_SHIFT);
+    int64_t drop_range(int64_t start, int64_t end, PositionMode mode = PositionMode::SHIFT);
     // Rollback: cut from the end. The one operation that may shorten a span
     // (the last one kept), since a rollback removes the newest tokens.
     int64_t truncate(int64_t length);
@@ -127,8 +127,8 @@ public:
     KVCache(const KVCache&) = delete;
     KVCache& operator=(const KVCache&) = delete;
 
-    int64_t nbytes() const;           // bytes of the filled part
-    int64_t capacity_bytes() const;   // bytes allocated
+    int64_t nbytes() const;          // bytes of the filled part
+    int64_t capacity_bytes() const;  // bytes allocated
 
 private:
     void check_layer(int64_t layer, const char* who) const;

@@ -2,6 +2,8 @@
 
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cstring>
 
@@ -12,7 +14,7 @@ namespace {
 // Bounce buffer size for short moves on non-memmove paths, in tokens.
 constexpr int64_t BOUNCE_TOKENS = 256;
 
-void move_memmove(const at::Tensor& t, const token_move& m) {
+void move_memmove(const at::Tensor& t, const TokenMove& m) {
     // [B, H, T, D] with rows of D contiguous and consecutive along T.
     const int64_t B = t.size(0), H = t.size(1), D = t.size(3);
     const int64_t es = t.element_size();
@@ -27,7 +29,7 @@ void move_memmove(const at::Tensor& t, const token_move& m) {
     });
 }
 
-void move_chunked(const at::Tensor& t, const token_move& m, at::Tensor& bounce) {
+void move_chunked(const at::Tensor& t, const TokenMove& m, at::Tensor& bounce) {
     const int64_t gap = m.src - m.dst;
     if (gap >= m.len) {
         t.narrow(2, m.dst, m.len).copy_(t.narrow(2, m.src, m.len));
@@ -56,8 +58,8 @@ void move_chunked(const at::Tensor& t, const token_move& m, at::Tensor& bounce) 
 
 }  // namespace
 
-std::vector<token_move> kv_compact_plan(const std::vector<std::pair<int64_t, int64_t>>& kept) {
-    std::vector<token_move> moves;
+std::vector<TokenMove> kv_compact_plan(const std::vector<std::pair<int64_t, int64_t>>& kept) {
+    std::vector<TokenMove> moves;
     int64_t cursor = 0;
     for (const auto& [start, end] : kept) {
         const int64_t len = end - start;
@@ -83,7 +85,7 @@ void check_kv_compact(const at::Tensor& t) {
                       t.strides());
 }
 
-void kv_compact_(const at::Tensor& t, const std::vector<token_move>& moves) {
+void kv_compact_(const at::Tensor& t, const std::vector<TokenMove>& moves) {
     check_kv_compact(t);
     const int64_t T = t.size(2);
     int64_t last_src = -1;

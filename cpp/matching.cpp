@@ -7,6 +7,39 @@
 
 namespace prospect {
 
+namespace {
+
+// What a forbidden (+inf) pair costs: more than any full matching of allowed pairs. Throws for NaN or -inf.
+double forbidden_cost(const Eigen::MatrixXd& cost) {
+    double finite_max = 0;
+    for (int64_t i = 0; i < cost.rows(); ++i)
+        for (int64_t j = 0; j < cost.cols(); ++j) {
+            const double c = cost(i, j);
+            if (std::isnan(c) || c == -std::numeric_limits<double>::infinity())
+                throw std::invalid_argument("min_weight_full_matching: cost expected finite values or +inf");
+            if (std::isfinite(c)) finite_max = std::max(finite_max, std::fabs(c));
+        }
+    return (finite_max + 1.0) * static_cast<double>(cost.rows() + 1) * 4.0;
+}
+
+// row_of (1-based, column 0 the virtual start) -> the column of each row; throws if a row got a forbidden pair.
+std::vector<int64_t> columns_of_rows(const std::vector<int64_t>& row_of, const Eigen::MatrixXd& cost) {
+    const int64_t n = cost.rows(), m = cost.cols();
+    std::vector<int64_t> col_of(n, -1);
+    for (int64_t j = 1; j <= m; ++j) {
+        if (row_of[j] != 0) col_of[row_of[j] - 1] = j - 1;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        if (!std::isfinite(cost(i, col_of[i]))) {
+            throw std::invalid_argument("min_weight_full_matching: no full matching exists (row " + std::to_string(i) +
+                                        " can only take forbidden or already-taken columns)");
+        }
+    }
+    return col_of;
+}
+
+}  // namespace
+
 // Shortest augmenting paths with row and column potentials (Hungarian method),
 // O(rows^2 * cols). Forbidden pairs cost BIG, so an assignment that needs one
 // shows up as a total at least BIG.
@@ -17,15 +50,7 @@ std::vector<int64_t> min_weight_full_matching(const Eigen::MatrixXd& cost) {
                                     " x " + std::to_string(m));
     }
     if (n == 0) return {};
-    double finite_max = 0;
-    for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < m; ++j) {
-            const double c = cost(i, j);
-            if (std::isnan(c) || c == -std::numeric_limits<double>::infinity())
-                throw std::invalid_argument("min_weight_full_matching: cost expected finite values or +inf");
-            if (std::isfinite(c)) finite_max = std::max(finite_max, std::fabs(c));
-        }
-    const double BIG = (finite_max + 1.0) * static_cast<double>(n + 1) * 4.0;
+    const double BIG = forbidden_cost(cost);
     auto c = [&](int64_t i, int64_t j) { return std::isfinite(cost(i, j)) ? cost(i, j) : BIG; };
 
     const double INF = std::numeric_limits<double>::infinity();
@@ -70,17 +95,7 @@ std::vector<int64_t> min_weight_full_matching(const Eigen::MatrixXd& cost) {
             j0 = j1;
         } while (j0 != 0);
     }
-    std::vector<int64_t> col_of(n, -1);
-    for (int64_t j = 1; j <= m; ++j) {
-        if (row_of[j] != 0) col_of[row_of[j] - 1] = j - 1;
-    }
-    for (int64_t i = 0; i < n; ++i) {
-        if (!std::isfinite(cost(i, col_of[i]))) {
-            throw std::invalid_argument("min_weight_full_matching: no full matching exists (row " + std::to_string(i) +
-                                        " can only take forbidden or already-taken columns)");
-        }
-    }
-    return col_of;
+    return columns_of_rows(row_of, cost);
 }
 
 }  // namespace prospect

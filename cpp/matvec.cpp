@@ -1,8 +1,11 @@
 #include "matvec.h"
 
-#include "cpu_features.h"
+#include "simd.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
 
 #include <algorithm>
 
@@ -10,53 +13,36 @@ namespace prospect {
 
 namespace {
 
-typedef float v8 __attribute__((vector_size(32), aligned(4)));  // unaligned loads are fine
-
 // R rows at once: R independent weight streams keep the memory system busier than one (a
 // micro-benchmark here: 1 row 9.6 GB/s, 4 rows 18 GB/s on one core). Each stream also asks for the
 // line 512 bytes ahead: the 256m decoder's products, 2 threads, 20.2 -> 22.9 GB/s on the Intel Xeon.
 template <int R>
-inline __attribute__((always_inline)) void rows_block(const float* w, const float* x, float* y, int64_t n) {
-    v8 s[R][2] = {};
+PROSPECT_SIMD_INLINE void rows_block(const float* w, const float* x, float* y, int64_t n) {
+    Vec8f s[R][2] = {};
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        const v8 x0 = *reinterpret_cast<const v8*>(x + i), x1 = *reinterpret_cast<const v8*>(x + i + 8);
+        const Vec8f x0 = load8(x + i), x1 = load8(x + i + 8);
         for (int k = 0; k < R; ++k) {
             const float* a = w + k * n + i;
             __builtin_prefetch(a + 128);  // past the matrix's end near the last rows: prefetches never fault
-            s[k][0] += *reinterpret_cast<const v8*>(a) * x0;
-            s[k][1] += *reinterpret_cast<const v8*>(a + 8) * x1;
+            s[k][0] += load8(a) * x0;
+            s[k][1] += load8(a + 8) * x1;
         }
     }
     for (int k = 0; k < R; ++k) {
-        const v8 t = s[k][0] + s[k][1];
-        float acc = 0;
-        for (int j = 0; j < 8; ++j) acc += t[j];
+        float acc = sum8(s[k][0] + s[k][1]);
         for (int64_t j = i; j < n; ++j) acc += w[k * n + j] * x[j];
         y[k] = acc;
     }
 }
 
-inline __attribute__((always_inline)) void rows_dot_body(const float* w, const float* x, float* y, int64_t rows,
-                                                         int64_t n) {
+PROSPECT_SIMD_INLINE void rows_dot_body(const float* w, const float* x, float* y, int64_t rows, int64_t n) {
     int64_t r = 0;
     for (; r + 4 <= rows; r += 4) rows_block<4>(w + r * n, x, y + r, n);
     for (; r < rows; ++r) rows_block<1>(w + r * n, x, y + r, n);
 }
 
-// The same loop built for AVX2 + FMA and for the baseline ISA, picked once by what the CPU supports.
-__attribute__((target("avx2,fma"))) void rows_dot_avx2(const float* w, const float* x, float* y, int64_t rows,
-                                                       int64_t n) {
-    rows_dot_body(w, x, y, rows, n);
-}
-
-void rows_dot_base(const float* w, const float* x, float* y, int64_t rows, int64_t n) {
-    rows_dot_body(w, x, y, rows, n);
-}
-
-using rows_dot_fn = void (*)(const float*, const float*, float*, int64_t, int64_t);
-
-const rows_dot_fn rows_dot = cpu_has_avx2_fma() ? rows_dot_avx2 : rows_dot_base;
+const auto rows_dot = simd_dispatch<rows_dot_body>();
 
 }  // namespace
 

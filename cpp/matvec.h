@@ -3,7 +3,11 @@
 // with wide independent accumulators, which BLAS's gemm/gemv paths do not reach at batch 1.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <cstdint>
+
+namespace at {
+class Tensor;
+}  // namespace at
 
 namespace prospect {
 

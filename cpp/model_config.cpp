@@ -10,13 +10,13 @@ namespace {
 
 using json = nlohmann::json;
 
-struct reader {
+struct Reader {
     const json& obj;
     std::string prefix;  // "text_config."
     const std::string& what;
 
     [[noreturn]] void fail(const std::string& key, const std::string& msg) const {
-        throw format_error(what + ": " + prefix + key + " " + msg);
+        throw FormatError(what + ": " + prefix + key + " " + msg);
     }
     static const char* type_of(const json& v) { return v.type_name(); }
 
@@ -49,15 +49,15 @@ struct reader {
         if (!obj[key].is_string()) fail(key, std::string("expected a string, got ") + type_of(obj[key]));
         return obj[key].get<std::string>();
     }
-    reader sub(const std::string& key) const {
+    Reader sub(const std::string& key) const {
         if (!obj.contains(key)) fail(key, "is required");
         if (!obj[key].is_object()) fail(key, std::string("expected an object, got ") + type_of(obj[key]));
-        return reader{obj[key], prefix + key + ".", what};
+        return Reader{obj[key], prefix + key + ".", what};
     }
 };
 
-text_config parse_text(const reader& r) {
-    text_config t;
+TextConfig parse_text(const Reader& r) {
+    TextConfig t;
     t.hidden_size = r.integer("hidden_size", std::nullopt);
     t.num_hidden_layers = r.integer("num_hidden_layers", std::nullopt);
     t.num_attention_heads = r.integer("num_attention_heads", std::nullopt);
@@ -76,12 +76,13 @@ text_config parse_text(const reader& r) {
     t.rope_theta = r.number("rope_theta", 10000.0);
     for (const char* key : {"rope_parameters", "rope_scaling"}) {
         if (!r.obj.contains(key) || r.obj[key].is_null()) continue;
-        const reader rp = r.sub(key);
+        const Reader rp = r.sub(key);
         const auto type = rp.string("rope_type", rp.string("type", "default"));
         if (type != "default") rp.fail("rope_type", "'" + type + "' is not supported (only 'default' RoPE)");
         t.rope_theta = rp.number("rope_theta", t.rope_theta);
     }
-    if (r.string("hidden_act", "silu") != "silu") r.fail("hidden_act", "expected 'silu', got " + r.obj["hidden_act"].dump());
+    if (r.string("hidden_act", "silu") != "silu")
+        r.fail("hidden_act", "expected 'silu', got " + r.obj["hidden_act"].dump());
     if (r.boolean("attention_bias", false)) r.fail("attention_bias", "true is not supported");
     if (r.boolean("mlp_bias", false)) r.fail("mlp_bias", "true is not supported");
     if (r.obj.contains("eos_token_id") && !r.obj["eos_token_id"].is_null()) {
@@ -100,8 +101,8 @@ text_config parse_text(const reader& r) {
     return t;
 }
 
-vision_config parse_vision(const reader& r) {
-    vision_config v;
+VisionConfig parse_vision(const Reader& r) {
+    VisionConfig v;
     v.hidden_size = r.integer("hidden_size", std::nullopt);
     v.num_hidden_layers = r.integer("num_hidden_layers", std::nullopt);
     v.num_attention_heads = r.integer("num_attention_heads", std::nullopt);
@@ -125,16 +126,16 @@ vision_config parse_vision(const reader& r) {
 
 }  // namespace
 
-model_config parse_model_config(const std::string& json_text, const std::string& what) {
+ModelConfig parse_model_config(const std::string& json_text, const std::string& what) {
     json j;
     try {
         j = json::parse(json_text);
     } catch (const json::exception& e) {
-        throw format_error(what + ": not valid JSON (" + printable(e.what()) + ")");
+        throw FormatError(what + ": not valid JSON (" + printable(e.what()) + ")");
     }
-    if (!j.is_object()) throw format_error(what + ": expected a JSON object");
-    const reader top{j, "", what};
-    model_config c;
+    if (!j.is_object()) throw FormatError(what + ": expected a JSON object");
+    const Reader top{j, "", what};
+    ModelConfig c;
     c.text = parse_text(top.sub("text_config"));
     c.vision = parse_vision(top.sub("vision_config"));
     c.scale_factor = top.integer("scale_factor", 2);

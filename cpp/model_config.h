@@ -2,7 +2,7 @@
 // Sizes are required; keys that transformers defaults may be absent.
 #pragma once
 
-#include "safetensors.h"  // format_error
+#include "errors.h"
 
 #include <cstdint>
 #include <string>
@@ -10,25 +10,25 @@
 
 namespace prospect {
 
-struct text_config {
+struct TextConfig {
     int64_t hidden_size, num_hidden_layers, num_attention_heads, vocab_size, intermediate_size;
-    int64_t num_key_value_heads;      // default: num_attention_heads
-    int64_t head_dim;                 // default: hidden_size / num_attention_heads
+    int64_t num_key_value_heads;  // default: num_attention_heads
+    int64_t head_dim;             // default: hidden_size / num_attention_heads
     double rms_norm_eps = 1e-6;
-    double rope_theta = 10000.0;      // rope_theta, or rope_parameters.rope_theta (transformers v5)
+    double rope_theta = 10000.0;  // rope_theta, or rope_parameters.rope_theta (transformers v5)
     int64_t max_position_embeddings = 2048;
     std::vector<int64_t> eos_token_ids;
 };
 
-struct vision_config {
+struct VisionConfig {
     int64_t hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, image_size, patch_size;
     int64_t num_channels = 3;
     double layer_norm_eps = 1e-6;
 };
 
-struct model_config {
-    text_config text;
-    vision_config vision;
+struct ModelConfig {
+    TextConfig text;
+    VisionConfig vision;
     int64_t scale_factor = 2;
     int64_t image_token_id = 128257;
     bool tie_word_embeddings = false;
@@ -38,7 +38,7 @@ struct model_config {
     int64_t image_seq_len() const { return patches_per_side() * patches_per_side() / (scale_factor * scale_factor); }
 };
 
-// Throws format_error naming the key ("config.json: text_config.hidden_size ...").
-model_config parse_model_config(const std::string& json_text, const std::string& what = "config.json");
+// Throws FormatError naming the key ("config.json: text_config.hidden_size ...").
+ModelConfig parse_model_config(const std::string& json_text, const std::string& what = "config.json");
 
 }  // namespace prospect

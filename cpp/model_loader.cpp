@@ -1,6 +1,9 @@
 #include "model_loader.h"
 
-#include <nlohmann/json.hpp>
+#include "safetensors.h"
+#include "shard_index.h"
+
+#include <ATen/ops/from_blob.h>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -11,7 +14,6 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <set>
 #include <sstream>
 
 namespace prospect {
@@ -32,10 +34,10 @@ std::string kind_of(const fs::file_status& st) {
 }
 
 // A read-only mapping of a whole file, unmapped when the last tensor viewing it goes.
-struct mapped_file {
+struct MappedFile {
     void* addr = MAP_FAILED;
     size_t size = 0;
-    ~mapped_file() {
+    ~MappedFile() {
         if (addr != MAP_FAILED && size > 0) munmap(addr, size);
     }
 };
@@ -44,25 +46,25 @@ struct mapped_file {
 void require_regular_file(const fs::path& path) {
     std::error_code ec;
     const auto st = fs::status(path, ec);
-    if (ec || !fs::exists(st)) throw format_error(path.string() + ": cannot open (no such file)");
-    if (!fs::is_regular_file(st)) throw format_error(path.string() + ": expected a regular file, got a " + kind_of(st));
+    if (ec || !fs::exists(st)) throw FormatError(path.string() + ": cannot open (no such file)");
+    if (!fs::is_regular_file(st)) throw FormatError(path.string() + ": expected a regular file, got a " + kind_of(st));
 }
 
-std::shared_ptr<mapped_file> map_file(const fs::path& path) {
+std::shared_ptr<MappedFile> map_file(const fs::path& path) {
     require_regular_file(path);
     // O_NONBLOCK: should the file be swapped for a FIFO after the check, open does not wait for a writer.
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) throw format_error(path.string() + ": cannot open (" + std::strerror(errno) + ")");
+    if (fd < 0) throw FormatError(path.string() + ": cannot open (" + std::strerror(errno) + ")");
     struct stat st {};
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         ::close(fd);
-        throw format_error(path.string() + ": not a regular file");
+        throw FormatError(path.string() + ": not a regular file");
     }
-    auto m = std::make_shared<mapped_file>();
+    auto m = std::make_shared<MappedFile>();
     m->size = static_cast<size_t>(st.st_size);
     if (m->size > 0) m->addr = mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
     ::close(fd);
-    if (m->size > 0 && m->addr == MAP_FAILED) throw format_error(path.string() + ": mmap failed");
+    if (m->size > 0 && m->addr == MAP_FAILED) throw FormatError(path.string() + ": mmap failed");
     return m;
 }
 
@@ -74,19 +76,19 @@ at::ScalarType scalar_type_of(const std::string& dtype) {
     for (const auto& [name, t] : types) {
         if (dtype == name) return t;
     }
-    throw format_error("unsupported safetensors dtype '" + dtype + "'");
+    throw FormatError("unsupported safetensors dtype '" + dtype + "'");
 }
 
 std::string read_text(const fs::path& path) {
     require_regular_file(path);
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw format_error(path.string() + ": cannot read");
+    if (!in) throw FormatError(path.string() + ": cannot read");
     std::ostringstream ss;
     ss << in.rdbuf();
     return ss.str();
 }
 
-void load_file(const fs::path& path, at::ScalarType dtype, at::Device device, weight_map& out) {
+void load_file(const fs::path& path, at::ScalarType dtype, at::Device device, WeightMap& out) {
     const auto m = map_file(path);
     const auto* base = static_cast<const uint8_t*>(m->addr == MAP_FAILED ? nullptr : m->addr);
     static const uint8_t empty[8] = {};
@@ -95,77 +97,64 @@ void load_file(const fs::path& path, at::ScalarType dtype, at::Device device, we
         auto* ptr = const_cast<uint8_t*>(base + h.data_offset + e.begin);
         const auto src_type = scalar_type_of(e.dtype);
         // The deleter holds the mapping: a view outlives this function safely.
-        auto t = at::from_blob(ptr, e.shape, [m](void*) {}, at::TensorOptions().dtype(src_type));
+        auto t = at::from_blob(
+            ptr, e.shape, [m](void*) {}, at::TensorOptions().dtype(src_type));
         const bool aligned = reinterpret_cast<uintptr_t>(ptr) % e.element_size == 0;
         const bool keep_view = aligned && device.is_cpu() && (!at::isFloatingType(src_type) || src_type == dtype);
         if (!keep_view) t = t.to(device, at::isFloatingType(src_type) ? dtype : src_type, false, /*copy=*/true);
-        if (out.tensors().count(e.name)) throw format_error(path.string() + ": tensor '" + e.name + "' appears twice");
+        if (out.tensors().count(e.name)) throw FormatError(path.string() + ": tensor '" + e.name + "' appears twice");
         out.tensors().emplace(e.name, std::move(t));
     }
 }
 
 }  // namespace
 
-at::Tensor weight_map::take(const std::string& name, at::IntArrayRef shape) {
+at::Tensor WeightMap::take(const std::string& name, at::IntArrayRef shape) {
     auto it = tensors_.find(name);
-    if (it == tensors_.end()) throw format_error("checkpoint: missing weight '" + name + "'");
+    if (it == tensors_.end()) throw FormatError("checkpoint: missing weight '" + name + "'");
     at::Tensor t = std::move(it->second);
     tensors_.erase(it);
     // Integer or bool data read as weights would run and generate garbage.
     if (!at::isFloatingType(t.scalar_type())) {
-        throw format_error("checkpoint: weight '" + name + "' expected a floating dtype (F32, F16, BF16 or F64), got " +
-                           std::string(c10::toString(t.scalar_type())));
+        throw FormatError("checkpoint: weight '" + name + "' expected a floating dtype (F32, F16, BF16 or F64), got " +
+                          std::string(c10::toString(t.scalar_type())));
     }
     if (t.sizes() != shape) {
         std::ostringstream os;
         os << "checkpoint: weight '" << name << "' expected shape " << shape << " from config.json, got " << t.sizes();
-        throw format_error(os.str());
+        throw FormatError(os.str());
     }
     return t;
 }
 
-model_config load_model_config(const std::string& dir) {
+ModelConfig load_model_config(const std::string& dir) {
     const fs::path path = fs::path(dir) / "config.json";
-    if (!fs::exists(fs::status(path))) throw format_error(dir + ": no config.json (expected a Hugging Face model folder)");
+    if (!fs::exists(fs::status(path)))
+        throw FormatError(dir + ": no config.json (expected a Hugging Face model folder)");
     return parse_model_config(read_text(path), path.string());
 }
 
-weight_map load_weights(const std::string& dir, at::ScalarType dtype, at::Device device) {
+WeightMap load_weights(const std::string& dir, at::ScalarType dtype, at::Device device) {
     const fs::path root(dir);
     std::vector<fs::path> files;
     if (fs::exists(root / "model.safetensors")) {
         files.push_back(root / "model.safetensors");
     } else if (fs::exists(root / "model.safetensors.index.json")) {
         const auto index_path = root / "model.safetensors.index.json";
-        nlohmann::json index;
-        try {
-            index = nlohmann::json::parse(read_text(index_path));
-        } catch (const nlohmann::json::exception& e) {
-            throw format_error(index_path.string() + ": not valid JSON (" + printable(e.what()) + ")");
-        }
-        if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
-            throw format_error(index_path.string() + ": expected an object with a 'weight_map' object");
-        std::set<std::string> shards;
-        for (const auto& [name, file] : index["weight_map"].items()) {
-            if (!file.is_string()) throw format_error(index_path.string() + ": weight_map['" + name + "'] is not a file name");
-            const auto f = file.get<std::string>();
-            if (f.find('/') != std::string::npos || f.find("..") != std::string::npos)
-                throw format_error(index_path.string() + ": shard name '" + f + "' must be a plain file name");
-            shards.insert(f);
-        }
-        for (const auto& s : shards) files.push_back(root / s);
+        for (const auto& s : parse_shard_index(read_text(index_path), index_path.string())) files.push_back(root / s);
     } else {
         for (const char* pickle : {"pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin"}) {
             if (fs::exists(root / pickle)) {
-                throw format_error(dir + ": holds a pickle checkpoint (" + pickle + "), which prospect never loads; " +
-                                   "convert it to safetensors (e.g. model.save_pretrained(dir, safe_serialization=True))");
+                throw FormatError(
+                    dir + ": holds a pickle checkpoint (" + pickle + "), which prospect never loads; " +
+                    "convert it to safetensors (e.g. model.save_pretrained(dir, safe_serialization=True))");
             }
         }
-        throw format_error(dir + ": no model.safetensors or model.safetensors.index.json");
+        throw FormatError(dir + ": no model.safetensors or model.safetensors.index.json");
     }
-    weight_map out;
+    WeightMap out;
     for (const auto& f : files) {
-        if (!fs::exists(f)) throw format_error(f.string() + ": shard named in the index is missing");
+        if (!fs::exists(f)) throw FormatError(f.string() + ": shard named in the index is missing");
         load_file(f, dtype, device, out);
     }
     return out;

@@ -4,16 +4,16 @@
 
 #include "model_config.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <string>
 #include <unordered_map>
 
 namespace prospect {
 
-class weight_map {
+class WeightMap {
 public:
-    // Removes and returns a weight, checking its shape; throws format_error naming it.
+    // Removes and returns a weight, checking its shape; throws FormatError naming it.
     at::Tensor take(const std::string& name, at::IntArrayRef shape);
     bool contains(const std::string& name) const { return tensors_.count(name) > 0; }
     std::unordered_map<std::string, at::Tensor>& tensors() { return tensors_; }
@@ -23,11 +23,11 @@ private:
 };
 
 // Reads <dir>/config.json.
-model_config load_model_config(const std::string& dir);
+ModelConfig load_model_config(const std::string& dir);
 
 // Memory-maps every safetensors file of the checkpoint and returns its tensors
 // cast to dtype on device (tensors already in that dtype on the CPU stay views
 // of the mapping: no copy). Pickle checkpoints are refused.
-weight_map load_weights(const std::string& dir, at::ScalarType dtype, at::Device device);
+WeightMap load_weights(const std::string& dir, at::ScalarType dtype, at::Device device);
 
 }  // namespace prospect

@@ -1,5 +1,6 @@
 #include "rope.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
@@ -18,8 +19,8 @@ void check_rope_shift(const at::Tensor& keys, double theta) {
                      "rope_shift_: keys expected float32, float16, bfloat16 or float64, got ", t);
     // An expanded (stride-0) view shares elements between rows: rotating one row in place rotates them all.
     TORCH_CHECK_VALUE(at::has_internal_overlap(keys) != at::MemOverlap::Yes,
-                      "rope_shift_: keys expected a tensor whose elements do not overlap, got an expanded view with "
-                      "strides ", keys.strides(), " (pass .contiguous() and use the result)");
+                      "rope_shift_: keys expected a tensor whose elements do not overlap, ",
+                      "got an expanded view with strides ", keys.strides(), " (pass .contiguous() and use the result)");
     TORCH_CHECK_VALUE(std::isfinite(theta) && theta > 0, "rope_shift_: rope_theta expected > 0, got ", theta);
 }
 

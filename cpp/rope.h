@@ -4,7 +4,7 @@
 // to position p + d by one more rotation by d. Values carry no position.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace prospect {
 

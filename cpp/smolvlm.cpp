@@ -1,11 +1,15 @@
 #include "smolvlm.h"
 
+#include "decode_step.h"
+#include "gelu.h"
 #include "joint_embed.h"
 #include "matvec.h"
 #include "model_loader.h"
-#include "decode_step.h"
-#include "gelu.h"
 #include "rope.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
 
 namespace prospect {
 
@@ -23,98 +27,26 @@ at::Tensor rotate_half(const at::Tensor& x) {
     return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
 }
 
-std::string layer_name(const char* prefix, int64_t i, const char* rest) {
-    return std::string(prefix) + std::to_string(i) + "." + rest;
-}
-
 }  // namespace
 
 SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device)
     : dir_(dir), cfg_(load_model_config(dir)), dtype_(dtype), device_(device) {
     TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
                      "load_model: dtype expected float32, bfloat16 or float16, got ", dtype);
-    auto w = load_weights(dir, dtype, device);
-    const auto& t = cfg_.text;
-    const auto& v = cfg_.vision;
-    const int64_t Dv = v.hidden_size, H = t.hidden_size, hd = t.head_dim, p = v.patch_size;
-    const int64_t s2 = cfg_.scale_factor * cfg_.scale_factor, side = cfg_.patches_per_side();
-
-    const std::string vm = "model.vision_model.";
-    patch_w_ = w.take(vm + "embeddings.patch_embedding.weight", {Dv, v.num_channels, p, p});
-    patch_b_ = w.take(vm + "embeddings.patch_embedding.bias", {Dv});
-    pos_emb_ = w.take(vm + "embeddings.position_embedding.weight", {side * side, Dv});
-    for (int64_t i = 0; i < v.num_hidden_layers; ++i) {
-        const auto n = [&](const char* rest) { return layer_name((vm + "encoder.layers.").c_str(), i, rest); };
-        vision_layer l;
-        l.ln1_w = w.take(n("layer_norm1.weight"), {Dv});
-        l.ln1_b = w.take(n("layer_norm1.bias"), {Dv});
-        l.qkv_w = at::cat({w.take(n("self_attn.q_proj.weight"), {Dv, Dv}),
-                           w.take(n("self_attn.k_proj.weight"), {Dv, Dv}),
-                           w.take(n("self_attn.v_proj.weight"), {Dv, Dv})});
-        l.qkv_b = at::cat({w.take(n("self_attn.q_proj.bias"), {Dv}), w.take(n("self_attn.k_proj.bias"), {Dv}),
-                           w.take(n("self_attn.v_proj.bias"), {Dv})});
-        l.o_w = w.take(n("self_attn.out_proj.weight"), {Dv, Dv});
-        l.o_b = w.take(n("self_attn.out_proj.bias"), {Dv});
-        l.ln2_w = w.take(n("layer_norm2.weight"), {Dv});
-        l.ln2_b = w.take(n("layer_norm2.bias"), {Dv});
-        l.fc1_w = w.take(n("mlp.fc1.weight"), {v.intermediate_size, Dv});
-        l.fc1_b = w.take(n("mlp.fc1.bias"), {v.intermediate_size});
-        l.fc2_w = w.take(n("mlp.fc2.weight"), {Dv, v.intermediate_size});
-        l.fc2_b = w.take(n("mlp.fc2.bias"), {Dv});
-        vision_layers_.push_back(std::move(l));
-    }
-    post_ln_w_ = w.take(vm + "post_layernorm.weight", {Dv});
-    post_ln_b_ = w.take(vm + "post_layernorm.bias", {Dv});
-    connector_w_ = w.take("model.connector.modality_projection.proj.weight", {H, Dv * s2});
-
-    const std::string tm = "model.text_model.";
-    embed_ = w.take(tm + "embed_tokens.weight", {t.vocab_size, H});
-    for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
-        const auto n = [&](const char* rest) { return layer_name((tm + "layers.").c_str(), i, rest); };
-        text_layer l;
-        l.input_norm = w.take(n("input_layernorm.weight"), {H});
-        l.qkv = at::cat({w.take(n("self_attn.q_proj.weight"), {t.num_attention_heads * hd, H}),
-                         w.take(n("self_attn.k_proj.weight"), {t.num_key_value_heads * hd, H}),
-                         w.take(n("self_attn.v_proj.weight"), {t.num_key_value_heads * hd, H})});
-        l.o = w.take(n("self_attn.o_proj.weight"), {H, t.num_attention_heads * hd}).contiguous();
-        l.post_norm = w.take(n("post_attention_layernorm.weight"), {H});
-        l.gate_up = at::cat({w.take(n("mlp.gate_proj.weight"), {t.intermediate_size, H}),
-                             w.take(n("mlp.up_proj.weight"), {t.intermediate_size, H})});
-        l.down = w.take(n("mlp.down_proj.weight"), {H, t.intermediate_size}).contiguous();
-        text_layers_.push_back(std::move(l));
-    }
-    final_norm_ = w.take(tm + "norm.weight", {H});
-    if (cfg_.tie_word_embeddings || !w.contains("lm_head.weight")) {
-        TORCH_CHECK_VALUE(cfg_.tie_word_embeddings, dir, ": checkpoint has no lm_head.weight and config.json does ",
-                          "not set tie_word_embeddings");
-        lm_head_ = embed_;
-    } else {
-        lm_head_ = w.take("lm_head.weight", {t.vocab_size, H}).contiguous();
-    }
-    inv_freq_ = rope_inv_freq(hd, t.rope_theta).to(device);
-
-    std::vector<const at::Tensor*> all = {&patch_w_, &patch_b_, &pos_emb_, &post_ln_w_, &post_ln_b_, &connector_w_,
-                                          &embed_, &final_norm_};
-    if (!lm_head_.is_same(embed_)) all.push_back(&lm_head_);
-    for (const auto& l : vision_layers_)
-        for (const auto* x : {&l.ln1_w, &l.ln1_b, &l.qkv_w, &l.qkv_b, &l.o_w, &l.o_b, &l.ln2_w, &l.ln2_b, &l.fc1_w,
-                              &l.fc1_b, &l.fc2_w, &l.fc2_b})
-            all.push_back(x);
-    for (const auto& l : text_layers_)
-        for (const auto* x : {&l.input_norm, &l.qkv, &l.o, &l.post_norm, &l.gate_up, &l.down})
-            all.push_back(x);
-    for (const auto* x : all) weight_bytes_ += x->numel() * x->element_size();
+    weights_ = load_smolvlm_weights(dir, cfg_, dtype, device);
+    weight_bytes_ = weights_.nbytes();
+    inv_freq_ = rope_inv_freq(cfg_.text.head_dim, cfg_.text.rope_theta).to(device);
 
     // Whether the weights suit decode_step's raw loops: fixed at load, so checked once here.
-    decode_loops_ = device_.type() == at::kCPU && dtype_ == at::kFloat && final_norm_.is_contiguous() &&
-                    lm_head_.is_contiguous();
-    for (const auto& l : text_layers_)
+    decode_loops_ = device_.type() == at::kCPU && dtype_ == at::kFloat && weights_.final_norm.is_contiguous() &&
+                    weights_.lm_head.is_contiguous();
+    for (const auto& l : weights_.text_layers)
         for (const auto* x : {&l.input_norm, &l.qkv, &l.o, &l.post_norm, &l.gate_up, &l.down})
             decode_loops_ = decode_loops_ && x->is_contiguous();
 }
 
 at::Tensor SmolVLM::embed_sampled(int64_t token) const {
-    return at::embedding(embed_, at::full({1, 1}, token, at::TensorOptions().dtype(at::kLong).device(device_)));
+    return at::embedding(weights_.embed, at::full({1, 1}, token, at::TensorOptions().dtype(at::kLong).device(device_)));
 }
 
 at::Tensor SmolVLM::embed_tokens(const at::Tensor& input_ids) const {
@@ -126,13 +58,13 @@ at::Tensor SmolVLM::embed_tokens(const at::Tensor& input_ids) const {
         TORCH_CHECK_VALUE(lo >= 0 && hi < cfg_.text.vocab_size, "input_ids expected token ids in [0, ",
                           cfg_.text.vocab_size, "), got values in [", lo, ", ", hi, "]");
     }
-    return at::embedding(embed_, input_ids.to(device_, at::kLong));
+    return at::embedding(weights_.embed, input_ids.to(device_, at::kLong));
 }
 
 at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& patch_mask) const {
     const auto& v = cfg_.vision;
     const int64_t N = pixels.size(0), p = v.patch_size, side = cfg_.patches_per_side();
-    auto x = at::conv2d(pixels, patch_w_, patch_b_, {p, p});  // [N, Dv, h, w]
+    auto x = at::conv2d(pixels, weights_.patch_w, weights_.patch_b, {p, p});  // [N, Dv, h, w]
     const int64_t h = x.size(2), w = x.size(3);
     // [N, h*w, Dv] in row-major order: left transposed, every later add and norm would walk it strided.
     x = x.flatten(2).transpose(1, 2).contiguous();
@@ -146,7 +78,7 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
     auto bw = at::bucketize(at::clamp_max(fw, 1.0 - 1e-6), boundaries, false, true);
     auto pos = (bh.unsqueeze(2) * side + bw.unsqueeze(1)).reshape({N, -1});
     pos = at::where(patch_mask.view({N, -1}), pos, at::zeros_like(pos));
-    x.add_(at::embedding(pos_emb_, pos));
+    x.add_(at::embedding(weights_.pos_emb, pos));
 
     std::optional<at::Tensor> mask;
     if (!patch_mask.all().item<bool>()) mask = patch_mask.view({N, 1, 1, -1});  // keys that are real patches
@@ -163,7 +95,7 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
             rows.add_(at::addmm(b, in, w.t()));
         }
     };
-    for (const auto& l : vision_layers_) {
+    for (const auto& l : weights_.vision_layers) {
         auto r = at::layer_norm(rows, {D}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
         auto qkv = at::addmm(l.qkv_b, r, l.qkv_w.t()).view({N, S, 3, heads, hd}).permute({2, 0, 3, 1, 4});
         auto a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0, false, scale);
@@ -178,7 +110,7 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
         }
         add_linear(mid, l.fc2_w, l.fc2_b);
     }
-    return at::layer_norm(x, {v.hidden_size}, post_ln_w_, post_ln_b_, v.layer_norm_eps);
+    return at::layer_norm(x, {v.hidden_size}, weights_.post_ln_w, weights_.post_ln_b, v.layer_norm_eps);
 }
 
 at::Tensor SmolVLM::image_features(const at::Tensor& pixel_values, const std::optional<at::Tensor>& mask_in) const {
@@ -199,10 +131,10 @@ at::Tensor SmolVLM::image_features(const at::Tensor& pixel_values, const std::op
     at::Tensor pixel_mask;
     if (mask_in && mask_in->defined()) {
         auto m = mask_in->dim() == 4 ? mask_in->flatten(0, 1) : *mask_in;
-        TORCH_CHECK_VALUE(m.dim() == 3 && m.size(0) == pv.size(0) && m.size(1) == v.image_size &&
-                              m.size(2) == v.image_size,
-                          "pixel_attention_mask expected [", pv.size(0), ", ", v.image_size, ", ", v.image_size,
-                          "] to match pixel_values, got shape ", mask_in->sizes());
+        TORCH_CHECK_VALUE(
+            m.dim() == 3 && m.size(0) == pv.size(0) && m.size(1) == v.image_size && m.size(2) == v.image_size,
+            "pixel_attention_mask expected [", pv.size(0), ", ", v.image_size, ", ", v.image_size,
+            "] to match pixel_values, got shape ", mask_in->sizes());
         pixel_mask = m.to(device_).to(at::kBool).index({real});
     } else {
         pixel_mask = at::ones({real.sum().item<int64_t>(), v.image_size, v.image_size},
@@ -219,7 +151,7 @@ at::Tensor SmolVLM::image_features(const at::Tensor& pixel_values, const std::op
     x = x.view({N, side, side / s, D * s}).permute({0, 2, 1, 3});
     x = x.reshape({N, side / s, side / s, D * s * s}).permute({0, 2, 1, 3});
     x = x.reshape({N, S / (s * s), D * s * s});
-    return at::linear(x, connector_w_);  // [N, L, H]
+    return at::linear(x, weights_.connector_w);  // [N, L, H]
 }
 
 at::Tensor SmolVLM::joint_embed(const at::Tensor& input_ids, const std::optional<at::Tensor>& pixel_values,
@@ -247,12 +179,12 @@ at::Tensor SmolVLM::check_embeds(const at::Tensor& embeds, const KVCache& cache)
                      embeds.scalar_type());
     TORCH_CHECK_VALUE(cache.num_layers() == t.num_hidden_layers && cache.num_kv_heads() == t.num_key_value_heads &&
                           cache.head_dim() == t.head_dim && cache.batch() == embeds.size(0),
-                      "cache expected ", t.num_hidden_layers, " layers x ", t.num_key_value_heads, " kv heads x head_dim ",
-                      t.head_dim, " for batch ", embeds.size(0), ", got ", cache.num_layers(), " x ",
-                      cache.num_kv_heads(), " x ", cache.head_dim(), " for batch ", cache.batch(),
+                      "cache expected ", t.num_hidden_layers, " layers x ", t.num_key_value_heads,
+                      " kv heads x head_dim ", t.head_dim, " for batch ", embeds.size(0), ", got ", cache.num_layers(),
+                      " x ", cache.num_kv_heads(), " x ", cache.head_dim(), " for batch ", cache.batch(),
                       " (use model.make_cache)");
-    TORCH_CHECK_TYPE(cache.dtype() == dtype_ && cache.device() == device_, "cache expected dtype ", dtype_,
-                     " on ", device_, " (the model's), got ", cache.dtype(), " on ", cache.device());
+    TORCH_CHECK_TYPE(cache.dtype() == dtype_ && cache.device() == device_, "cache expected dtype ", dtype_, " on ",
+                     device_, " (the model's), got ", cache.dtype(), " on ", cache.device());
     TORCH_CHECK_VALUE(cache.length() + embeds.size(1) <= cache.capacity(), "cache full: ", embeds.size(1),
                       " new tokens at length ", cache.length(), " exceed capacity ", cache.capacity(),
                       "; shrink it first (drop_middle, drop_all)");
@@ -264,12 +196,37 @@ at::Tensor SmolVLM::check_embeds(const at::Tensor& embeds, const KVCache& cache)
     return embeds.to(device_, dtype_);
 }
 
+at::Tensor SmolVLM::text_block(const at::Tensor& x_in, int64_t layer, KVCache& cache, const at::Tensor& cos,
+                               const at::Tensor& sin, const std::optional<at::Tensor>& mask, bool causal) const {
+    const auto& t = cfg_.text;
+    const auto& l = weights_.text_layers[layer];
+    const int64_t B = x_in.size(0), T = x_in.size(1), hd = t.head_dim, L0 = cache.length();
+    const int64_t nq = t.num_attention_heads * hd, nkv = t.num_key_value_heads * hd;
+    auto h = rms_norm(x_in, l.input_norm, t.rms_norm_eps);
+    auto qkv = prospect::linear(h, l.qkv);  // [B, T, nq + 2 nkv]
+    auto q = qkv.narrow(-1, 0, nq).view({B, T, t.num_attention_heads, hd}).transpose(1, 2);
+    auto k = qkv.narrow(-1, nq, nkv).reshape({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
+    auto v = qkv.narrow(-1, nq + nkv, nkv).reshape({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+    cache.write(layer, k, v);
+    auto K = cache.key_buffer(layer).narrow(2, 0, L0 + T), V = cache.value_buffer(layer).narrow(2, 0, L0 + T);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    auto a = at::scaled_dot_product_attention(q, K, V, mask, 0.0, causal, scale,
+                                              t.num_key_value_heads != t.num_attention_heads);
+    auto x = x_in + prospect::linear(a.transpose(1, 2).reshape({B, T, nq}), l.o);
+    h = rms_norm(x, l.post_norm, t.rms_norm_eps);
+    auto gu = prospect::linear(h, l.gate_up);  // [B, T, 2 I]
+    const int64_t I = t.intermediate_size;
+    return x + prospect::linear(at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I), l.down);
+}
+
 at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKind kind,
                             std::optional<int64_t> frame_index, bool extend_last_span, bool all_logits) const {
-    KVCache::use_guard guard(cache);  // the whole forward owns the cache
+    KVCache::UseGuard guard(cache);  // the whole forward owns the cache
     auto x = check_embeds(embeds_in, cache);
     const auto& t = cfg_.text;
-    const int64_t B = x.size(0), T = x.size(1), hd = t.head_dim;
+    const int64_t B = x.size(0), T = x.size(1);
     const int64_t L0 = cache.length(), P0 = cache.next_position();
 
     // RoPE tables for positions P0 .. P0+T-1, fp32 then cast, as transformers does.
@@ -290,28 +247,8 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
         auto opts = at::TensorOptions().dtype(at::kLong).device(device_);
         mask = at::arange(L0 + T, opts).unsqueeze(0).le(at::arange(L0, L0 + T, opts).unsqueeze(1));  // [T, L0+T]
     }
-    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
     try {
-        for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
-            const auto& l = text_layers_[i];
-            auto h = rms_norm(x, l.input_norm, t.rms_norm_eps);
-            const int64_t nq = t.num_attention_heads * hd, nkv = t.num_key_value_heads * hd;
-            auto qkv = prospect::linear(h, l.qkv);  // [B, T, nq + 2 nkv]
-            auto q = qkv.narrow(-1, 0, nq).view({B, T, t.num_attention_heads, hd}).transpose(1, 2);
-            auto k = qkv.narrow(-1, nq, nkv).reshape({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
-            auto v = qkv.narrow(-1, nq + nkv, nkv).reshape({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
-            q = q * cos + rotate_half(q) * sin;
-            k = k * cos + rotate_half(k) * sin;
-            cache.write(i, k, v);
-            auto K = cache.key_buffer(i).narrow(2, 0, L0 + T), V = cache.value_buffer(i).narrow(2, 0, L0 + T);
-            auto a = at::scaled_dot_product_attention(q, K, V, mask, 0.0, causal, scale,
-                                                      t.num_key_value_heads != t.num_attention_heads);
-            x = x + prospect::linear(a.transpose(1, 2).reshape({B, T, t.num_attention_heads * hd}), l.o);
-            h = rms_norm(x, l.post_norm, t.rms_norm_eps);
-            auto gu = prospect::linear(h, l.gate_up);  // [B, T, 2 I]
-            const int64_t I = t.intermediate_size;
-            x = x + prospect::linear(at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I), l.down);
-        }
+        for (int64_t i = 0; i < t.num_hidden_layers; ++i) x = text_block(x, i, cache, cos, sin, mask, causal);
     } catch (...) {
         cache.discard_pending();
         throw;
@@ -321,8 +258,8 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
     } else {
         cache.commit(T, kind, frame_index);
     }
-    x = rms_norm(all_logits ? x : x.select(1, T - 1), final_norm_, t.rms_norm_eps);
-    return prospect::linear(x, lm_head_);
+    x = rms_norm(all_logits ? x : x.select(1, T - 1), weights_.final_norm, t.rms_norm_eps);
+    return prospect::linear(x, weights_.lm_head);
 }
 
 bool SmolVLM::decode_step_applies(const KVCache& cache) const {
@@ -335,8 +272,12 @@ at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind
                                 const at::Tensor& sin) const {
     const auto& t = cfg_.text;
     const int64_t L0 = cache.length(), H = t.hidden_size, hd = t.head_dim;  // check_embeds left room for one
-    const decode_shape shape{H, t.num_attention_heads, t.num_key_value_heads, hd, t.intermediate_size,
-                             static_cast<float>(t.rms_norm_eps)};
+    const DecodeShape shape{.hidden = H,
+                            .heads = t.num_attention_heads,
+                            .kv_heads = t.num_key_value_heads,
+                            .head_dim = hd,
+                            .intermediate = t.intermediate_size,
+                            .eps = static_cast<float>(t.rms_norm_eps)};
     auto x = x_in.reshape({H}).clone();  // the residual stream, updated in place
     auto scratch = at::empty({decode_scratch_size(shape, L0 + 1)}, x.options());
     auto c = cos.contiguous(), s = sin.contiguous();
@@ -344,9 +285,13 @@ at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind
     float* kv = storage.data_ptr<float>();
     const int64_t per_layer = 2 * t.num_key_value_heads * cache.capacity() * hd;
     for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
-        const auto& l = text_layers_[i];
-        const decode_weights w{l.input_norm.data_ptr<float>(), l.qkv.data_ptr<float>(),     l.o.data_ptr<float>(),
-                               l.post_norm.data_ptr<float>(),  l.gate_up.data_ptr<float>(), l.down.data_ptr<float>()};
+        const auto& l = weights_.text_layers[i];
+        const DecodeWeights w{.input_norm = l.input_norm.data_ptr<float>(),
+                              .qkv = l.qkv.data_ptr<float>(),
+                              .o = l.o.data_ptr<float>(),
+                              .post_norm = l.post_norm.data_ptr<float>(),
+                              .gate_up = l.gate_up.data_ptr<float>(),
+                              .down = l.down.data_ptr<float>()};
         decode_layer(x.data_ptr<float>(), w, shape, kv + i * per_layer, cache.capacity(), L0, c.data_ptr<float>(),
                      s.data_ptr<float>(), scratch.data_ptr<float>());
     }
@@ -357,10 +302,10 @@ at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind
         cache.commit(1, kind, frame_index);
     }
     auto normed = at::empty({1, H}, x.options());
-    rms_norm_row(x.data_ptr<float>(), final_norm_.data_ptr<float>(), normed.data_ptr<float>(), H, shape.eps);
-    const int64_t V = lm_head_.size(0);
+    rms_norm_row(x.data_ptr<float>(), weights_.final_norm.data_ptr<float>(), normed.data_ptr<float>(), H, shape.eps);
+    const int64_t V = weights_.lm_head.size(0);
     auto logits = at::empty({1, V}, x.options());
-    matvec(lm_head_.data_ptr<float>(), normed.data_ptr<float>(), logits.data_ptr<float>(), V, H);
+    matvec(weights_.lm_head.data_ptr<float>(), normed.data_ptr<float>(), logits.data_ptr<float>(), V, H);
     return logits;
 }
 

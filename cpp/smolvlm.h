@@ -5,8 +5,9 @@
 
 #include "kv_cache.h"
 #include "model_config.h"
+#include "smolvlm_weights.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <string>
@@ -14,19 +15,11 @@
 
 namespace prospect {
 
-struct vision_layer {
-    at::Tensor ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;  // q|k|v fused at load
-};
-
-struct text_layer {
-    at::Tensor input_norm, qkv, o, post_norm, gate_up, down;  // q|k|v and gate|up fused at load: fewer reads
-};
-
 class SmolVLM {
 public:
     SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device);
 
-    const model_config& config() const { return cfg_; }
+    const ModelConfig& config() const { return cfg_; }
     at::ScalarType dtype() const { return dtype_; }
     at::Device device() const { return device_; }
     const std::string& path() const { return dir_; }
@@ -62,24 +55,23 @@ public:
 private:
     at::Tensor vision_tower(const at::Tensor& pixels, const at::Tensor& patch_mask) const;
     at::Tensor check_embeds(const at::Tensor& embeds, const KVCache& cache) const;
-
-    std::string dir_;
-    model_config cfg_;
-    at::ScalarType dtype_;
-    at::Device device_;
-    int64_t weight_bytes_ = 0;
-
-    at::Tensor patch_w_, patch_b_, pos_emb_, post_ln_w_, post_ln_b_, connector_w_;
-    std::vector<vision_layer> vision_layers_;
-    at::Tensor embed_, final_norm_, lm_head_;
+    // One decoder layer over x [B, T, H]: writes its keys and values to the cache, returns the new x.
+    at::Tensor text_block(const at::Tensor& x, int64_t layer, KVCache& cache, const at::Tensor& cos,
+                          const at::Tensor& sin, const std::optional<at::Tensor>& mask, bool causal) const;
 
     // The batch-1 fp32 CPU decode step in plain loops (decode_step.h), when the cache and weights allow.
-    bool decode_loops_ = false;
     bool decode_step_applies(const KVCache& cache) const;
     at::Tensor decode_step(const at::Tensor& x, KVCache& cache, SpanKind kind, std::optional<int64_t> frame_index,
                            bool extend_last_span, const at::Tensor& cos, const at::Tensor& sin) const;
-    std::vector<text_layer> text_layers_;
-    at::Tensor inv_freq_;  // [head_dim / 2] fp32 on device
+
+    std::string dir_;
+    ModelConfig cfg_;
+    at::ScalarType dtype_;
+    at::Device device_;
+    SmolVLMWeights weights_;
+    int64_t weight_bytes_ = 0;
+    at::Tensor inv_freq_;        // [head_dim / 2] fp32 on device
+    bool decode_loops_ = false;  // the weights suit decode_step's raw loops
 };
 
 }  // namespace prospect

@@ -1,6 +1,8 @@
 #include "video.h"
 
-#include "safetensors.h"  // format_error
+#include "errors.h"
+
+#include <ATen/ops/empty.h>
 
 #include <opencv2/imgproc.hpp>
 #include <opencv2/videoio.hpp>
@@ -11,30 +13,31 @@
 
 namespace prospect {
 
-struct VideoReader::impl {
+struct VideoReader::Impl {
     cv::VideoCapture cap;
     cv::Mat bgr;
 };
 
-VideoReader::VideoReader(const std::string& path, double fps) : impl_(std::make_unique<impl>()), path_(path), fps_(fps) {
+VideoReader::VideoReader(const std::string& path, double fps)
+    : impl_(std::make_unique<Impl>()), path_(path), fps_(fps) {
     TORCH_CHECK_VALUE(std::isfinite(fps) && fps > 0, "VideoReader: fps expected > 0, got ", fps);
     namespace fs = std::filesystem;
-    if (!fs::exists(path)) throw file_not_found_error("VideoReader: no such file: '" + path + "'");
-    if (fs::is_directory(path)) throw format_error("VideoReader: '" + path + "' is a directory, not a video file");
+    if (!fs::exists(path)) throw FileNotFoundError("VideoReader: no such file: '" + path + "'");
+    if (fs::is_directory(path)) throw FormatError("VideoReader: '" + path + "' is a directory, not a video file");
     // A FIFO or device would block the decoder forever, waiting for data.
-    if (!fs::is_regular_file(path)) throw format_error("VideoReader: '" + path + "' is not a regular file");
-    if (fs::file_size(path) == 0) throw format_error("VideoReader: '" + path + "' is empty");
+    if (!fs::is_regular_file(path)) throw FormatError("VideoReader: '" + path + "' is not a regular file");
+    if (fs::file_size(path) == 0) throw FormatError("VideoReader: '" + path + "' is empty");
     // FFmpeg prints every slice error of a damaged stream; a broken stream is reported once, by next().
     setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", 0);
     if (!impl_->cap.open(path, cv::CAP_ANY) || !impl_->cap.isOpened()) {
-        throw format_error("VideoReader: '" + path + "' could not be opened as a video (damaged or not a video)");
+        throw FormatError("VideoReader: '" + path + "' could not be opened as a video (damaged or not a video)");
     }
     native_fps_ = impl_->cap.get(cv::CAP_PROP_FPS);
     header_frames_ = static_cast<int64_t>(impl_->cap.get(cv::CAP_PROP_FRAME_COUNT));
     width_ = static_cast<int64_t>(impl_->cap.get(cv::CAP_PROP_FRAME_WIDTH));
     height_ = static_cast<int64_t>(impl_->cap.get(cv::CAP_PROP_FRAME_HEIGHT));
     if (width_ <= 0 || height_ <= 0) {
-        throw format_error("VideoReader: '" + path + "' has no video stream with a frame size");
+        throw FormatError("VideoReader: '" + path + "' has no video stream with a frame size");
     }
 }
 
@@ -42,11 +45,11 @@ VideoReader::~VideoReader() = default;
 
 std::optional<std::pair<double, at::Tensor>> VideoReader::next() {
     bool idle = false;
-    TORCH_CHECK(busy_.compare_exchange_strong(idle, true), "VideoReader '", path_, "' is in use by another thread: ",
-                "one reader per thread (open the file once per thread)");
-    struct release {
+    TORCH_CHECK(busy_.compare_exchange_strong(idle, true), "VideoReader '", path_,
+                "' is in use by another thread: ", "one reader per thread (open the file once per thread)");
+    struct Release {
         std::atomic<bool>& busy;
-        ~release() { busy.store(false); }
+        ~Release() { busy.store(false); }
     } guard{busy_};
     while (!done_) {
         if (!impl_->cap.read(impl_->bgr) || impl_->bgr.empty()) {
@@ -57,7 +60,7 @@ std::optional<std::pair<double, at::Tensor>> VideoReader::next() {
                            std::to_string(header_frames_) + " frames its header reports; kept the " +
                            std::to_string(emitted_) + " frames sampled so far";
             }
-            if (decoded_ == 0) throw format_error("VideoReader: '" + path_ + "' holds no decodable frame");
+            if (decoded_ == 0) throw FormatError("VideoReader: '" + path_ + "' holds no decodable frame");
             return std::nullopt;
         }
         // Timestamp by frame index at the native rate: container timestamps are unreliable across codecs.

@@ -2,7 +2,7 @@
 // Only this file and video.cpp see OpenCV; the build leaves them out without it.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <atomic>
 #include <memory>
@@ -14,7 +14,7 @@ namespace prospect {
 
 class VideoReader {
 public:
-    // Throws file_not_found_error if missing, format_error if empty or not a video.
+    // Throws FileNotFoundError if missing, FormatError if empty or not a video.
     VideoReader(const std::string& path, double fps);
     ~VideoReader();
 
@@ -34,8 +34,8 @@ public:
     const std::string& warning() const { return warning_; }
 
 private:
-    struct impl;
-    std::unique_ptr<impl> impl_;
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
     std::string path_, warning_;
     double fps_, native_fps_ = 0;
     int64_t header_frames_ = 0, decoded_ = 0, emitted_ = 0, width_ = 0, height_ = 0;

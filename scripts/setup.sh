@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 
-# System libraries: compilers (clang and its sanitizer/fuzzer runtime for CI), GoogleTest, OpenCV, Eigen, nlohmann-json, opencv-doc for its sample
-# videos, and Java for pycocoevalcap (PTB tokenizer, METEOR).
-APT_PACKAGES=(g++ clang libclang-rt-14-dev cmake ninja-build ccache git libgtest-dev libopencv-dev libeigen3-dev
-  nlohmann-json3-dev opencv-doc procps
+# System libraries: compilers (clang and its sanitizer/fuzzer runtime for CI), clang-format (scripts/lint_cpp.sh),
+# GoogleTest, OpenCV, Eigen, nlohmann-json, opencv-doc for its sample videos, and Java for pycocoevalcap (PTB
+# tokenizer, METEOR).
+APT_PACKAGES=(g++ clang libclang-rt-14-dev clang-format cmake ninja-build ccache git libgtest-dev libopencv-dev
+  libeigen3-dev nlohmann-json3-dev opencv-doc procps
   default-jre-headless)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -22,6 +22,8 @@ at::ScalarType dtype_from_py(const py::handle& obj, const char* arg);
 // torch.device or a string ("cpu", "cuda", "cuda:1").
 at::Device device_from_py(const py::handle& obj, const char* arg);
 
+// Span and KVCache; returns KVCache's class for bind_cache_interop to add to.
+py::class_<KVCache> bind_kv_cache(py::module_& m);
 // Module-level surgery on transformers caches; KVCache.to_legacy / to_dynamic_cache / from_past_key_values.
 void bind_cache_interop(py::module_& m, py::class_<KVCache>& kv_cache);
 // SmolVLM and greedy_generate.

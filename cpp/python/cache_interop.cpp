@@ -12,7 +12,7 @@ namespace prospect {
 
 namespace {
 
-enum PkvLayout : int8_t { PKV_TUPLE, PKV_LAYERS, PKV_KEY_CACHE };
+enum class PkvLayout : int8_t { TUPLE, LAYERS, KEY_CACHE };
 
 struct PastKeyValues {
     PkvLayout layout;
@@ -27,18 +27,18 @@ at::Tensor tensor_of(const py::handle& o, const std::string& what) {
 }
 
 PastKeyValues read_pkv(const py::object& obj) {
-    PastKeyValues p{PKV_TUPLE, obj, {}, {}};
+    PastKeyValues p{PkvLayout::TUPLE, obj, {}, {}};
     if (py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj)) {
         size_t i = 0;
         for (const auto& layer : obj) {
             const auto name = "layer " + std::to_string(i++);
-            TORCH_CHECK_TYPE(py::isinstance<py::sequence>(layer) && py::len(layer) >= 2,
-                             "past_key_values: ", name, " expected a (key, value) pair, got ", py_type_name(layer));
+            TORCH_CHECK_TYPE(py::isinstance<py::sequence>(layer) && py::len(layer) >= 2, "past_key_values: ", name,
+                             " expected a (key, value) pair, got ", py_type_name(layer));
             p.keys.push_back(tensor_of(layer[py::int_(0)], name + " key"));
             p.values.push_back(tensor_of(layer[py::int_(1)], name + " value"));
         }
     } else if (py::hasattr(obj, "layers")) {
-        p.layout = PKV_LAYERS;
+        p.layout = PkvLayout::LAYERS;
         size_t i = 0;
         for (const auto& layer : obj.attr("layers")) {
             const auto name = "layer " + std::to_string(i++);
@@ -51,7 +51,7 @@ PastKeyValues read_pkv(const py::object& obj) {
             p.values.push_back(tensor_of(v, name + " values"));
         }
     } else if (py::hasattr(obj, "key_cache") && py::hasattr(obj, "value_cache")) {
-        p.layout = PKV_KEY_CACHE;
+        p.layout = PkvLayout::KEY_CACHE;
         for (const auto& k : obj.attr("key_cache")) p.keys.push_back(tensor_of(k, "key_cache entry"));
         for (const auto& v : obj.attr("value_cache")) p.values.push_back(tensor_of(v, "value_cache entry"));
     } else {
@@ -63,9 +63,8 @@ PastKeyValues read_pkv(const py::object& obj) {
     for (size_t l = 0; l < p.keys.size(); ++l) {
         const auto &k = p.keys[l], &v = p.values[l];
         if (k.numel() == 0 && k.dim() != 4) continue;  // transformers' empty placeholder tensor
-        TORCH_CHECK_VALUE(k.dim() == 4 && v.dim() == 4 && k.size(2) == v.size(2),
-                          "past_key_values: layer ", l, " expected key and value [B, Hkv, T, D] with equal T, got ",
-                          k.sizes(), " and ", v.sizes());
+        TORCH_CHECK_VALUE(k.dim() == 4 && v.dim() == 4 && k.size(2) == v.size(2), "past_key_values: layer ", l,
+                          " expected key and value [B, Hkv, T, D] with equal T, got ", k.sizes(), " and ", v.sizes());
         if (l == 0) p.length = k.size(2);
         TORCH_CHECK_VALUE(k.size(2) == p.length, "past_key_values: layer ", l, " holds ", k.size(2),
                           " tokens but layer 0 holds ", p.length);
@@ -81,12 +80,12 @@ py::object write_back(PastKeyValues& p, int64_t length) {
         vs.push_back(p.values[l].dim() == 4 ? p.values[l].narrow(2, 0, length) : p.values[l]);
     }
     switch (p.layout) {
-        case PKV_TUPLE: {
+        case PkvLayout::TUPLE: {
             py::tuple out(ks.size());
             for (size_t l = 0; l < ks.size(); ++l) out[l] = py::make_tuple(ks[l], vs[l]);
             return std::move(out);
         }
-        case PKV_LAYERS: {
+        case PkvLayout::LAYERS: {
             size_t l = 0;
             for (const auto& layer : p.obj.attr("layers")) {
                 if (layer.attr("keys").is_none()) continue;
@@ -96,7 +95,7 @@ py::object write_back(PastKeyValues& p, int64_t length) {
             }
             return p.obj;
         }
-        case PKV_KEY_CACHE: {
+        case PkvLayout::KEY_CACHE: {
             auto kc = p.obj.attr("key_cache"), vc = p.obj.attr("value_cache");
             for (size_t l = 0; l < ks.size(); ++l) {
                 kc[py::int_(l)] = ks[l];
@@ -114,11 +113,11 @@ py::object pkv_drop_middle(const py::object& pkv, int64_t keep_first, int64_t ke
     TORCH_CHECK_VALUE(keep_first >= 0, "drop_middle: keep_first expected >= 0, got ", keep_first);
     TORCH_CHECK_VALUE(keep_last >= 0, "drop_middle: keep_last expected >= 0, got ", keep_last);
     auto p = read_pkv(pkv);
-    TORCH_CHECK_VALUE(mode != POSITION_SHIFT || !rope_theta.is_none(),
+    TORCH_CHECK_VALUE(mode != PositionMode::SHIFT || !rope_theta.is_none(),
                       "drop_middle: rope_theta expected the model's rope_theta for position_mode='shift', got None");
     const int64_t T = p.length;
     if (keep_first + keep_last >= T) return write_back(p, T);
-    const bool shift = mode == POSITION_SHIFT && keep_last > 0;
+    const bool shift = mode == PositionMode::SHIFT && keep_last > 0;
     double theta = 0;
     if (shift) {
         try {
@@ -151,12 +150,12 @@ py::object pkv_drop_all(const py::object& pkv) {
 }
 
 py::object to_dynamic_cache(const KVCache& c) {
-    auto DynamicCache = py::module_::import("transformers").attr("DynamicCache");
+    auto dynamic_cache_type = py::module_::import("transformers").attr("DynamicCache");
     py::list empty;
     for (int64_t l = 0; l < c.num_layers(); ++l) {
         empty.append(py::make_tuple(c.keys(l).narrow(2, 0, 0), c.values(l).narrow(2, 0, 0)));
     }
-    py::object cache = DynamicCache(py::arg("ddp_cache_data") = empty);
+    py::object cache = dynamic_cache_type(py::arg("ddp_cache_data") = empty);
     // Built empty, then pointed at views of our storage: no copy of the data.
     PastKeyValues p = read_pkv(cache);
     for (int64_t l = 0; l < c.num_layers(); ++l) {

@@ -19,7 +19,7 @@ at::Tensor tensor_arg(const py::object& o, const char* arg) {
     return o.cast<at::Tensor>();
 }
 
-py::dict config_dict(const model_config& c) {
+py::dict config_dict(const ModelConfig& c) {
     py::dict text, vision, out;
     text["hidden_size"] = c.text.hidden_size;
     text["num_hidden_layers"] = c.text.num_hidden_layers;
@@ -49,28 +49,55 @@ py::dict config_dict(const model_config& c) {
     return out;
 }
 
-}  // namespace
+std::string generate_result_repr(const GenerateResult& r) {
+    return "GenerateResult(tokens=" + py::repr(py::cast(r.tokens)).cast<std::string>() +
+           ", silence_prob=" + py::repr(py::cast(r.silence_prob)).cast<std::string>() +
+           ", prefill_ms=" + std::to_string(r.prefill_ms) + ", decode_ms=" + std::to_string(r.decode_ms) + ")";
+}
 
-void bind_model(py::module_& m) {
-    py::class_<generate_result>(m, "GenerateResult")
-        .def_readonly("tokens", &generate_result::tokens)
-        .def_readonly("silence_prob", &generate_result::silence_prob)
-        .def_readonly("prefill_ms", &generate_result::prefill_ms)
-        .def_readonly("decode_ms", &generate_result::decode_ms)
-        .def("__repr__", [](const generate_result& r) {
-            return "GenerateResult(tokens=" + py::repr(py::cast(r.tokens)).cast<std::string>() + ", silence_prob=" +
-                   py::repr(py::cast(r.silence_prob)).cast<std::string>() + ", prefill_ms=" +
-                   std::to_string(r.prefill_ms) + ", decode_ms=" + std::to_string(r.decode_ms) + ")";
-        });
+// SmolVLM.greedy_generate: the Python arguments into GenerateOptions, then the loop without the GIL.
+GenerateResult py_greedy_generate(const SmolVLM& s, const py::object& embeds, KVCache& cache, int64_t max_new_tokens,
+                                  std::vector<int64_t> stop_token_ids, bool keep, const py::object& silence,
+                                  const std::string& kind, std::optional<int64_t> frame_index,
+                                  const py::object& on_token, double temperature, double top_p,
+                                  std::optional<uint64_t> seed) {
+    GenerateOptions o;
+    o.max_new_tokens = max_new_tokens;
+    o.stop_token_ids = std::move(stop_token_ids);
+    o.keep_generated_in_cache = keep;
+    if (!silence.is_none()) {
+        TORCH_CHECK_TYPE(py::isinstance<py::tuple>(silence) && py::len(silence) == 2,
+                         "silence expected a (token_id, threshold) tuple, got ", py_type_name(silence));
+        o.silence = std::make_pair(silence[py::int_(0)].cast<int64_t>(), silence[py::int_(1)].cast<double>());
+    }
+    o.span_kind = span_kind_from_name(kind);
+    o.frame_index = frame_index;
+    o.temperature = temperature;
+    o.top_p = top_p;
+    o.seed = seed;
+    if (!on_token.is_none()) {
+        TORCH_CHECK_TYPE(PyCallable_Check(on_token.ptr()), "on_token expected a callable, got ",
+                         py_type_name(on_token));
+        o.on_token = [on_token](int64_t tok) {
+            py::gil_scoped_acquire gil;
+            py::object r = on_token(tok);
+            return r.is_none() || r.cast<bool>();
+        };
+    }
+    auto e = tensor_arg(embeds, "embeds");
+    py::gil_scoped_release nogil;
+    return greedy_generate(s, e, cache, o);
+}
 
-    py::class_<SmolVLM>(m, "SmolVLM", "SmolVLM2 loaded from a Hugging Face folder, run by the C++ engine.")
-        .def(py::init([](const std::string& path, const py::object& dtype, const py::object& device) {
-                 const auto dt = dtype_from_py(dtype, "dtype");
-                 const auto dev = device_from_py(device, "device");
-                 py::gil_scoped_release nogil;
-                 return std::make_unique<SmolVLM>(path, dt, dev);
-             }),
-             py::arg("path"), py::arg("dtype") = "float32", py::arg("device") = "cpu")
+// Loading and what the loaded model reports about itself.
+void def_load(py::class_<SmolVLM>& c) {
+    c.def(py::init([](const std::string& path, const py::object& dtype, const py::object& device) {
+              const auto dt = dtype_from_py(dtype, "dtype");
+              const auto dev = device_from_py(device, "device");
+              py::gil_scoped_release nogil;
+              return std::make_unique<SmolVLM>(path, dt, dev);
+          }),
+          py::arg("path"), py::arg("dtype") = "float32", py::arg("device") = "cpu")
         .def_property_readonly("config", [](const SmolVLM& s) { return config_dict(s.config()); })
         .def_property_readonly("dtype", &SmolVLM::dtype)
         .def_property_readonly("device", &SmolVLM::device)
@@ -78,9 +105,16 @@ void bind_model(py::module_& m) {
         .def_property_readonly("weight_bytes", &SmolVLM::weight_bytes)
         .def_property_readonly("image_token_id", [](const SmolVLM& s) { return s.config().image_token_id; })
         .def_property_readonly("image_seq_len", [](const SmolVLM& s) { return s.config().image_seq_len(); })
-        .def(
-            "embed_tokens", [](const SmolVLM& s, const py::object& ids) { return s.embed_tokens(tensor_arg(ids, "input_ids")); },
-            py::arg("input_ids"))
+        .def("make_cache", &SmolVLM::make_cache, py::arg("capacity"), py::arg("batch") = 1,
+             "A KVCache shaped for this model (layers, kv heads, head_dim, dtype, device, rope_theta).");
+}
+
+// Tokens and pixels to embeddings.
+void def_embed(py::class_<SmolVLM>& c) {
+    c.def(
+         "embed_tokens",
+         [](const SmolVLM& s, const py::object& ids) { return s.embed_tokens(tensor_arg(ids, "input_ids")); },
+         py::arg("input_ids"))
         .def(
             "image_features",
             [](const SmolVLM& s, const py::object& pv, const py::object& mask) {
@@ -100,20 +134,22 @@ void bind_model(py::module_& m) {
                 py::gil_scoped_release nogil;
                 return s.joint_embed(i, p, m);
             },
-            py::arg("input_ids"), py::arg("pixel_values") = py::none(), py::arg("pixel_attention_mask") = py::none())
-        .def("make_cache", &SmolVLM::make_cache, py::arg("capacity"), py::arg("batch") = 1,
-             "A KVCache shaped for this model (layers, kv heads, head_dim, dtype, device, rope_theta).")
-        .def(
-            "prefill",
-            [](const SmolVLM& s, const py::object& embeds, KVCache& cache, const std::string& kind,
-               std::optional<int64_t> frame_index) {
-                auto e = tensor_arg(embeds, "embeds");
-                const auto k = span_kind_from_name(kind);
-                py::gil_scoped_release nogil;
-                return s.prefill(e, cache, k, frame_index);
-            },
-            py::arg("embeds"), py::arg("cache"), py::arg("span_kind") = "other", py::arg("frame_index") = py::none(),
-            "Appends embeds [B, T, H] to the cache as one span; returns last-position logits [B, V].")
+            py::arg("input_ids"), py::arg("pixel_values") = py::none(), py::arg("pixel_attention_mask") = py::none());
+}
+
+// The decoder over a KVCache: one forward pass, or the whole generation loop.
+void def_run(py::class_<SmolVLM>& c) {
+    c.def(
+         "prefill",
+         [](const SmolVLM& s, const py::object& embeds, KVCache& cache, const std::string& kind,
+            std::optional<int64_t> frame_index) {
+             auto e = tensor_arg(embeds, "embeds");
+             const auto k = span_kind_from_name(kind);
+             py::gil_scoped_release nogil;
+             return s.prefill(e, cache, k, frame_index);
+         },
+         py::arg("embeds"), py::arg("cache"), py::arg("span_kind") = "other", py::arg("frame_index") = py::none(),
+         "Appends embeds [B, T, H] to the cache as one span; returns last-position logits [B, V].")
         .def(
             "forward",
             [](const SmolVLM& s, const py::object& embeds, KVCache& cache, const std::string& kind,
@@ -125,48 +161,31 @@ void bind_model(py::module_& m) {
             },
             py::arg("embeds"), py::arg("cache"), py::arg("span_kind") = "other", py::arg("frame_index") = py::none(),
             "Like prefill, but returns logits for every position [B, T, V].")
-        .def(
-            "greedy_generate",
-            [](const SmolVLM& s, const py::object& embeds, KVCache& cache, int64_t max_new_tokens,
-               std::vector<int64_t> stop_token_ids, bool keep, const py::object& silence, const std::string& kind,
-               std::optional<int64_t> frame_index, const py::object& on_token, double temperature, double top_p,
-               std::optional<uint64_t> seed) {
-                generate_options o;
-                o.max_new_tokens = max_new_tokens;
-                o.stop_token_ids = std::move(stop_token_ids);
-                o.keep_generated_in_cache = keep;
-                if (!silence.is_none()) {
-                    TORCH_CHECK_TYPE(py::isinstance<py::tuple>(silence) && py::len(silence) == 2,
-                                     "silence expected a (token_id, threshold) tuple, got ", py_type_name(silence));
-                    o.silence = std::make_pair(silence[py::int_(0)].cast<int64_t>(), silence[py::int_(1)].cast<double>());
-                }
-                o.span_kind = span_kind_from_name(kind);
-                o.frame_index = frame_index;
-                o.temperature = temperature;
-                o.top_p = top_p;
-                o.seed = seed;
-                if (!on_token.is_none()) {
-                    TORCH_CHECK_TYPE(PyCallable_Check(on_token.ptr()), "on_token expected a callable, got ",
-                                     py_type_name(on_token));
-                    o.on_token = [on_token](int64_t tok) {
-                        py::gil_scoped_acquire gil;
-                        py::object r = on_token(tok);
-                        return r.is_none() || r.cast<bool>();
-                    };
-                }
-                auto e = tensor_arg(embeds, "embeds");
-                py::gil_scoped_release nogil;
-                return greedy_generate(s, e, cache, o);
-            },
-            py::arg("embeds"), py::arg("cache"), py::arg("max_new_tokens"), py::arg("stop_token_ids"),
-            py::arg("keep_generated_in_cache") = true, py::arg("silence") = py::none(), py::arg("span_kind") = "user",
-            py::arg("frame_index") = py::none(), py::arg("on_token") = py::none(), py::arg("temperature") = 0.0,
-            py::arg("top_p") = 1.0, py::arg("seed") = py::none(), R"doc(
+        .def("greedy_generate", &py_greedy_generate, py::arg("embeds"), py::arg("cache"), py::arg("max_new_tokens"),
+             py::arg("stop_token_ids"), py::arg("keep_generated_in_cache") = true, py::arg("silence") = py::none(),
+             py::arg("span_kind") = "user", py::arg("frame_index") = py::none(), py::arg("on_token") = py::none(),
+             py::arg("temperature") = 0.0, py::arg("top_p") = 1.0, py::arg("seed") = py::none(), R"doc(
 Prefills embeds [1, T, H] (one span of span_kind), then decodes up to
 max_new_tokens in C++ with the GIL released. The stop token is not fed back;
 every emitted token is (one assistant span). silence=(token_id, threshold):
 say nothing if P(token_id) at the first step exceeds threshold. on_token(id)
 -> bool is called after each token; False stops. Returns GenerateResult.)doc");
+}
+
+}  // namespace
+
+void bind_model(py::module_& m) {
+    py::class_<GenerateResult>(m, "GenerateResult")
+        .def_readonly("tokens", &GenerateResult::tokens)
+        .def_readonly("silence_prob", &GenerateResult::silence_prob)
+        .def_readonly("prefill_ms", &GenerateResult::prefill_ms)
+        .def_readonly("decode_ms", &GenerateResult::decode_ms)
+        .def("__repr__", &generate_result_repr);
+
+    py::class_<SmolVLM> c(m, "SmolVLM", "SmolVLM2 loaded from a Hugging Face folder, run by the C++ engine.");
+    def_load(c);
+    def_embed(c);
+    def_run(c);
 }
 
 }  // namespace prospect

@@ -53,10 +53,10 @@ TEST(Loader, RefusesFifosInsteadOfBlocking) {
     try {
         load_model_config(d.string());
         FAIL() << "config.json as a FIFO was opened";
-    } catch (const format_error& e) {
+    } catch (const FormatError& e) {
         EXPECT_NE(std::string(e.what()).find("expected a regular file, got a FIFO"), std::string::npos) << e.what();
     }
-    EXPECT_THROW(load_weights(d.string(), at::kFloat, at::kCPU), format_error);
+    EXPECT_THROW(load_weights(d.string(), at::kFloat, at::kCPU), FormatError);
     fs::remove_all(d);
 }
 
@@ -67,12 +67,12 @@ TEST(Loader, RefusesIntegerAndBoolWeights) {
     try {
         w.take("w", {2});
         FAIL() << "an I64 weight was taken";
-    } catch (const format_error& e) {
+    } catch (const FormatError& e) {
         EXPECT_NE(std::string(e.what()).find("weight 'w' expected a floating dtype"), std::string::npos) << e.what();
     }
     write_safetensors(d / "model.safetensors", "b", "BOOL", 4, std::string(4, '\1'));
     auto b = load_weights(d.string(), at::kFloat, at::kCPU);
-    EXPECT_THROW(b.take("b", {4}), format_error);
+    EXPECT_THROW(b.take("b", {4}), FormatError);
     fs::remove_all(d);
 }
 
@@ -112,7 +112,7 @@ TEST(VideoReader, SharedByThreadsLosesNoFrameAndRefusesTheOverlap) {
 TEST(VideoReader, RefusesAFifo) {
     const auto d = fresh_dir("video");
     ASSERT_EQ(::mkfifo((d / "clip.avi").c_str(), 0600), 0);
-    EXPECT_THROW(VideoReader((d / "clip.avi").string(), 2.0), format_error);
+    EXPECT_THROW(VideoReader((d / "clip.avi").string(), 2.0), FormatError);
     fs::remove_all(d);
 }
 #endif

@@ -6,6 +6,8 @@
 #include "kv_compact.h"
 #include "rope.h"
 
+#include <ATen/ATen.h>
+
 #include <vector>
 
 using namespace prospect;
@@ -27,7 +29,7 @@ at::Tensor tokens(int64_t layer, int64_t kv, int64_t first_tag, int64_t n) {
     return t;
 }
 
-int64_t append_tagged(KVCache& c, int64_t first_tag, int64_t n, SpanKind kind = SPAN_FRAME) {
+int64_t append_tagged(KVCache& c, int64_t first_tag, int64_t n, SpanKind kind = SpanKind::FRAME) {
     std::vector<at::Tensor> k, v;
     for (int64_t l = 0; l < L; ++l) {
         k.push_back(tokens(l, 0, first_tag, n));
@@ -64,7 +66,7 @@ std::vector<int64_t> concat(std::vector<int64_t> a, const std::vector<int64_t>& 
 TEST(KVCache, AppendWritesInPlaceAndRecordsSpans) {
     KVCache c(L, H, D, 32);
     void* ptr = c.storage().data_ptr();
-    const int64_t a = append_tagged(c, 0, 3, SPAN_SYSTEM);
+    const int64_t a = append_tagged(c, 0, 3, SpanKind::SYSTEM);
     const int64_t b = append_tagged(c, 3, 5);
     EXPECT_EQ(a, 0);
     EXPECT_EQ(b, 1);
@@ -107,11 +109,11 @@ TEST(KVCache, AppendRejectsWrongShapeDtypeAndLayerCount) {
 TEST(KVCache, DropMiddleKeepsPinnedAndNewestWholeSpans) {
     KVCache c(L, H, D, 64);
     void* ptr = c.storage().data_ptr();
-    const int64_t sys = append_tagged(c, 0, 4, SPAN_SYSTEM);
+    const int64_t sys = append_tagged(c, 0, 4, SpanKind::SYSTEM);
     c.pin(sys);
     for (int64_t f = 0; f < 5; ++f) append_tagged(c, 4 + 6 * f, 6);  // frames of 6 tokens: tags 4..33
     // 13 tokens fit two whole frames (12), not a third; never half a frame.
-    const int64_t dropped = c.drop_middle(13, POSITION_KEEP);
+    const int64_t dropped = c.drop_middle(13, PositionMode::KEEP);
     EXPECT_EQ(dropped, 18);
     expect_tags(c, concat(range(0, 4), range(22, 34)));
     ASSERT_EQ(c.spans().size(), 3u);
@@ -127,7 +129,7 @@ TEST(KVCache, DropSpansRemovesExactlyThoseSpans) {
     KVCache c(L, H, D, 64);
     std::vector<int64_t> ids;
     for (int64_t s = 0; s < 6; ++s) ids.push_back(append_tagged(c, 5 * s, 5));
-    c.drop_spans({ids[1], ids[2], ids[4]}, POSITION_KEEP);
+    c.drop_spans({ids[1], ids[2], ids[4]}, PositionMode::KEEP);
     expect_tags(c, concat(concat(range(0, 5), range(15, 20)), range(25, 30)));
     std::vector<int64_t> live;
     for (const auto& s : c.spans()) live.push_back(s.id);
@@ -141,10 +143,10 @@ TEST(KVCache, DropSpansRemovesExactlyThoseSpans) {
 TEST(KVCache, DropAllWithAndWithoutPinned) {
     KVCache c(L, H, D, 64);
     append_tagged(c, 0, 3);
-    const int64_t anchor = append_tagged(c, 3, 4, SPAN_USER);
+    const int64_t anchor = append_tagged(c, 3, 4, SpanKind::USER);
     append_tagged(c, 7, 5);
     c.pin(anchor);
-    c.drop_all(/*keep_pinned=*/true, POSITION_KEEP);
+    c.drop_all(/*keep_pinned=*/true, PositionMode::KEEP);
     expect_tags(c, range(3, 7));
     EXPECT_EQ(c.spans().size(), 1u);
     c.drop_all();
@@ -155,10 +157,10 @@ TEST(KVCache, DropAllWithAndWithoutPinned) {
 
 TEST(KVCache, ShiftModeRerotatesKeysAndLeavesValues) {
     KVCache c(L, H, D, 64, at::kFloat, at::kCPU, 1, 10000.0);
-    const int64_t sys = append_tagged(c, 0, 2, SPAN_SYSTEM);
+    const int64_t sys = append_tagged(c, 0, 2, SpanKind::SYSTEM);
     c.pin(sys);
     for (int64_t f = 0; f < 4; ++f) append_tagged(c, 2 + 3 * f, 3);  // tags 2..13
-    c.drop_middle(6, POSITION_SHIFT);                                 // keeps tags 8..13 at slots 2..7
+    c.drop_middle(6, PositionMode::SHIFT);                           // keeps tags 8..13 at slots 2..7
     EXPECT_EQ(c.length(), 8);
     EXPECT_EQ(c.next_position(), 8);
     for (const auto& s : c.spans()) EXPECT_EQ(s.first_position, s.start);
@@ -174,7 +176,7 @@ TEST(KVCache, ShiftModeRerotatesKeysAndLeavesValues) {
 TEST(KVCache, TruncateRollsBackPositions) {
     KVCache c(L, H, D, 64);
     append_tagged(c, 0, 4);
-    append_tagged(c, 4, 4, SPAN_ASSISTANT);
+    append_tagged(c, 4, 4, SpanKind::ASSISTANT);
     c.truncate(6);
     expect_tags(c, range(0, 6));
     EXPECT_EQ(c.spans().back().end, 6);
@@ -188,20 +190,20 @@ TEST(KVCache, TruncateRollsBackPositions) {
 
 TEST(KVCache, DropRangeCutsInsideSpansTokenExact) {
     KVCache c(L, H, D, 64);
-    append_tagged(c, 0, 4, SPAN_SYSTEM);
+    append_tagged(c, 0, 4, SpanKind::SYSTEM);
     const int64_t long_span = append_tagged(c, 4, 10);  // slots 4..13, cut in its middle below
-    append_tagged(c, 14, 3, SPAN_ASSISTANT);
-    EXPECT_EQ(c.drop_range(6, 9, POSITION_LENGTH), 3);
+    append_tagged(c, 14, 3, SpanKind::ASSISTANT);
+    EXPECT_EQ(c.drop_range(6, 9, PositionMode::LENGTH), 3);
     expect_tags(c, concat(range(0, 6), range(9, 17)));
     ASSERT_EQ(c.spans().size(), 4u);  // the frame split in two; the tail got a new id
     EXPECT_EQ(c.spans()[1].id, long_span);
     EXPECT_NE(c.spans()[2].id, long_span);
-    EXPECT_EQ(c.spans()[2].first_position, 9);  // "length": the kept keys keep their positions ...
-    EXPECT_EQ(c.next_position(), 14);           // ... and the next token takes position = length
-    EXPECT_EQ(c.drop_range(2, 8, POSITION_KEEP), 6);  // across a span boundary, removing a whole piece
+    EXPECT_EQ(c.spans()[2].first_position, 9);             // "length": the kept keys keep their positions ...
+    EXPECT_EQ(c.next_position(), 14);                      // ... and the next token takes position = length
+    EXPECT_EQ(c.drop_range(2, 8, PositionMode::KEEP), 6);  // across a span boundary, removing a whole piece
     expect_tags(c, concat(range(0, 2), range(11, 17)));
-    EXPECT_EQ(c.next_position(), 14);  // "keep": positions go on counting
-    EXPECT_EQ(c.drop_range(4, 4, POSITION_LENGTH), 0);  // an empty range changes nothing
+    EXPECT_EQ(c.next_position(), 14);                        // "keep": positions go on counting
+    EXPECT_EQ(c.drop_range(4, 4, PositionMode::LENGTH), 0);  // an empty range changes nothing
     EXPECT_EQ(c.spans().size(), 3u);
     EXPECT_EQ(c.next_position(), 14);
     EXPECT_THROW(c.drop_range(3, 99), c10::ValueError);
@@ -212,9 +214,9 @@ TEST(KVCache, EngineWriteCommitAndExtend) {
     KVCache c(L, H, D, 16);
     for (int64_t l = 0; l < L; ++l) c.write(l, tokens(l, 0, 0, 3), tokens(l, 1, 0, 3));
     EXPECT_EQ(c.length(), 0);  // written, not yet visible
-    const int64_t id = c.commit(3, SPAN_USER);
+    const int64_t id = c.commit(3, SpanKind::USER);
     for (int64_t l = 0; l < L; ++l) c.write(l, tokens(l, 0, 3, 1), tokens(l, 1, 3, 1));
-    c.commit(1, SPAN_ASSISTANT);
+    c.commit(1, SpanKind::ASSISTANT);
     for (int64_t l = 0; l < L; ++l) c.write(l, tokens(l, 0, 4, 1), tokens(l, 1, 4, 1));
     c.commit_extend(1);
     expect_tags(c, range(0, 5));
@@ -227,14 +229,14 @@ TEST(KVCache, EngineWriteCommitAndExtend) {
 TEST(KVCache, CommitNeedsWhatWasWritten) {
     KVCache c(L, H, D, 16);
     for (int64_t l = 0; l < L; ++l) c.write(l, tokens(l, 0, 0, 4), tokens(l, 1, 0, 4));
-    c.commit(4, SPAN_USER);
-    c.truncate(1);                                           // slots 1..3 keep stale data
-    EXPECT_THROW(c.commit(2, SPAN_USER), c10::ValueError);   // nothing written
+    c.commit(4, SpanKind::USER);
+    c.truncate(1);                                               // slots 1..3 keep stale data
+    EXPECT_THROW(c.commit(2, SpanKind::USER), c10::ValueError);  // nothing written
     EXPECT_THROW(c.commit_extend(1), c10::ValueError);
     for (int64_t l = 0; l < L; ++l) c.write(l, tokens(l, 0, 1, 2), tokens(l, 1, 1, 2));
-    EXPECT_THROW(c.commit(3, SPAN_USER), c10::ValueError);   // more than was written
+    EXPECT_THROW(c.commit(3, SpanKind::USER), c10::ValueError);  // more than was written
     EXPECT_EQ(c.length(), 1);
-    c.commit(2, SPAN_USER);
+    c.commit(2, SpanKind::USER);
     expect_tags(c, range(0, 3));
 }
 

@@ -1,8 +1,9 @@
-// The torch-free parsers of untrusted input: safetensors headers and config.json.
+// The torch-free parsers of untrusted input: safetensors headers, config.json and the shard index.
 #include <gtest/gtest.h>
 
 #include "model_config.h"
 #include "safetensors.h"
+#include "shard_index.h"
 
 #include <string>
 #include <vector>
@@ -21,14 +22,14 @@ std::vector<uint8_t> file_with(const std::string& header, size_t data_bytes) {
     return f;
 }
 
-safetensors_header parse(const std::vector<uint8_t>& f) {
+SafetensorsHeader parse(const std::vector<uint8_t>& f) {
     return safetensors_parse_header(f.data(), f.size(), f.size(), "t.safetensors");
 }
 
 std::string error_of(const std::vector<uint8_t>& f) {
     try {
         parse(f);
-    } catch (const format_error& e) {
+    } catch (const FormatError& e) {
         return e.what();
     }
     return "";
@@ -62,15 +63,17 @@ TEST(Safetensors, RejectsLiesAndDamage) {
                   .find("outside the 8-byte data section"),
               std::string::npos);
     EXPECT_NE(error_of(file_with(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                                     "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})", 12))
+                                     "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
+                                 12))
                   .find("overlap"),
               std::string::npos);
     EXPECT_NE(error_of(file_with(R"({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 2]}})", 2))
                   .find("unsupported dtype 'Q4'"),
               std::string::npos);
-    EXPECT_NE(error_of(file_with(R"({"a": {"dtype": "F32", "shape": [4611686018427387904, 4], "data_offsets": [0, 0]}})", 0))
-                  .find("overflows"),
-              std::string::npos);
+    EXPECT_NE(
+        error_of(file_with(R"({"a": {"dtype": "F32", "shape": [4611686018427387904, 4], "data_offsets": [0, 0]}})", 0))
+            .find("overflows"),
+        std::string::npos);
     EXPECT_NE(error_of(file_with("[1, 2]", 0)).find("not a JSON object"), std::string::npos);
     auto f = file_with("{}", 0);
     f[0] = 0xff;  // header length far past the end of the file
@@ -93,10 +96,54 @@ TEST(ModelConfig, ErrorsNameTheKey) {
     try {
         parse_model_config(bad);
         FAIL();
-    } catch (const format_error& e) {
+    } catch (const FormatError& e) {
         EXPECT_NE(std::string(e.what()).find("text_config.vocab_size expected an integer, got string"),
                   std::string::npos);
     }
-    EXPECT_THROW(parse_model_config("{\"text_config\": {}}"), format_error);
-    EXPECT_THROW(parse_model_config("not json"), format_error);
+    EXPECT_THROW(parse_model_config("{\"TextConfig\": {}}"), FormatError);
+    EXPECT_THROW(parse_model_config("not json"), FormatError);
+}
+
+namespace {
+
+std::string shard_index_error(const std::string& json) {
+    try {
+        parse_shard_index(json, "index.json");
+    } catch (const FormatError& e) {
+        return e.what();
+    }
+    return "";
+}
+
+}  // namespace
+
+TEST(ShardIndex, ListsEachShardOnceSorted) {
+    const auto shards = parse_shard_index(R"({"metadata": {"total_size": 64}, "weight_map": {
+        "lm_head.weight": "model-00002-of-00002.safetensors",
+        "model.text_model.norm.weight": "model-00002-of-00002.safetensors",
+        "model.text_model.embed_tokens.weight": "model-00001-of-00002.safetensors"}})");
+    EXPECT_EQ(shards,
+              (std::vector<std::string>{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}));
+    EXPECT_TRUE(parse_shard_index(R"({"weight_map": {}})").empty());
+}
+
+TEST(ShardIndex, RefusesPathsOutsideTheFolder) {
+    EXPECT_EQ(shard_index_error(R"({"weight_map": {"w": "../model.safetensors"}})"),
+              "index.json: shard name '../model.safetensors' must be a plain file name");
+    EXPECT_EQ(shard_index_error(R"({"weight_map": {"w": "/etc/passwd"}})"),
+              "index.json: shard name '/etc/passwd' must be a plain file name");
+    EXPECT_EQ(shard_index_error(R"({"weight_map": {"w": "sub/x.safetensors"}})"),
+              "index.json: shard name 'sub/x.safetensors' must be a plain file name");
+}
+
+TEST(ShardIndex, ErrorsNameTheProblem) {
+    EXPECT_EQ(shard_index_error(R"({"weight_map": {"w": 3}})"), "index.json: weight_map['w'] is not a file name");
+    const std::string no_map = "index.json: expected an object with a 'weight_map' object";
+    EXPECT_EQ(shard_index_error(R"({"metadata": {}})"), no_map);
+    EXPECT_EQ(shard_index_error(R"({"weight_map": ["a"]})"), no_map);
+    EXPECT_EQ(shard_index_error("[1]"), no_map);
+    EXPECT_EQ(shard_index_error("{\"weight_map\": {\"w\": \"a\xff\"}}").rfind("index.json: not valid JSON (", 0), 0u);
+    EXPECT_NE(shard_index_error("{\"weight_map\": {\"w\": \"a\xff\"}}").find("\\xff"), std::string::npos)
+        << "the quoted byte is escaped";
+    EXPECT_EQ(shard_index_error("not json").rfind("index.json: not valid JSON (", 0), 0u);
 }

@@ -1,5 +1,5 @@
 // libFuzzer target: the safetensors header parser must reject anything malformed with
-// format_error and never read outside the bytes it was given.
+// FormatError and never read outside the bytes it was given.
 #include "safetensors.h"
 
 #include <cstdint>
@@ -16,7 +16,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         for (const auto& e : h.entries) {
             if (e.end < e.begin || h.data_offset + e.end > file_size) __builtin_trap();  // validated ranges only
         }
-    } catch (const prospect::format_error&) {
+    } catch (const prospect::FormatError&) {
     }
     return 0;
 }
