@@ -332,8 +332,11 @@ def _run_on_ranks(
     rank, world, device = distributed.init(cfg.runner.device)
     cfg = replace(cfg, runner=replace(cfg.runner, device=device))
     failed: dict[str, list[dict]] = {}
-    for f in distributed.run_units(strategies, records, cfg, rank, world):
-        failed.setdefault(f["strategy"], []).append(f)
+    try:
+        for f in distributed.run_units(strategies, records, cfg, rank, world):
+            failed.setdefault(f["strategy"], []).append(f)
+    finally:
+        distributed.finish()  # no collective call follows: rank 0 evaluates alone
     return rank, cfg, failed
 
 

@@ -18,6 +18,17 @@ from prospect_core.config import CompareConfig
 from prospect_core.runners import StreamRunner
 from prospect_core.video_unit import build_runner, now, run_videos
 
+_own_group = False  # True once init() made the process group (a caller's own group is left to the caller)
+
+
+def finish() -> None:
+    """Leaves the process group init() made. A rank that exits with gloo's threads still running can die in
+    std::terminate ("terminate called without an active exception") and fail the whole torchrun."""
+    global _own_group
+    if _own_group and dist.is_initialized():
+        dist.destroy_process_group()
+    _own_group = False
+
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
@@ -25,8 +36,10 @@ def launched_by_torchrun() -> bool:
 
 def init(device: str) -> tuple[int, int, str]:
     """Joins the process group torchrun describes (gloo on CPU, nccl on GPUs); returns (rank, world, device)."""
+    global _own_group
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        _own_group = True
     rank, world = dist.get_rank(), dist.get_world_size()
     if device.startswith("cuda"):
         local = int(os.environ.get("LOCAL_RANK", "0"))
