@@ -3,13 +3,14 @@
 # its CMake config insists on a CUDA toolkit, which a CPU user may not have.
 #
 # Defines: prospect::torch (libtorch, libtorch_cpu, libc10, ABI flag, headers),
-#          prospect::torch_python, TORCH_VERSION, TORCH_LIB_DIR.
+#          prospect::torch_python, TORCH_VERSION, TORCH_LIB_DIR, and TORCH_CUDA_VERSION
+#          (empty for a CPU-only torch).
 
 set(_fix "Install with a plain `pip install .` (pip brings torch into the build), or install torch >= 2.11 first and build with: pip install --no-build-isolation .")
 
 execute_process(
   COMMAND "${Python_EXECUTABLE}" -c
-    "import os, torch, torch.utils; print(torch.__version__.split('+')[0]); print(torch.utils.cmake_prefix_path); print(int(torch.compiled_with_cxx11_abi())); print(os.path.dirname(torch.__file__))"
+    "import os, torch, torch.utils; print(torch.__version__.split('+')[0]); print(torch.utils.cmake_prefix_path); print(int(torch.compiled_with_cxx11_abi())); print(os.path.dirname(torch.__file__)); print(torch.version.cuda or '')"
   OUTPUT_VARIABLE _torch_out
   ERROR_VARIABLE _torch_err
   RESULT_VARIABLE _torch_rc
@@ -24,6 +25,11 @@ list(GET _torch_out 0 TORCH_VERSION)
 list(GET _torch_out 1 _torch_cmake_prefix)
 list(GET _torch_out 2 _torch_cxx11_abi)
 list(GET _torch_out 3 _torch_root)
+set(TORCH_CUDA_VERSION "")
+list(LENGTH _torch_out _torch_n)
+if(_torch_n GREATER 4)
+  list(GET _torch_out 4 TORCH_CUDA_VERSION)
+endif()
 
 if(TORCH_VERSION VERSION_LESS 2.11)
   message(FATAL_ERROR "prospect needs torch >= 2.11; ${Python_EXECUTABLE} imports torch ${TORCH_VERSION}. ${_fix}")
@@ -67,4 +73,4 @@ target_compile_definitions(prospect::torch INTERFACE _GLIBCXX_USE_CXX11_ABI=${_t
 add_library(prospect::torch_python INTERFACE IMPORTED)
 target_link_libraries(prospect::torch_python INTERFACE prospect::torch "${PROSPECT_LIB_torch_python}")
 
-message(STATUS "prospect: torch ${TORCH_VERSION} from ${_torch_root} (cxx11 abi ${_torch_cxx11_abi})")
+message(STATUS "prospect: torch ${TORCH_VERSION} from ${_torch_root} (cxx11 abi ${_torch_cxx11_abi}, CUDA '${TORCH_CUDA_VERSION}')")

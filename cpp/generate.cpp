@@ -1,5 +1,6 @@
 #include "generate.h"
 
+#include "cuda_graph_decode.h"
 #include "smolvlm.h"
 
 #include <ATen/ATen.h>
@@ -68,6 +69,12 @@ GenerateResult greedy_generate(const SmolVLM& model, const at::Tensor& embeds, K
     r.prefill_ms = ms_since(t0);
 
     t0 = std::chrono::steady_clock::now();
+    if (cuda_graph_decode_applies(model, cache, o)) {
+        cuda_graph_decode(model, cache, tok, o, r);
+        r.decode_ms = ms_since(t0);
+        if (!o.keep_generated_in_cache) cache.truncate(input_end);
+        return r;
+    }
     for (int64_t step = 0; step < o.max_new_tokens; ++step) {
         if (std::find(stops.begin(), stops.end(), tok) != stops.end()) break;
         r.tokens.push_back(tok);

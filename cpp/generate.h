@@ -23,6 +23,8 @@ struct GenerateOptions {
     double temperature = 0.0;  // 0: greedy
     double top_p = 1.0;
     std::optional<uint64_t> seed;
+    // Greedy batch-1 decode on CUDA replays a captured CUDA graph per token (cuda_graph_decode.h).
+    bool cuda_graph = true;
     // Called after each new token; returning false stops. Empty: never leaves C++.
     std::function<bool(int64_t)> on_token;
 };
@@ -32,6 +34,7 @@ struct GenerateResult {
     std::optional<double> silence_prob;
     double prefill_ms = 0;
     double decode_ms = 0;
+    int64_t graph_steps = 0;  // decode steps run as CUDA-graph replays
 };
 
 // Prefills embeds [1, T, H] as one span of options.span_kind, then decodes one

@@ -6,28 +6,13 @@
 #include "matvec.h"
 #include "model_loader.h"
 #include "rope.h"
+#include "text_ops.h"
 
 #include <ATen/ATen.h>
 
 #include <cmath>
 
 namespace prospect {
-
-namespace {
-
-// Llama RMSNorm: normalise in fp32, cast back, then scale.
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
-    auto h = x.to(at::kFloat);
-    h = h * at::rsqrt(h.pow(2).mean(-1, true) + eps);
-    return w * h.to(x.scalar_type());
-}
-
-at::Tensor rotate_half(const at::Tensor& x) {
-    const int64_t h = x.size(-1) / 2;
-    return at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
-}
-
-}  // namespace
 
 SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device)
     : dir_(dir), cfg_(load_model_config(dir)), dtype_(dtype), device_(device) {
@@ -207,8 +192,8 @@ at::Tensor SmolVLM::text_block(const at::Tensor& x_in, int64_t layer, KVCache& c
     auto q = qkv.narrow(-1, 0, nq).view({B, T, t.num_attention_heads, hd}).transpose(1, 2);
     auto k = qkv.narrow(-1, nq, nkv).reshape({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
     auto v = qkv.narrow(-1, nq + nkv, nkv).reshape({B, T, t.num_key_value_heads, hd}).transpose(1, 2);
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
+    q = apply_rope(q, cos, sin);
+    k = apply_rope(k, cos, sin);
     cache.write(layer, k, v);
     auto K = cache.key_buffer(layer).narrow(2, 0, L0 + T), V = cache.value_buffer(layer).narrow(2, 0, L0 + T);
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
@@ -230,10 +215,7 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
     const int64_t L0 = cache.length(), P0 = cache.next_position();
 
     // RoPE tables for positions P0 .. P0+T-1, fp32 then cast, as transformers does.
-    auto pos = at::arange(P0, P0 + T, inv_freq_.options());
-    auto freqs = pos.unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, hd/2]
-    auto emb = at::cat({freqs, freqs}, -1);
-    auto cos = emb.cos().to(dtype_), sin = emb.sin().to(dtype_);  // [T, hd]
+    auto [cos, sin] = rope_tables(at::arange(P0, P0 + T, inv_freq_.options()), inv_freq_, dtype_);  // [T, hd]
 
     if (T == 1 && B == 1 && !all_logits && decode_step_applies(cache)) {
         return decode_step(x, cache, kind, frame_index, extend_last_span, cos, sin);

@@ -3,6 +3,7 @@
 // Hugging Face checkpoint, so weights load without a renaming table.
 #pragma once
 
+#include "cuda_graph_decode.h"
 #include "kv_cache.h"
 #include "model_config.h"
 #include "smolvlm_weights.h"
@@ -24,6 +25,10 @@ public:
     at::Device device() const { return device_; }
     const std::string& path() const { return dir_; }
     int64_t weight_bytes() const { return weight_bytes_; }
+    const SmolVLMWeights& weights() const { return weights_; }
+    const at::Tensor& inv_freq() const { return inv_freq_; }  // RoPE [head_dim / 2], fp32 on device
+    // The CUDA graphs greedy decoding captured for this model's caches (cuda_graph_decode.cpp).
+    CudaGraphs& cuda_graphs() const { return *graphs_; }
 
     // input_ids [B, T] -> [B, T, H].
     at::Tensor embed_tokens(const at::Tensor& input_ids) const;
@@ -72,6 +77,7 @@ private:
     int64_t weight_bytes_ = 0;
     at::Tensor inv_freq_;        // [head_dim / 2] fp32 on device
     bool decode_loops_ = false;  // the weights suit decode_step's raw loops
+    CudaGraphsPtr graphs_ = make_cuda_graphs();
 };
 
 }  // namespace prospect

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The C++ tests again, built with AddressSanitizer and UndefinedBehaviorSanitizer, in build/asan.
 # libtorch is not instrumented; leaks it reports at exit are suppressed by name in
-# tests/sanitizers/lsan.supp, never ours.
+# tests/sanitizers/lsan.supp, never ours. The CUDA decode is left out: it never runs without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1  # cache hits across clones
 san="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
-cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython_EXECUTABLE="$(command -v "$PY")" \
+cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPROSPECT_WITH_CUDA=OFF -DPython_EXECUTABLE="$(command -v "$PY")" \
   -DCMAKE_CXX_FLAGS="$san" -DCMAKE_EXE_LINKER_FLAGS="$san" -DCMAKE_SHARED_LINKER_FLAGS="$san" > build/asan.log
 cmake --build build/asan --target prospect_tests >> build/asan.log
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1

@@ -1,6 +1,7 @@
 // prospect_core.SmolVLM: the native engine. Long calls release the GIL.
 #include "bindings.h"
 
+#include "cuda_graph_decode.h"
 #include "generate.h"
 #include "smolvlm.h"
 
@@ -60,7 +61,7 @@ GenerateResult py_greedy_generate(const SmolVLM& s, const py::object& embeds, KV
                                   std::vector<int64_t> stop_token_ids, bool keep, const py::object& silence,
                                   const std::string& kind, std::optional<int64_t> frame_index,
                                   const py::object& on_token, double temperature, double top_p,
-                                  std::optional<uint64_t> seed) {
+                                  std::optional<uint64_t> seed, bool cuda_graph) {
     GenerateOptions o;
     o.max_new_tokens = max_new_tokens;
     o.stop_token_ids = std::move(stop_token_ids);
@@ -75,6 +76,7 @@ GenerateResult py_greedy_generate(const SmolVLM& s, const py::object& embeds, KV
     o.temperature = temperature;
     o.top_p = top_p;
     o.seed = seed;
+    o.cuda_graph = cuda_graph;
     if (!on_token.is_none()) {
         TORCH_CHECK_TYPE(PyCallable_Check(on_token.ptr()), "on_token expected a callable, got ",
                          py_type_name(on_token));
@@ -164,12 +166,15 @@ void def_run(py::class_<SmolVLM>& c) {
         .def("greedy_generate", &py_greedy_generate, py::arg("embeds"), py::arg("cache"), py::arg("max_new_tokens"),
              py::arg("stop_token_ids"), py::arg("keep_generated_in_cache") = true, py::arg("silence") = py::none(),
              py::arg("span_kind") = "user", py::arg("frame_index") = py::none(), py::arg("on_token") = py::none(),
-             py::arg("temperature") = 0.0, py::arg("top_p") = 1.0, py::arg("seed") = py::none(), R"doc(
+             py::arg("temperature") = 0.0, py::arg("top_p") = 1.0, py::arg("seed") = py::none(),
+             py::arg("cuda_graph") = true, R"doc(
 Prefills embeds [1, T, H] (one span of span_kind), then decodes up to
 max_new_tokens in C++ with the GIL released. The stop token is not fed back;
 every emitted token is (one assistant span). silence=(token_id, threshold):
 say nothing if P(token_id) at the first step exceeds threshold. on_token(id)
--> bool is called after each token; False stops. Returns GenerateResult.)doc");
+-> bool is called after each token; False stops. On CUDA, greedy batch-1
+decoding replays a captured CUDA graph per token; cuda_graph=False runs the
+eager path instead. Returns GenerateResult.)doc");
 }
 
 }  // namespace
@@ -180,12 +185,15 @@ void bind_model(py::module_& m) {
         .def_readonly("silence_prob", &GenerateResult::silence_prob)
         .def_readonly("prefill_ms", &GenerateResult::prefill_ms)
         .def_readonly("decode_ms", &GenerateResult::decode_ms)
+        .def_readonly("graph_steps", &GenerateResult::graph_steps)
         .def("__repr__", &generate_result_repr);
 
     py::class_<SmolVLM> c(m, "SmolVLM", "SmolVLM2 loaded from a Hugging Face folder, run by the C++ engine.");
     def_load(c);
     def_embed(c);
     def_run(c);
+    m.attr("has_cuda_graphs") = has_cuda_graphs();
+    m.attr("has_cuda_kernels") = has_cuda_kernels();
 }
 
 }  // namespace prospect

@@ -19,6 +19,8 @@ _Cache = TypeVar("_Cache")  # a transformers DynamicCache
 __version__: str
 __torch_version__: str
 has_opencv: bool
+has_cuda_graphs: bool  # greedy CUDA decode by graph replay (built with CUDA torch and headers)
+has_cuda_kernels: bool  # the fused CUDA decode kernels (built where nvcc was found)
 
 class Span:
     """A recorded range of cache slots: one frame, turn, reply or summary."""
@@ -123,6 +125,8 @@ class GenerateResult:
     def prefill_ms(self) -> float: ...
     @property
     def decode_ms(self) -> float: ...
+    @property
+    def graph_steps(self) -> int: ...
     def __repr__(self) -> str: ...
 
 class SmolVLM:
@@ -174,6 +178,7 @@ class SmolVLM:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        cuda_graph: bool = True,
     ) -> GenerateResult: ...
 
 class VideoReader:
