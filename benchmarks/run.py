@@ -2,8 +2,11 @@
 surgery and long streams. Every comparison is measured in this run, next to its baseline.
 
 usage: python benchmarks/run.py [--presets tiny,256m,256m-smollm2] [--dtypes float32] [--repeats 5] [--quick]
+       python benchmarks/run.py --device cuda [--quick] [--repeats 3] [--deadline 150]
 Writes benchmarks/results/<host>-<cpu>-<date>.json and .md (e.g. vm-intel-xeon-2026-11-23), and the
-long-stream plot.
+long-stream plot. With --device cuda it runs benchmarks/gpu.py instead (decode, streaming step and cache
+surgery on the GPU, the 2.2b preset in bf16) and writes gpu-<date>.json and .md; --quick makes that the tiny
+preset with one repetition, and on a machine without CUDA it says so and exits 0.
 """
 
 import argparse
@@ -37,12 +40,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="tiny,256m,256m-smollm2")
     ap.add_argument("--dtypes", default="float32")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=None, help="repetitions (default 5; 3 with --device cuda)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, one repetition")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"which benchmarks (default all: {','.join(PARTS)})")
     ap.add_argument("--models", default=str(HERE.parent / "build" / "models"))
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cpu: the benchmarks above; cuda: benchmarks/gpu.py (--presets, --dtypes and --parts do not apply)",
+    )
+    ap.add_argument("--deadline", type=float, default=150.0, help="--device cuda: seconds for the whole run")
     a = ap.parse_args()
+    if a.device == "cuda":
+        import gpu
+
+        command = " ".join(["python benchmarks/run.py"] + sys.argv[1:])
+        sys.exit(gpu.main(a.out, a.models, a.quick, a.repeats, a.deadline, "cuda", command=command))
+    if a.repeats is None:
+        a.repeats = 5
     if a.quick:
         a.presets, a.repeats = "tiny", 1
     parts = a.parts.split(",")
