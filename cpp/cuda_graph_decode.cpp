@@ -47,11 +47,11 @@ public:
     GraphDecoder(const GraphDecoder&) = delete;
     GraphDecoder& operator=(const GraphDecoder&) = delete;
 
-    // The cache's storage is alive and is the one this graph writes into.
+    // The graph writes by address, and holds no reference to the cache: it serves any live cache whose
+    // storage is at that address with that shape (the same cache, or a later one the allocator put there).
     bool serves(const KVCache& cache) const {
-        return !storage_.expired() && storage_impl_ == cache.storage().storage().unsafeGetStorageImpl();
+        return cache.storage().data_ptr() == storage_ptr_ && cache.storage().sizes().vec() == storage_shape_;
     }
-    bool expired() const { return storage_.expired(); }
     // Next replay feeds `token` at slot `length`, position `position`.
     void start(int64_t token, int64_t length, int64_t position) {
         state_.copy_(at::tensor({token, length, position}, at::kLong));
@@ -69,9 +69,9 @@ private:
 #endif
 
     const SmolVLM& model_;
-    c10::weak_intrusive_ptr<c10::StorageImpl> storage_;
-    const c10::StorageImpl* storage_impl_;
-    std::vector<at::Tensor> keys_, values_;  // [1, kv_heads, capacity, hd] views on the cache's storage
+    const void* storage_ptr_;
+    std::vector<int64_t> storage_shape_;
+    std::vector<at::Tensor> keys_, values_;  // [1, kv_heads, capacity, hd] views on the cache, while capturing
     at::Tensor state_;                       // device int64 [token, length, position]
     at::Tensor slots_;                       // device int64 [capacity]: 0 .. capacity-1 (the ATen step's mask)
     at::Tensor partial_;                     // attention scratch (fused kernels)
@@ -83,9 +83,7 @@ private:
 };
 
 GraphDecoder::GraphDecoder(const SmolVLM& model, const KVCache& cache)
-    : model_(model),
-      storage_(cache.storage().storage().getWeakStorageImpl()),
-      storage_impl_(cache.storage().storage().unsafeGetStorageImpl()) {
+    : model_(model), storage_ptr_(cache.storage().data_ptr()), storage_shape_(cache.storage().sizes().vec()) {
     const auto& t = model.config().text;
     const auto device = model.device();
     for (int64_t l = 0; l < cache.num_layers(); ++l) {
@@ -128,6 +126,8 @@ GraphDecoder::GraphDecoder(const SmolVLM& model, const KVCache& cache)
         throw;
     }
     graph_.capture_end();
+    keys_.clear();  // holding the views would keep a dropped cache's memory alive
+    values_.clear();
 }
 
 int64_t GraphDecoder::replay() {
@@ -274,7 +274,6 @@ std::shared_ptr<GraphDecoder> decoder_for(const SmolVLM& model, const KVCache& c
     auto& store = model.cuda_graphs();
     std::lock_guard<std::mutex> lock(store.mu);
     auto& d = store.decoders;
-    d.erase(std::remove_if(d.begin(), d.end(), [](const auto& g) { return g->expired(); }), d.end());
     for (auto it = d.begin(); it != d.end(); ++it) {
         if ((*it)->serves(cache)) {
             auto g = *it;

@@ -5,6 +5,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace prospect {
@@ -43,16 +44,24 @@ void move_chunked(const at::Tensor& t, const TokenMove& m, at::Tensor& bounce) {
         }
         return;
     }
-    // A short gap would mean many tiny copies: go through the bounce buffer.
-    if (!bounce.defined()) {
-        bounce = at::empty({t.size(0), t.size(1), std::min(BOUNCE_TOKENS, m.len), t.size(3)}, t.options());
+    // A short gap would mean many tiny copies: go through a bounce buffer of up to BOUNCE_TOKENS
+    // tokens for a group of rows, at most 1/256 of the tensor (surgery must stay in place).
+    const int64_t B = t.size(0), H = t.size(1), row = t.size(3) * t.element_size();
+    const int64_t budget = std::max<int64_t>(t.numel() * t.element_size() / 256, 16 << 10);
+    const int64_t n = std::clamp<int64_t>(budget / (B * row), 1, std::min(BOUNCE_TOKENS, m.len));
+    const int64_t g = std::clamp<int64_t>(budget / (B * n * row), 1, H);
+    if (!bounce.defined() || bounce.size(1) < g || bounce.size(2) < n) {
+        bounce = at::empty({B, g, n, t.size(3)}, t.options());
     }
-    const int64_t cap = bounce.size(2);
-    for (int64_t off = 0; off < m.len; off += cap) {
-        const int64_t n = std::min(cap, m.len - off);
-        auto b = bounce.narrow(2, 0, n);
-        b.copy_(t.narrow(2, m.src + off, n));
-        t.narrow(2, m.dst + off, n).copy_(b);
+    for (int64_t h0 = 0; h0 < H; h0 += g) {
+        const int64_t gh = std::min(g, H - h0);
+        auto rows = t.narrow(1, h0, gh);
+        for (int64_t off = 0; off < m.len; off += n) {
+            const int64_t c = std::min(n, m.len - off);
+            auto b = bounce.narrow(1, 0, gh).narrow(2, 0, c);
+            b.copy_(rows.narrow(2, m.src + off, c));
+            rows.narrow(2, m.dst + off, c).copy_(b);
+        }
     }
 }
 

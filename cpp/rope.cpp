@@ -5,6 +5,13 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
+#ifdef PROSPECT_WITH_CUDA_KERNELS
+#include "cuda/decode_kernels.h"
+
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -66,25 +73,70 @@ void shift_cpu_4d(const at::Tensor& k, const std::vector<int64_t>& delta, double
     });
 }
 
-// Any device or layout: tensor ops in fp32, cast back.
-void shift_generic(const at::Tensor& keys, const std::vector<int64_t>& delta, double theta) {
-    const int64_t D = keys.size(-1), h = D / 2;
-    auto [c, s] = tables(delta, D, theta);
-    const int64_t rows = static_cast<int64_t>(delta.size());
+// The tables on the keys' device: [T or 1, D/2] each.
+std::pair<at::Tensor, at::Tensor> device_tables(const at::Tensor& keys, const std::vector<int64_t>& delta,
+                                                double theta) {
+    const int64_t h = keys.size(-1) / 2, rows = static_cast<int64_t>(delta.size());
+    auto [c, s] = tables(delta, keys.size(-1), theta);
     auto opts = at::TensorOptions().dtype(at::kFloat);
-    auto cos = at::from_blob(c.data(), {rows, h}, opts).to(keys.device());  // [T or 1, D/2]
-    auto sin = at::from_blob(s.data(), {rows, h}, opts).to(keys.device());
-    auto k = keys.to(at::kFloat);
-    auto x1 = k.narrow(-1, 0, h), x2 = k.narrow(-1, h, h);
-    auto out = at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
-    keys.copy_(out);
+    // copy=true: on the CPU a plain to() would return views of the vectors about to be freed.
+    return {at::from_blob(c.data(), {rows, h}, opts).to(keys.device(), at::kFloat, false, true),
+            at::from_blob(s.data(), {rows, h}, opts).to(keys.device(), at::kFloat, false, true)};
 }
+
+// Any device or layout: tensor ops in fp32, cast back. Token chunks keep the fp32 temporaries under
+// 1/256 of the keys' storage (surgery on a cache must stay in place).
+void shift_generic(const at::Tensor& keys, const std::vector<int64_t>& delta, double theta) {
+    const int64_t D = keys.size(-1), h = D / 2, T = keys.size(-2);
+    auto [cos, sin] = device_tables(keys, delta, theta);
+    const bool per_token = delta.size() > 1;
+    const int64_t budget = std::max<int64_t>(static_cast<int64_t>(keys.storage().nbytes()) / 256, 64 << 10);
+    const int64_t token_bytes = keys.numel() / std::max<int64_t>(T, 1) * 4 * 8;  // ~8 fp32 temporaries
+    const int64_t chunk = std::clamp<int64_t>(budget / std::max<int64_t>(token_bytes, 1), 1, T);
+    for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+        const int64_t n = std::min(chunk, T - t0);
+        auto part = keys.narrow(-2, t0, n);
+        auto c = per_token ? cos.narrow(0, t0, n) : cos, s = per_token ? sin.narrow(0, t0, n) : sin;
+        auto k = part.to(at::kFloat);
+        auto x1 = k.narrow(-1, 0, h), x2 = k.narrow(-1, h, h);
+        part.copy_(at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1));
+    }
+}
+
+#ifdef PROSPECT_WITH_CUDA_KERNELS
+// CUDA, 4-d with a contiguous last dim: one fused kernel, nothing allocated but the tables.
+bool shift_cuda_4d(const at::Tensor& k, const std::vector<int64_t>& delta, double theta) {
+    namespace ck = cuda_kernels;
+    const auto t = k.scalar_type();
+    if (!k.is_cuda() || k.dim() != 4 || k.stride(3) != 1 || t == at::kDouble) return false;
+    auto [cos, sin] = device_tables(k, delta, theta);
+    const auto dt = t == at::kBFloat16 ? ck::Dtype::BF16 : t == at::kHalf ? ck::Dtype::F16 : ck::Dtype::F32;
+    const auto st = ck::rope_shift(dt,
+                                   {.keys = k.data_ptr(),
+                                    .batch = k.size(0),
+                                    .heads = k.size(1),
+                                    .tokens = k.size(2),
+                                    .head_dim = k.size(3),
+                                    .stride_b = k.stride(0),
+                                    .stride_h = k.stride(1),
+                                    .stride_t = k.stride(2),
+                                    .cos = cos.data_ptr<float>(),
+                                    .sin = sin.data_ptr<float>(),
+                                    .per_token = delta.size() > 1},
+                                   c10::cuda::getCurrentCUDAStream(k.device().index()).stream());
+    TORCH_CHECK(st == nullptr, "rope_shift_: CUDA kernel failed: ", st);
+    return true;
+}
+#endif
 
 void dispatch(const at::Tensor& keys, const std::vector<int64_t>& delta, double theta) {
     if (keys.numel() == 0) return;
     c10::InferenceMode guard;
     if (keys.is_cpu() && keys.dim() == 4 && keys.stride(3) == 1) {
         shift_cpu_4d(keys, delta, theta);
+#ifdef PROSPECT_WITH_CUDA_KERNELS
+    } else if (shift_cuda_4d(keys, delta, theta)) {
+#endif
     } else {
         shift_generic(keys, delta, theta);
     }

@@ -65,7 +65,7 @@ export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 note "$("$PY" -c 'import prospect_core._C as c; print(f"built: has_cuda_graphs={c.has_cuda_graphs} has_cuda_kernels={c.has_cuda_kernels}")' 2>&1)"
 
 # The cuda-marked tests (on a dry run they are collected and skipped by tests/conftest.py).
-step "pytest -m cuda" "$OUT/pytest.log" timeout 150 "$PY" -m pytest -q -m cuda -rfEs --tb=short -p no:cacheprovider \
+step "pytest -m cuda" "$OUT/pytest.log" timeout 130 "$PY" -m pytest -q -m cuda -rfEs --tb=short -p no:cacheprovider \
   --junitxml="$OUT/junit-cuda.xml" tests
 tail -n 3 "$OUT/pytest.log" | sed 's/^/  /' | tee -a "$OUT/summary.md"
 

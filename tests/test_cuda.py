@@ -712,6 +712,27 @@ def test_graph_decode_equals_eager(cuda_models, dtype):
     assert_same_cache(stopped[True][1], stopped[False][1], f"{dtype}: cache after a stop", **cache_tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_graph_from_aten_ops_equals_the_fused_kernels(tiny_model, monkeypatch, dtype):
+    # PROSPECT_CUDA_KERNELS=0 captures the step from ATen ops instead of the fused kernels: a model
+    # loaded so decodes the same tokens as one using the kernels, and as the eager path.
+    m = prospect_core.load_model(tiny_model, dtype=dtype, device="cuda")
+    e = frame_embeds(m, 2)
+    runs = {}
+    for variant, env in (("kernels", "1"), ("aten", "0")):
+        monkeypatch.setenv("PROSPECT_CUDA_KERNELS", env)
+        model = prospect_core.load_model(tiny_model, dtype=dtype, device="cuda")  # graphs are per model
+        cache = model.make_cache(256)
+        res = gen(model, e, cache, 40, graph=True)
+        check_steps(res, True, f"{dtype} {variant}")
+        runs[variant] = res, cache
+    eager_cache = m.make_cache(256)
+    eager = gen(m, e, eager_cache, 40, graph=False)
+    for variant, (res, cache) in runs.items():
+        assert_same_tokens(res.tokens, eager.tokens, f"{dtype}: graph from {variant} vs eager")
+        assert_same_cache(cache, eager_cache, f"{dtype}: cache, graph from {variant} vs eager", **cache_tol(dtype))
+
+
 def test_graph_decode_sampled_equals_eager(cuda_models):
     m = cuda_models["float32"]
     e = text_embeds(m, 80)

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cfloat>
 
 namespace prospect::cuda_kernels {
@@ -247,6 +248,22 @@ __global__ void argmax_advance_kernel(const T* logits, int64_t n, int64_t* state
     }
 }
 
+template <typename T>
+__global__ void rope_shift_kernel(RopeShiftArgs a) {
+    const int64_t h = a.head_dim / 2, total = a.batch * a.heads * a.tokens * h;
+    T* keys = static_cast<T*>(a.keys);
+    for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+         idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t i = idx % h, r = idx / h, t = r % a.tokens, bh = r / a.tokens;
+        T* x = keys + (bh / a.heads) * a.stride_b + (bh % a.heads) * a.stride_h + t * a.stride_t;
+        const int64_t row = a.per_token ? t * h : 0;
+        const float c = a.cos[row + i], s = a.sin[row + i];
+        const float x1 = to_f(x[i]), x2 = to_f(x[i + h]);
+        x[i] = from_f<T>(x1 * c - x2 * s);
+        x[i + h] = from_f<T>(x2 * c + x1 * s);
+    }
+}
+
 template <typename F>
 Status dispatch(Dtype dtype, F&& f) {
     switch (dtype) {
@@ -316,6 +333,16 @@ Status argmax_advance(Dtype dtype, const void* logits, int64_t n, int64_t* state
         using T = decltype(t);
         argmax_advance_kernel<T><<<1, 1024, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(logits), n,
                                                                                     state);
+    });
+}
+
+Status rope_shift(Dtype dtype, const RopeShiftArgs& a, void* stream) {
+    const int64_t total = a.batch * a.heads * a.tokens * (a.head_dim / 2);
+    if (total == 0) return nullptr;
+    const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
+    return dispatch(dtype, [&](auto t) {
+        using T = decltype(t);
+        rope_shift_kernel<T><<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(a);
     });
 }
 

@@ -54,4 +54,16 @@ Status silu_mul(Dtype dtype, const void* gate_up, void* out, int n, void* stream
 // (the first maximum), so the next replay feeds the token just chosen.
 Status argmax_advance(Dtype dtype, const void* logits, int64_t n, int64_t* state, void* stream);
 
+// Cache surgery's re-rotation, in place: keys [B, H, T, D] (any strides, last dim contiguous) rotated
+// by the fp32 tables cos/sin [T or 1, D/2] (one row: every token moves by the same delta).
+struct RopeShiftArgs {
+    void* keys;
+    int64_t batch, heads, tokens, head_dim;
+    int64_t stride_b, stride_h, stride_t;  // in elements
+    const float* cos;
+    const float* sin;
+    bool per_token;
+};
+Status rope_shift(Dtype dtype, const RopeShiftArgs& a, void* stream);
+
 }  // namespace prospect::cuda_kernels
