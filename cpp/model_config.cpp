@@ -117,8 +117,10 @@ VisionConfig parse_vision(const Reader& r) {
     }
     const auto act = r.string("hidden_act", "gelu_pytorch_tanh");
     if (act != "gelu_pytorch_tanh") r.fail("hidden_act", "expected 'gelu_pytorch_tanh', got '" + act + "'");
-    if (v.image_size % v.patch_size != 0) {
-        r.fail("image_size", "expected a multiple of patch_size (" + std::to_string(v.patch_size) + "), got " +
+    // Not a multiple of patch_size is fine: the patch convolution drops the rest, as in SmolVLM2-2.2B
+    // (384 px, 14 px patches: 27 per side). An image smaller than one patch is not.
+    if (v.image_size < v.patch_size) {
+        r.fail("image_size", "expected at least patch_size (" + std::to_string(v.patch_size) + "), got " +
                                  std::to_string(v.image_size));
     }
     return v;
