@@ -19,6 +19,7 @@ SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device
     TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
                      "load_model: dtype expected float32, bfloat16 or float16, got ", dtype);
     weights_ = load_smolvlm_weights(dir, cfg_, dtype, device);
+    device_ = weights_.embed.device();  // "cuda" names the current GPU: keep its index, as caches report theirs
     weight_bytes_ = weights_.nbytes();
     inv_freq_ = rope_inv_freq(cfg_.text.head_dim, cfg_.text.rope_theta).to(device);
 

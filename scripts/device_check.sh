@@ -67,9 +67,12 @@ note "$("$PY" -c 'import prospect_core._C as c; print(f"built: has_cuda_graphs={
 # The cuda-marked tests (on a dry run they are collected and skipped by tests/conftest.py).
 # Only the files that hold cuda tests: the others may import what the GPU machine lacks (openai, omegaconf).
 mapfile -t cuda_files < <(grep -l "mark.cuda" tests/test_*.py)
-step "pytest -m cuda" "$OUT/pytest.log" timeout 130 "$PY" -m pytest -q -m cuda -rfEs --tb=short -p no:cacheprovider \
+# In 8 worker processes (pytest-xdist, where installed): faster, and a crash fails one test, not the run.
+xdist=()
+"$PY" -c "import xdist" 2>/dev/null && [ "$dry" = 0 ] && xdist=(-n 8)
+step "pytest -m cuda" "$OUT/pytest.log" timeout 130 "$PY" -m pytest -q -m cuda -rfEs --tb=short -p no:cacheprovider "${xdist[@]}" \
   --junitxml="$OUT/junit-cuda.xml" "${cuda_files[@]}"
-tail -n 3 "$OUT/pytest.log" | sed 's/^/  /' | tee -a "$OUT/summary.md"
+{ grep -E "^(FAILED|ERROR) " "$OUT/pytest.log" | cut -c1-300 | head -n 40; tail -n 1 "$OUT/pytest.log"; } | sed 's/^/  /' | tee -a "$OUT/summary.md"
 
 # The GPU benchmarks (benchmarks/gpu.py); a dry run takes the --quick path, which says why it skips.
 bench=(--device cuda --out "$OUT")
