@@ -99,10 +99,10 @@ GraphDecoder::GraphDecoder(const SmolVLM& model, const KVCache& cache)
     kernels_ = kernels_wanted() && t.head_dim % 2 == 0 && t.head_dim <= 256 &&
                t.num_attention_heads % t.num_key_value_heads == 0;
     if (kernels_) {
-        partial_ = at::empty({cuda_kernels::attention_scratch(static_cast<int>(t.num_attention_heads),
-                                                              static_cast<int>(t.head_dim), cache.capacity(),
-                                                              kAttentionChunk)},
-                             at::TensorOptions().dtype(at::kFloat).device(device));
+        partial_ = at::empty(
+            {cuda_kernels::attention_scratch(static_cast<int>(t.num_attention_heads), static_cast<int>(t.head_dim),
+                                             cache.capacity(), kAttentionChunk)},
+            at::TensorOptions().dtype(at::kFloat).device(device));
     }
 #else
     (void)t;
@@ -208,8 +208,8 @@ void GraphDecoder::step_kernels() {
     for (size_t l = 0; l < w.text_layers.size(); ++l) {
         const auto& L = w.text_layers[l];
         auto h = at::empty({1, H}, opts);
-        check(k::add_rms_norm(dt, x.data_ptr(), delta.defined() ? delta.data_ptr() : nullptr,
-                              L.input_norm.data_ptr(), h.data_ptr(), H, eps, s));
+        check(k::add_rms_norm(dt, x.data_ptr(), delta.defined() ? delta.data_ptr() : nullptr, L.input_norm.data_ptr(),
+                              h.data_ptr(), H, eps, s));
         auto qkv = at::mm(h, L.qkv.t());
         check(k::rope_write_kv(dt,
                                {.qkv = qkv.data_ptr(),
@@ -295,8 +295,7 @@ bool cuda_graph_decode_applies(const SmolVLM& model, const KVCache& cache, const
            cache.storage().is_contiguous() && cache.device() == model.device() && cache.dtype() == model.dtype();
 }
 
-void cuda_graph_decode(const SmolVLM& model, KVCache& cache, int64_t tok, const GenerateOptions& o,
-                       GenerateResult& r) {
+void cuda_graph_decode(const SmolVLM& model, KVCache& cache, int64_t tok, const GenerateOptions& o, GenerateResult& r) {
     c10::cuda::CUDAGuard on_device(model.device());
     const int64_t max_pos = model.config().text.max_position_embeddings;
     std::shared_ptr<GraphDecoder> dec;

@@ -8,6 +8,6 @@ if ! command -v "$CLANG_FORMAT" > /dev/null; then
   echo "lint_cpp: $CLANG_FORMAT not found (apt-get install clang-format, or run scripts/setup.sh)" >&2
   exit 2
 fi
-mapfile -t files < <(git ls-files -co --exclude-standard 'cpp/*.h' 'cpp/*.cpp' 'tests/cpp/*.cpp' 'tests/fuzz/*.cpp')
+mapfile -t files < <(git ls-files -co --exclude-standard 'cpp/*.h' 'cpp/*.cpp' 'cpp/*.cu' 'tests/cpp/*.cpp' 'tests/fuzz/*.cpp')
 "$CLANG_FORMAT" --dry-run --Werror "${files[@]}"
 echo "lint_cpp: ${#files[@]} files formatted"

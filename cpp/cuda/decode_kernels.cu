@@ -18,15 +18,23 @@ __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 template <typename T>
 __device__ __forceinline__ T from_f(float x);
 template <>
-__device__ __forceinline__ float from_f<float>(float x) { return x; }
+__device__ __forceinline__ float from_f<float>(float x) {
+    return x;
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+    return __float2bfloat16(x);
+}
 template <>
-__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+__device__ __forceinline__ __half from_f<__half>(float x) {
+    return __float2half(x);
+}
 
 // x rounded to T and back: what a tensor of dtype T holds after an op.
 template <typename T>
-__device__ __forceinline__ float round_to(float x) { return to_f(from_f<T>(x)); }
+__device__ __forceinline__ float round_to(float x) {
+    return to_f(from_f<T>(x));
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -64,8 +72,7 @@ __global__ void add_rms_norm_kernel(T* x, const T* delta, const T* w, T* out, in
         ss += v * v;
     }
     const float r = rsqrtf(block_sum(ss) / n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        out[i] = from_f<T>(to_f(w[i]) * round_to<T>(to_f(x[i]) * r));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = from_f<T>(to_f(w[i]) * round_to<T>(to_f(x[i]) * r));
 }
 
 template <typename T>
@@ -267,15 +274,9 @@ __global__ void rope_shift_kernel(RopeShiftArgs a) {
 template <typename F>
 Status dispatch(Dtype dtype, F&& f) {
     switch (dtype) {
-        case Dtype::F32:
-            f(float{});
-            break;
-        case Dtype::BF16:
-            f(__nv_bfloat16{});
-            break;
-        case Dtype::F16:
-            f(__half{});
-            break;
+        case Dtype::F32: f(float{}); break;
+        case Dtype::BF16: f(__nv_bfloat16{}); break;
+        case Dtype::F16: f(__half{}); break;
     }
     return status();
 }
@@ -284,8 +285,7 @@ int splits_of(int64_t capacity, int chunk) { return static_cast<int>((capacity +
 
 }  // namespace
 
-Status add_rms_norm(Dtype dtype, void* x, const void* delta, const void* w, void* out, int n, float eps,
-                    void* stream) {
+Status add_rms_norm(Dtype dtype, void* x, const void* delta, const void* w, void* out, int n, float eps, void* stream) {
     return dispatch(dtype, [&](auto t) {
         using T = decltype(t);
         add_rms_norm_kernel<T><<<1, 1024, 0, static_cast<cudaStream_t>(stream)>>>(
@@ -331,8 +331,8 @@ Status silu_mul(Dtype dtype, const void* gate_up, void* out, int n, void* stream
 Status argmax_advance(Dtype dtype, const void* logits, int64_t n, int64_t* state, void* stream) {
     return dispatch(dtype, [&](auto t) {
         using T = decltype(t);
-        argmax_advance_kernel<T><<<1, 1024, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(logits), n,
-                                                                                    state);
+        argmax_advance_kernel<T>
+            <<<1, 1024, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(logits), n, state);
     });
 }
 

@@ -16,15 +16,14 @@ using Status = const char*;
 
 // x += delta (when delta is not null), then out = w * rms_norm(x), rounding as transformers does
 // in `dtype` (normalise in fp32, cast, scale). One vector of n.
-Status add_rms_norm(Dtype dtype, void* x, const void* delta, const void* w, void* out, int n, float eps,
-                    void* stream);
+Status add_rms_norm(Dtype dtype, void* x, const void* delta, const void* w, void* out, int n, float eps, void* stream);
 
 struct RopeKvArgs {
-    void* qkv;               // [heads*hd | kv_heads*hd | kv_heads*hd]: q rotated in place
-    void* keys;              // this layer's keys [kv_heads, capacity, hd]
-    void* values;            // this layer's values, same shape
-    const float* inv_freq;   // [hd / 2]
-    const int64_t* state;    // device [token, length, position]: the slot written is length
+    void* qkv;              // [heads*hd | kv_heads*hd | kv_heads*hd]: q rotated in place
+    void* keys;             // this layer's keys [kv_heads, capacity, hd]
+    void* values;           // this layer's values, same shape
+    const float* inv_freq;  // [hd / 2]
+    const int64_t* state;   // device [token, length, position]: the slot written is length
     int heads, kv_heads, head_dim;
     int64_t capacity;
 };
@@ -32,15 +31,15 @@ struct RopeKvArgs {
 Status rope_write_kv(Dtype dtype, const RopeKvArgs& a, void* stream);
 
 struct AttentionArgs {
-    const void* q;           // [heads, hd], rotated
-    const void* keys;        // [kv_heads, capacity, hd]
+    const void* q;     // [heads, hd], rotated
+    const void* keys;  // [kv_heads, capacity, hd]
     const void* values;
-    const int64_t* state;    // attends to slots 0 .. length (inclusive: the token just written)
-    void* out;               // [heads, hd]
-    float* partial;          // scratch [heads, splits, hd + 2]
+    const int64_t* state;  // attends to slots 0 .. length (inclusive: the token just written)
+    void* out;             // [heads, hd]
+    float* partial;        // scratch [heads, splits, hd + 2]
     int heads, kv_heads, head_dim;
     int64_t capacity;
-    int chunk;               // keys per block; splits = ceil(capacity / chunk)
+    int chunk;  // keys per block; splits = ceil(capacity / chunk)
     float scale;
 };
 Status attention(Dtype dtype, const AttentionArgs& a, void* stream);
