@@ -107,7 +107,7 @@ def main():
         import torch
 
         from llama_cpp_ref import bench_llama_cpp
-        from prospect_core import smollm2
+        from prospect_core.tools import smollm2
 
         ref = bench_llama_cpp(smollm2.gguf_path(), torch.get_num_threads(), a.repeats, new_tokens=8 if a.quick else 32)
         ours = next(r for r in res["decode"] if r["preset"] == "256m-smollm2" and r["dtype"] == "float32")

@@ -8,7 +8,7 @@ bash scripts/setup.sh
 
 PY=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-if "$PY" -c "from prospect_core import smollm2; raise SystemExit(0 if smollm2.available() else 1)"; then
+if "$PY" -c "from prospect_core.tools import smollm2; raise SystemExit(0 if smollm2.available() else 1)"; then
   PRESET=256m-smollm2
   # ~2 s a frame on 2 cores: the first 8 frames (4 s) of each video, a context that fills within them.
   ARGS=(--max-frames 8 --max-seq-len 640 --reserved-seq-len 96 --last-keep-len 192 --summary-max-length 48

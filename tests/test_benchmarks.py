@@ -94,7 +94,7 @@ def _gpu():
 def test_gpu_decode_floor_from_config():
     gpu = _gpu()
     from decode import text_weight_bytes
-    from prospect_core.make_model import PRESETS
+    from prospect_core.tools.make_model import PRESETS
 
     t = dict(PRESETS["2.2b"]["text_config"])
     # 2.2b by hand: per layer q 2048x2048, k 2048x2048, v 2048x2048, o 2048x2048 (32 heads and 32 kv heads

@@ -120,6 +120,17 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def test_the_runtime_does_not_import_the_tools():
+    """prospect_core.tools (checkpoint forging, parity checks) stands beside the runtime: only the package's
+    make_model re-export, the CLI and the tools themselves import it."""
+    mods = package_modules()
+    tools = {m for m in mods if m == f"{PACKAGE}.tools" or m.startswith(f"{PACKAGE}.tools.")}
+    assert {f"{PACKAGE}.tools.make_model", f"{PACKAGE}.tools.smollm2", f"{PACKAGE}.tools.verify"} <= tools
+    edges, _ = import_graph(mods)
+    users = {m for m, imported in edges.items() if imported & tools and m not in tools}
+    assert users == {PACKAGE, f"{PACKAGE}.cli"}
+
+
 def test_no_private_names_from_other_modules():
     _, private = import_graph(package_modules())
     assert private == [], "\n".join(f"{a} imports {name} from {b}" for a, b, name in private)

@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from prospect_core import smollm2
-from prospect_core.make_model import SPECIAL_TOKENS
+from prospect_core.tools import smollm2
+from prospect_core.tools.make_model import SPECIAL_TOKENS
 
 QUESTION = "What is the capital of France?"
 
@@ -77,7 +77,7 @@ def test_tokenizer_from_the_gguf_vocabulary(smollm2_model):
 
 
 def test_parity_with_transformers_in_float32(smollm2_model):
-    from prospect_core.verify import verify
+    from prospect_core.tools.verify import verify
 
     r = verify(smollm2_model, "float32", new_tokens=64, prompt=QUESTION)
     assert r["text_logit_rel_err"] < 1e-4 and r["max_logit_err"] / r["logit_scale"] < 1e-4
@@ -86,7 +86,7 @@ def test_parity_with_transformers_in_float32(smollm2_model):
 
 
 def test_bfloat16_against_transformers_and_float32(smollm2_model):
-    from prospect_core.verify import verify
+    from prospect_core.tools.verify import verify
 
     r = verify(smollm2_model, "bfloat16", new_tokens=32, prompt=QUESTION)
     assert r["text_logit_rel_err"] < 2e-2  # both engines in bf16: within a few bf16 roundings

@@ -28,8 +28,8 @@ if _series(_C.__torch_version__) != _series(torch.__version__):
 from prospect_core._C import *  # noqa: E402,F401,F403 - the core's names, as before the move
 from prospect_core._C import KVCache, __torch_version__, __version__  # noqa: E402,F401
 from prospect_core.engine import Engine  # noqa: E402
-from prospect_core.make_model import make_model  # noqa: E402
 from prospect_core.model import load_model  # noqa: E402
+from prospect_core.tools.make_model import make_model  # noqa: E402
 
 core = _C  # the old spelling `prospect.core`
 has_opencv = getattr(_C, "has_opencv", False)

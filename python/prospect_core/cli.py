@@ -31,10 +31,10 @@ from prospect_core.config import (
 )
 from prospect_core.demo import run_demo
 from prospect_core.engine import Engine
-from prospect_core.make_model import PRESET_NAMES, make_model, parse_overrides
 from prospect_core.model import DTYPES
 from prospect_core.runners import StreamRunner
-from prospect_core.verify import report, verify
+from prospect_core.tools.make_model import PRESET_NAMES, make_model, parse_overrides
+from prospect_core.tools.verify import report, verify
 
 
 # ---- the subcommands -----------------------------------------------------------------------------------

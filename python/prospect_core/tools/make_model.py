@@ -6,7 +6,7 @@ so that both transformers (AutoModelForImageTextToText, AutoProcessor) and
 prospect load the same folder. The tiny preset is for tests; the others have
 the real SmolVLM2 shapes, for benchmarks. Their words are noise: weights are random.
 The 256m-smollm2 preset is the exception: its text model and tokenizer are
-SmolLM2-135M-Instruct's (see prospect.smollm2), only its vision side is random.
+SmolLM2-135M-Instruct's (see prospect_core.tools.smollm2), only its vision side is random.
 """
 
 import contextlib
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from prospect_core import smollm2
 from prospect_core.config import DEFAULT_DTYPE
 from prospect_core.model import DTYPES, TORCH_DTYPES
+from prospect_core.tools import smollm2
 
 # Shapes from the public SmolVLM2 configs (see the project's reference notes).
 _VISION_512 = dict(
@@ -104,7 +104,7 @@ PRESETS = {
     ),
 }
 
-SMOLLM2 = "256m-smollm2"  # the 256m shape with real SmolLM2-135M-Instruct text weights (prospect.smollm2)
+SMOLLM2 = "256m-smollm2"  # the 256m shape with real SmolLM2-135M-Instruct text weights (prospect_core.tools.smollm2)
 PRESET_NAMES = list(PRESETS) + [SMOLLM2]
 
 SPECIAL_TOKENS = [
