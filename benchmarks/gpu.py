@@ -70,7 +70,7 @@ DEADLINE_S = 150.0
 SURGERY_SHAPE = dict(layers=24, heads=32, head_dim=64, tokens=4096, keep_first=300, keep_last=512)
 SURGERY_QUICK = dict(layers=2, heads=2, head_dim=64, tokens=1024, keep_first=300, keep_last=512)
 HF_VARIANTS = ("transformers_eager", "transformers_static_compile")
-DECODE_VARIANTS = ("ours_graph", "ours_eager") + HF_VARIANTS
+DECODE_VARIANTS = ("ours_graph", "ours_eager", "ours_graph_gemv") + HF_VARIANTS
 # (key, what, op, threshold)
 TARGETS = [
     ("decode_pct_of_floor", "decode, ours with CUDA graphs: % of the HBM floor", ">=", 60.0),
@@ -166,6 +166,8 @@ def finish_decode(row):
     tokens = row.get("tokens") or {}
     if tokens.get("ours_graph") is not None and tokens.get("ours_eager") is not None:
         row["graph_eager_tokens_equal"] = tokens["ours_graph"] == tokens["ours_eager"]
+    if tokens.get("ours_graph") is not None and tokens.get("ours_graph_gemv") is not None:
+        row["gemv_cublas_common_prefix"] = common_prefix(tokens["ours_graph_gemv"], tokens["ours_graph"])
     if tokens.get("ours_eager") is not None and tokens.get("transformers_eager") is not None:
         row["ours_transformers_common_prefix"] = common_prefix(tokens["ours_eager"], tokens["transformers_eager"])
     return row
@@ -255,6 +257,7 @@ def markdown(res):
         names = {
             "ours_graph": "prospect, CUDA graphs",
             "ours_eager": "prospect, eager",
+            "ours_graph_gemv": "prospect, CUDA graphs, gemv kernel (PROSPECT_CUDA_GEMV=1)",
             "transformers_eager": "transformers generate(), eager",
             "transformers_static_compile": "transformers static cache + torch.compile",
         }
@@ -267,7 +270,7 @@ def markdown(res):
             extra = []
             if r.get("engine_ms_per_token") is not None:
                 extra.append(f"engine's decode_ms/N {r['engine_ms_per_token']:.3f}")
-            if v == "ours_graph" and "graph_steps" in r:
+            if v.startswith("ours_graph") and "graph_steps" in r:
                 extra.append(f"graph_steps {r['graph_steps']}")
             if r.get("first_call_s") is not None:
                 extra.append(f"first call (compile) {r['first_call_s']:.1f} s")
@@ -303,6 +306,14 @@ def markdown(res):
             )
         if agree:
             lines += ["", "; ".join(agree) + "."]
+    p = res.get("products") or {}
+    if p.get("ms_per_token") is not None:
+        lines += [
+            "",
+            f"The step's matrix products alone ({p['products']} cuBLAS products of the same shapes, random "
+            f"weights, one CUDA graph): {p['ms_per_token']:.3f} ms per token, {_f(p.get('pct_of_floor'))}% of the "
+            "HBM floor; the rest of the prospect graph's time is the step's other kernels and their gaps.",
+        ]
     s = res.get("streaming") or {}
     if s:
         if "error" in s or "skipped" in s:
@@ -552,11 +563,15 @@ def bench_gpu_decode(
     }
     ids = torch.arange(60, 60 + prompt).unsqueeze(0)
     embeds = model.embed_tokens(ids)
-    for name, graph in (("ours_graph", True), ("ours_eager", False)):
+    # ours_graph_gemv: the graph's products by prospect's gemv kernel instead of cuBLAS (PROSPECT_CUDA_GEMV=1,
+    # read when a graph is captured; another capacity, so that a new graph is captured for it).
+    variants = (("ours_graph", True, 8, "0"), ("ours_eager", False, 8, "0"), ("ours_graph_gemv", True, 24, "1"))
+    for name, graph, spare, gemv in variants:
         log(f"decode: {name}, {new_tokens} tokens x {repeats}")
+        os.environ["PROSPECT_CUDA_GEMV"] = gemv
         try:
             row[name], row["tokens"][name] = _ours_decode(
-                model, embeds, prompt + new_tokens + 8, new_tokens, repeats, graph, device
+                model, embeds, prompt + new_tokens + spare, new_tokens, repeats, graph, device
             )
             log(
                 f"decode: {name} {row[name]['ms_per_token']:.3f} ms/token (engine's own clock "
@@ -566,11 +581,61 @@ def bench_gpu_decode(
         except Exception as e:
             row[name] = {"error": _err(e)}
             log(f"decode: {name} failed: {_err(e)}")
+        finally:
+            os.environ.pop("PROSPECT_CUDA_GEMV", None)
     if transformers:
         add_transformers(
             row, bench_transformers_decode(path, repeats, new_tokens, prompt, hf_timeout_s, device, compile)
         )
     return finish_decode(row)
+
+
+def bench_products(text_config, bandwidth_gbs=None, device="cuda", replays=50, dtype_name=DTYPE):
+    """The decode step's matrix products alone: per layer [1, H] x qkv, [1, nq] x o, [1, H] x gate_up,
+    [1, I] x down, then the LM head, with random weights of those shapes, captured in one CUDA graph and
+    replayed. What cuBLAS needs per token, against which the whole step's time can be read."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return {"skipped": "CUDA only (the products are timed as one CUDA graph)"}
+    dt = getattr(torch, dtype_name)
+    t = text_config
+    H, hd, I, V = (
+        t["hidden_size"],
+        t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"],
+        (t["intermediate_size"]),
+        t["vocab_size"],
+    )
+    nq, nkv = t["num_attention_heads"] * hd, t["num_key_value_heads"] * hd
+    shapes = [(H, nq + 2 * nkv), (nq, H), (H, 2 * I), (I, H)] * t["num_hidden_layers"] + [(H, V)]
+    weights = [torch.randn(n, k, device=device, dtype=dt) for k, n in shapes]
+    xs = [torch.randn(1, k, device=device, dtype=dt) for k, _ in shapes]
+
+    def run():
+        for x, w in zip(xs, weights):
+            torch.mm(x, w.t())
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    times = []
+    for _ in range(replays):
+        ms, _, _ = _timed(graph.replay, device)
+        times.append(ms)
+    ms = statistics.median(times)
+    wbytes = sum(w.numel() * w.element_size() for w in weights)
+    return {
+        "products": len(shapes),
+        "weight_bytes": wbytes,
+        "ms_per_token": ms,
+        "pct_of_floor": floor_ms(wbytes, bandwidth_gbs) / ms * 100 if bandwidth_gbs else None,
+        "replays": replays,
+    }
 
 
 def add_transformers(row, hf):
@@ -1148,6 +1213,7 @@ def main(
             lambda: bench_gpu_decode(path, repeats, new_tokens, PROMPT_TOKENS, bw, ours, device, transformers=False),
             5,
         )
+        part("products", lambda: bench_products(ours.config["text_config"], bw, device), 5)
         part(
             "streaming",
             lambda: bench_gpu_streaming(path, 4 if quick else STREAM_FRAMES, ours, device, warmup=1 if quick else 3),

@@ -7,6 +7,7 @@
 #endif
 
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -27,15 +28,40 @@ namespace {
 constexpr size_t kGraphsKept = 4;     // caches a model keeps graphs for
 constexpr int kAttentionChunk = 256;  // keys per attention block
 
+bool env_is(const char* name, const char* value) {
+    const char* env = std::getenv(name);
+    return env != nullptr && std::string(env) == value;
+}
+
 // PROSPECT_CUDA_KERNELS=0 captures the step from ATen ops instead of the fused kernels (a check on them).
 bool kernels_wanted() {
 #ifdef PROSPECT_WITH_CUDA_KERNELS
-    const char* env = std::getenv("PROSPECT_CUDA_KERNELS");
-    return env == nullptr || std::string(env) != "0";
+    return !env_is("PROSPECT_CUDA_KERNELS", "0");
 #else
     return false;
 #endif
 }
+
+#ifdef PROSPECT_WITH_CUDA_KERNELS
+void check(cuda_kernels::Status st) { TORCH_CHECK(st == nullptr, "CUDA decode kernel failed: ", st); }
+
+cuda_kernels::Dtype kernel_dtype(at::ScalarType t) {
+    return t == at::kBFloat16 ? cuda_kernels::Dtype::BF16
+           : t == at::kHalf   ? cuda_kernels::Dtype::F16
+                              : cuda_kernels::Dtype::F32;
+}
+
+// x [1, K] times w [N, K] transposed: cuBLAS, or the gemv kernel where asked for and where it fits.
+at::Tensor kernel_product(const at::Tensor& x, const at::Tensor& w, bool gemv, int blocks) {
+    const auto dt = kernel_dtype(x.scalar_type());
+    const int n = static_cast<int>(w.size(0)), k = static_cast<int>(w.size(1));
+    if (!gemv || !cuda_kernels::gemv_fits(dt, k)) return at::mm(x, w.t());
+    auto y = at::empty({1, n}, x.options());
+    check(cuda_kernels::gemv(dt, w.data_ptr(), x.data_ptr(), y.data_ptr(), n, k, std::min(blocks, (n + 7) / 8),
+                             at::cuda::getCurrentCUDAStream().stream()));
+    return y;
+}
+#endif
 
 // One model's decode step over one cache, captured as a CUDA graph.
 class GraphDecoder {
@@ -79,6 +105,8 @@ private:
     cudaEvent_t events_[2] = {nullptr, nullptr};
     int64_t replays_ = 0;
     bool kernels_ = false;
+    bool gemv_ = false;  // PROSPECT_CUDA_GEMV=1: the products by prospect's gemv kernel, not cuBLAS (to compare)
+    int blocks_ = 0;     // the gemv grid: 4 blocks per multiprocessor
     at::cuda::CUDAGraph graph_;
 };
 
@@ -99,6 +127,8 @@ GraphDecoder::GraphDecoder(const SmolVLM& model, const KVCache& cache)
     kernels_ = kernels_wanted() && t.head_dim % 2 == 0 && t.head_dim <= 256 &&
                t.num_attention_heads % t.num_key_value_heads == 0;
     if (kernels_) {
+        gemv_ = env_is("PROSPECT_CUDA_GEMV", "1");
+        blocks_ = 4 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
         partial_ = at::empty(
             {cuda_kernels::attention_scratch(static_cast<int>(t.num_attention_heads), static_cast<int>(t.head_dim),
                                              cache.capacity(), kAttentionChunk)},
@@ -194,13 +224,29 @@ void GraphDecoder::step_kernels() {
     const int hd = static_cast<int>(t.head_dim), H = static_cast<int>(t.hidden_size);
     const int I = static_cast<int>(t.intermediate_size);
     const float eps = static_cast<float>(t.rms_norm_eps);
-    const auto dt = model_.dtype() == at::kBFloat16 ? k::Dtype::BF16
-                    : model_.dtype() == at::kHalf   ? k::Dtype::F16
-                                                    : k::Dtype::F32;
+    const auto dt = kernel_dtype(model_.dtype());
     void* s = at::cuda::getCurrentCUDAStream().stream();
-    const auto check = [](k::Status st) { TORCH_CHECK(st == nullptr, "CUDA decode kernel failed: ", st); };
+    const auto product = [&](const at::Tensor& in, const at::Tensor& m) {
+        return kernel_product(in, m, gemv_, blocks_);
+    };
     int64_t* state = state_.data_ptr<int64_t>();
     const int64_t cap = slots_.size(0);
+
+    // The per-layer arguments; only the pointers change from layer to layer.
+    k::RopeKvArgs rope{.inv_freq = model_.inv_freq().data_ptr<float>(),
+                       .state = state,
+                       .heads = heads,
+                       .kv_heads = kv_heads,
+                       .head_dim = hd,
+                       .capacity = cap};
+    k::AttentionArgs attn{.state = state,
+                          .partial = partial_.data_ptr<float>(),
+                          .heads = heads,
+                          .kv_heads = kv_heads,
+                          .head_dim = hd,
+                          .capacity = cap,
+                          .chunk = kAttentionChunk,
+                          .scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))};
 
     auto x = at::embedding(w.embed, state_.narrow(0, 0, 1));  // [1, H], the residual stream
     const auto opts = x.options();
@@ -210,44 +256,28 @@ void GraphDecoder::step_kernels() {
         auto h = at::empty({1, H}, opts);
         check(k::add_rms_norm(dt, x.data_ptr(), delta.defined() ? delta.data_ptr() : nullptr, L.input_norm.data_ptr(),
                               h.data_ptr(), H, eps, s));
-        auto qkv = at::mm(h, L.qkv.t());
-        check(k::rope_write_kv(dt,
-                               {.qkv = qkv.data_ptr(),
-                                .keys = keys_[l].data_ptr(),
-                                .values = values_[l].data_ptr(),
-                                .inv_freq = model_.inv_freq().data_ptr<float>(),
-                                .state = state,
-                                .heads = heads,
-                                .kv_heads = kv_heads,
-                                .head_dim = hd,
-                                .capacity = cap},
-                               s));
+        auto qkv = product(h, L.qkv);
+        rope.qkv = qkv.data_ptr();
+        rope.keys = keys_[l].data_ptr();
+        rope.values = values_[l].data_ptr();
+        attn.q = rope.qkv;
+        attn.keys = rope.keys;
+        attn.values = rope.values;
+        check(k::rope_write_kv(dt, rope, s));
         auto a = at::empty({1, static_cast<int64_t>(heads) * hd}, opts);
-        check(k::attention(dt,
-                           {.q = qkv.data_ptr(),
-                            .keys = keys_[l].data_ptr(),
-                            .values = values_[l].data_ptr(),
-                            .state = state,
-                            .out = a.data_ptr(),
-                            .partial = partial_.data_ptr<float>(),
-                            .heads = heads,
-                            .kv_heads = kv_heads,
-                            .head_dim = hd,
-                            .capacity = cap,
-                            .chunk = kAttentionChunk,
-                            .scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))},
-                           s));
-        auto o = at::mm(a, L.o.t());
+        attn.out = a.data_ptr();
+        check(k::attention(dt, attn, s));
+        auto o = product(a, L.o);
         auto h2 = at::empty({1, H}, opts);
         check(k::add_rms_norm(dt, x.data_ptr(), o.data_ptr(), L.post_norm.data_ptr(), h2.data_ptr(), H, eps, s));
-        auto gu = at::mm(h2, L.gate_up.t());
+        auto gu = product(h2, L.gate_up);
         auto act = at::empty({1, I}, opts);
         check(k::silu_mul(dt, gu.data_ptr(), act.data_ptr(), I, s));
-        delta = at::mm(act, L.down.t());
+        delta = product(act, L.down);
     }
     auto hf = at::empty({1, H}, opts);
     check(k::add_rms_norm(dt, x.data_ptr(), delta.data_ptr(), w.final_norm.data_ptr(), hf.data_ptr(), H, eps, s));
-    auto logits = at::mm(hf, w.lm_head.t());
+    auto logits = product(hf, w.lm_head);
     check(k::argmax_advance(dt, logits.data_ptr(), logits.size(1), state, s));
 }
 #endif

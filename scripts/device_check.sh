@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks in one run on a lent GPU machine (see README, "On a GPU"): builds the extension
-# there, runs the cuda-marked tests and the GPU benchmarks, and leaves at most 8 files in $OUT:
+# there, runs the GPU benchmarks and the cuda-marked tests, and leaves at most 8 files in $OUT:
 #   summary.md  build.log  pytest.log  junit-cuda.xml  bench.log  gpu-<date>.json  gpu-<date>.md
 # It needs .carry/ from scripts/device_prepare.sh (headers and wheels the GPU machine lacks).
 # Without a GPU, or with --dry-run, the same steps run with the GPU parts skipped, each saying why;
@@ -64,22 +64,23 @@ CMAKE_ARGS="${cmake_args[*]}" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 note "$("$PY" -c 'import prospect_core._C as c; print(f"built: has_cuda_graphs={c.has_cuda_graphs} has_cuda_kernels={c.has_cuda_kernels}")' 2>&1)"
 
+# The GPU benchmarks (benchmarks/gpu.py) first, on a quiet machine: a test worker still exiting would skew
+# their timings. A dry run takes the --quick path, which says why it skips.
+bench=(--device cuda --out "$OUT")
+[ "$dry" = 1 ] && bench+=(--quick)
+step "benchmarks --device cuda" "$OUT/bench.log" timeout 200 "$PY" benchmarks/run.py "${bench[@]}"
+tail -n 5 "$OUT/bench.log" | sed 's/^/  /' | tee -a "$OUT/summary.md"
+for md in "$OUT"/gpu-*.md; do [ -f "$md" ] && cat "$md"; done
+
 # The cuda-marked tests (on a dry run they are collected and skipped by tests/conftest.py).
 # Only the files that hold cuda tests: the others may import what the GPU machine lacks (openai, omegaconf).
 mapfile -t cuda_files < <(grep -l "mark.cuda" tests/test_*.py)
 # In 8 worker processes (pytest-xdist, where installed): faster, and a crash fails one test, not the run.
 xdist=()
 "$PY" -c "import xdist" 2>/dev/null && [ "$dry" = 0 ] && xdist=(-n 8)
-step "pytest -m cuda" "$OUT/pytest.log" timeout 130 "$PY" -m pytest -q -m cuda -rfEs --tb=short -p no:cacheprovider "${xdist[@]}" \
+step "pytest -m cuda" "$OUT/pytest.log" timeout -k 10 130 "$PY" -m pytest -q -m cuda -rfEs --tb=short -p no:cacheprovider "${xdist[@]}" \
   --junitxml="$OUT/junit-cuda.xml" "${cuda_files[@]}"
 { grep -E "^(FAILED|ERROR) " "$OUT/pytest.log" | cut -c1-300 | head -n 40; tail -n 1 "$OUT/pytest.log"; } | sed 's/^/  /' | tee -a "$OUT/summary.md"
-
-# The GPU benchmarks (benchmarks/gpu.py); a dry run takes the --quick path, which says why it skips.
-bench=(--device cuda --out "$OUT")
-[ "$dry" = 1 ] && bench+=(--quick)
-step "benchmarks --device cuda" "$OUT/bench.log" timeout 200 "$PY" benchmarks/run.py "${bench[@]}"
-tail -n 5 "$OUT/bench.log" | sed 's/^/  /' | tee -a "$OUT/summary.md"
-for md in "$OUT"/gpu-*.md; do [ -f "$md" ] && cat "$md"; done
 
 note "done, $([ $failed = 0 ] && echo "every step passed" || echo "some step FAILED")"
 exit $failed

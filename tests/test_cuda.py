@@ -20,6 +20,7 @@ import prospect_core
 import prospect_core as pc
 from engine_fixtures import CONFIGS, frame_ids, pixels
 from prospect_core import prompt
+from prospect_core.config import SamplingParams
 from prospect_core.context_strategies import ContextStrategyFactory
 from prospect_core.engine import Engine
 from prospect_core.frames import FramePreprocessor
@@ -713,14 +714,16 @@ def test_graph_decode_equals_eager(cuda_models, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_graph_from_aten_ops_equals_the_fused_kernels(tiny_model, monkeypatch, dtype):
-    # PROSPECT_CUDA_KERNELS=0 captures the step from ATen ops instead of the fused kernels: a model
-    # loaded so decodes the same tokens as one using the kernels, and as the eager path.
+def test_graph_variants_equal_eager(tiny_model, monkeypatch, dtype):
+    # PROSPECT_CUDA_KERNELS=0 captures the step from ATen ops instead of the fused kernels, and
+    # PROSPECT_CUDA_GEMV=1 takes the products from prospect's gemv kernel instead of cuBLAS: each
+    # variant decodes the same tokens as the eager path.
     m = prospect_core.load_model(tiny_model, dtype=dtype, device="cuda")
     e = frame_embeds(m, 2)
     runs = {}
-    for variant, env in (("kernels", "1"), ("aten", "0")):
-        monkeypatch.setenv("PROSPECT_CUDA_KERNELS", env)
+    for variant, kernels, gemv in (("kernels", "1", "0"), ("aten", "0", "0"), ("gemv", "1", "1")):
+        monkeypatch.setenv("PROSPECT_CUDA_KERNELS", kernels)
+        monkeypatch.setenv("PROSPECT_CUDA_GEMV", gemv)
         model = prospect_core.load_model(tiny_model, dtype=dtype, device="cuda")  # graphs are per model
         cache = model.make_cache(256)
         res = gen(model, e, cache, 40, graph=True)
@@ -1029,7 +1032,8 @@ def _reference(eng, text, max_tokens, features=None):
     """The engine's own greedy reply to a prompt written out by hand (as tests/test_server.py)."""
     ids = eng.ids(text)
     cache = eng.backend.make_cache(ids.shape[1] + max_tokens)
-    r = eng.backend.generate(eng.backend.embed(ids, features), cache, max_tokens, [eng.eou_id])
+    greedy = SamplingParams(max_new_tokens=max_tokens)
+    r = eng.backend.generate(eng.backend.embed(ids, features), cache, greedy, [eng.eou_id])
     return eng.tokenizer.decode(r.tokens, skip_special_tokens=True).lstrip()
 
 

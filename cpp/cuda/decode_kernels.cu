@@ -271,6 +271,30 @@ __global__ void rope_shift_kernel(RopeShiftArgs a) {
     }
 }
 
+constexpr int kGemvMaxK = 12288;  // x in shared memory as fp32: 48 KiB
+
+template <typename T>
+__global__ void gemv_kernel(const T* w, const T* x, T* y, int n, int k) {
+    constexpr int kVec = 16 / sizeof(T);
+    __shared__ float xs[kGemvMaxK];
+    for (int i = threadIdx.x; i < k; i += blockDim.x) xs[i] = to_f(x[i]);
+    __syncthreads();
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int row = blockIdx.x * warps + warp; row < n; row += gridDim.x * warps) {
+        const T* wr = w + static_cast<int64_t>(row) * k;
+        float acc = 0.f;
+#pragma unroll 4
+        for (int c = lane * kVec; c < k; c += 32 * kVec) {
+            const uint4 v = __ldg(reinterpret_cast<const uint4*>(wr + c));
+            const T* e = reinterpret_cast<const T*>(&v);
+#pragma unroll
+            for (int j = 0; j < kVec; ++j) acc += to_f(e[j]) * xs[c + j];
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) y[row] = from_f<T>(acc);
+    }
+}
+
 template <typename F>
 Status dispatch(Dtype dtype, F&& f) {
     switch (dtype) {
@@ -333,6 +357,20 @@ Status argmax_advance(Dtype dtype, const void* logits, int64_t n, int64_t* state
         using T = decltype(t);
         argmax_advance_kernel<T>
             <<<1, 1024, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<const T*>(logits), n, state);
+    });
+}
+
+bool gemv_fits(Dtype dtype, int k) {
+    const int vec = dtype == Dtype::F32 ? 4 : 8;
+    return k % vec == 0 && k <= kGemvMaxK;
+}
+
+Status gemv(Dtype dtype, const void* w, const void* x, void* y, int n, int k, int blocks, void* stream) {
+    if (!gemv_fits(dtype, k)) return "gemv: unsupported k";
+    return dispatch(dtype, [&](auto t) {
+        using T = decltype(t);
+        gemv_kernel<T><<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(
+            static_cast<const T*>(w), static_cast<const T*>(x), static_cast<T*>(y), n, k);
     });
 }
 

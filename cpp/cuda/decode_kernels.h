@@ -19,11 +19,11 @@ using Status = const char*;
 Status add_rms_norm(Dtype dtype, void* x, const void* delta, const void* w, void* out, int n, float eps, void* stream);
 
 struct RopeKvArgs {
-    void* qkv;              // [heads*hd | kv_heads*hd | kv_heads*hd]: q rotated in place
-    void* keys;             // this layer's keys [kv_heads, capacity, hd]
-    void* values;           // this layer's values, same shape
-    const float* inv_freq;  // [hd / 2]
-    const int64_t* state;   // device [token, length, position]: the slot written is length
+    void* qkv = nullptr;              // [heads*hd | kv_heads*hd | kv_heads*hd]: q rotated in place
+    void* keys = nullptr;             // this layer's keys [kv_heads, capacity, hd]
+    void* values = nullptr;           // this layer's values, same shape
+    const float* inv_freq = nullptr;  // [hd / 2]
+    const int64_t* state = nullptr;   // device [token, length, position]: the slot written is length
     int heads, kv_heads, head_dim;
     int64_t capacity;
 };
@@ -31,12 +31,12 @@ struct RopeKvArgs {
 Status rope_write_kv(Dtype dtype, const RopeKvArgs& a, void* stream);
 
 struct AttentionArgs {
-    const void* q;     // [heads, hd], rotated
-    const void* keys;  // [kv_heads, capacity, hd]
-    const void* values;
-    const int64_t* state;  // attends to slots 0 .. length (inclusive: the token just written)
-    void* out;             // [heads, hd]
-    float* partial;        // scratch [heads, splits, hd + 2]
+    const void* q = nullptr;     // [heads, hd], rotated
+    const void* keys = nullptr;  // [kv_heads, capacity, hd]
+    const void* values = nullptr;
+    const int64_t* state = nullptr;  // attends to slots 0 .. length (inclusive: the token just written)
+    void* out = nullptr;             // [heads, hd]
+    float* partial = nullptr;        // scratch [heads, splits, hd + 2]
     int heads, kv_heads, head_dim;
     int64_t capacity;
     int chunk;  // keys per block; splits = ceil(capacity / chunk)
@@ -52,6 +52,11 @@ Status silu_mul(Dtype dtype, const void* gate_up, void* out, int n, void* stream
 // state[1] += 1, state[2] += 1 (length and position), and state[0] = argmax of logits [n]
 // (the first maximum), so the next replay feeds the token just chosen.
 Status argmax_advance(Dtype dtype, const void* logits, int64_t n, int64_t* state, void* stream);
+
+// y [n] = w [n, k] x [k], fp32 sums rounded once to dtype: a warp per row, 16-byte loads, x staged in
+// shared memory. Needs k a multiple of 16 / element size, 16-byte aligned w and x, and k <= 12288.
+Status gemv(Dtype dtype, const void* w, const void* x, void* y, int n, int k, int blocks, void* stream);
+bool gemv_fits(Dtype dtype, int k);
 
 // Cache surgery's re-rotation, in place: keys [B, H, T, D] (any strides, last dim contiguous) rotated
 // by the fp32 tables cos/sin [T or 1, D/2] (one row: every token moves by the same delta).
