@@ -40,12 +40,12 @@ def test_python_loop_samples_the_tokens_the_cpp_loop_samples(tiny_model):
     e = m.embed_tokens(torch.tensor([[50, 51, 52, 53]]))
     for top_p in (1.0, 0.9, 0.3):
         cpp = m.greedy_generate(e, m.make_cache(64), 16, [], temperature=1.5, top_p=top_p, seed=7).tokens
-        py = python_generate(
-            PythonLoopOverNative(m), e, m.make_cache(64), 16, [], temperature=1.5, top_p=top_p, seed=7
-        ).tokens
+        sampling = SamplingParams(temperature=1.5, top_p=top_p, seed=7, max_new_tokens=16)
+        py = python_generate(PythonLoopOverNative(m), e, m.make_cache(64), sampling, []).tokens
         assert py == cpp, top_p
-    with pytest.raises(ValueError, match=r"top_p expected in \(0, 1\]"):
-        python_generate(PythonLoopOverNative(m), e, m.make_cache(64), 4, [], top_p=0.0)
+    # The settings are checked once, in SamplingParams; the loop takes nothing else (no dict of keywords).
+    with pytest.raises(TypeError, match="sampling expected a SamplingParams, got dict"):
+        python_generate(PythonLoopOverNative(m), e, m.make_cache(64), {"top_p": 0.5}, [])
 
 
 def test_runner_passes_top_p_to_the_engine(tiny_model):
@@ -106,6 +106,23 @@ def test_sampling_params_check_their_values():
     assert SamplingParams(temperature=0.7, top_p=0.9, seed=None).top_p == 0.9
     with pytest.raises(ValueError, match="temperature expected a number >= 0"):
         SamplingParams(temperature=-1)
+    # Each value is checked once, here: a wrong type is a TypeError, a value out of range a ValueError, and
+    # both name the argument, what it takes and what it got.
+    cases = [
+        ({"temperature": "0.7"}, TypeError, "temperature expected a number >= 0, got str"),
+        ({"temperature": float("nan")}, ValueError, "temperature expected a number >= 0, got nan"),
+        ({"top_p": True}, TypeError, r"top_p expected a number in \(0, 1\], got bool"),
+        ({"max_new_tokens": 2.0}, TypeError, "max_new_tokens expected an int >= 0, got float"),
+        ({"max_new_tokens": -1}, ValueError, "max_new_tokens expected an int >= 0, got -1"),
+        ({"seed": 1.5}, TypeError, "seed expected an int or None, got float"),
+        ({"seed": 2**64}, ValueError, r"seed expected an int in \[0, 2\*\*64\), got 18446744073709551616"),
+        ({"stop": ("a", 1)}, TypeError, "stop expected a tuple of strings"),
+    ]
+    for kw, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            SamplingParams(**kw)
+    assert SamplingParams(max_new_tokens=0).max_new_tokens == 0  # generate: the prompt only, no reply
+    assert SamplingParams(stop=["x"]).stop == ("x",)
 
 
 def test_records_read_as_dicts_and_write_the_same_json():

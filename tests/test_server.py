@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from prospect_core.config import SamplingParams
 from prospect_core.frames import FramePreprocessor
 from prospect_core.server import ServerLimits, start_in_thread
 
@@ -59,7 +60,8 @@ def reference(engine, text, max_tokens, features=None):
     """Greedy reply of the engine itself to a prompt written out by hand."""
     ids = engine.ids(text)
     cache = engine.backend.make_cache(ids.shape[1] + max_tokens)
-    r = engine.backend.generate(engine.backend.embed(ids, features), cache, max_tokens, [engine.eou_id])
+    greedy = SamplingParams(max_new_tokens=max_tokens)
+    r = engine.backend.generate(engine.backend.embed(ids, features), cache, greedy, [engine.eou_id])
     return engine.tokenizer.decode(r.tokens, skip_special_tokens=True).lstrip(), len(r.tokens), ids.shape[1]
 
 
@@ -212,9 +214,9 @@ class Recorder:
         self._put(cache.length, embeds)
         return self.inner.prefill(embeds, cache, kind, frame_index)
 
-    def generate(self, embeds, cache, max_new_tokens, stop_token_ids, **kw):
+    def generate(self, embeds, cache, sampling, stop_token_ids, **kw):
         start = cache.length
-        r = self.inner.generate(embeds, cache, max_new_tokens, stop_token_ids, **kw)
+        r = self.inner.generate(embeds, cache, sampling, stop_token_ids, **kw)
         parts = [embeds]
         if r.tokens and kw.get("keep_generated_in_cache", True):
             parts.append(self.inner.embed(torch.tensor([r.tokens])))

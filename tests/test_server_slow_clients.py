@@ -88,13 +88,13 @@ class SlowBackend:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def generate(self, embeds, cache, max_new_tokens, stop_token_ids, on_token=None, **kw):
+    def generate(self, embeds, cache, sampling, stop_token_ids, on_token=None, **kw):
         def slow(tok):
             time.sleep(0.002)
             return on_token(tok) if on_token else True
 
-        r = self.inner.generate(embeds, cache, max_new_tokens, [], on_token=slow, **kw)
-        self.calls.append((max_new_tokens, len(r.tokens)))
+        r = self.inner.generate(embeds, cache, sampling, [], on_token=slow, **kw)
+        self.calls.append((sampling.max_new_tokens, len(r.tokens)))
         return r
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 
 from prospect_core import _C as core
-from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE
+from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE, SamplingParams
 from prospect_core.model import load_model
 
 # What a span of the cache holds, as the C++ core names it.
@@ -64,30 +64,30 @@ class NativeBackend:
         self,
         embeds: torch.Tensor,
         cache: core.KVCache,
-        max_new_tokens: int,
-        stop_token_ids: Sequence[int],
+        sampling: SamplingParams,
+        stop_token_ids: Sequence[int] = (),
+        *,
         silence: tuple[int, float] | None = None,
         kind: SpanKind = "user",
         frame_index: int | None = None,
         keep_generated_in_cache: bool = True,
-        temperature: float = 0.0,
-        seed: int | None = None,
         on_token: Callable[[int], Any] | None = None,
-        top_p: float = 1.0,
     ) -> Any:
-        """Prefill and the whole decode loop in C++ (SmolVLM.greedy_generate); returns its GenerateResult."""
+        """Prefill and the whole decode loop in C++ (SmolVLM.greedy_generate), as `sampling` says; returns its
+        GenerateResult."""
+        sp = SamplingParams.check(sampling)
         return self.model.greedy_generate(
             embeds,
             cache,
-            max_new_tokens,
+            sp.max_new_tokens,
             list(stop_token_ids),
             keep_generated_in_cache=keep_generated_in_cache,
             silence=silence,
             span_kind=kind,
             frame_index=frame_index,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
+            temperature=sp.temperature,
+            top_p=sp.top_p,
+            seed=sp.seed,
             on_token=on_token,
         )
 

@@ -39,23 +39,62 @@ def _is_number(value: object) -> bool:
 
 
 # ---- settings ------------------------------------------------------------------------------------------
+SEED_LIMIT = 2**64  # the engine's seed is an unsigned 64-bit int
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one reply is decoded: what the server's chat request and the runner hand to backend.generate."""
+    """How one reply is decoded: the one set of sampling settings that the server's requests, the runner and
+    the strategies hand to backend.generate (native and hf) and sampling.python_generate. Checked here, once,
+    when made: every layer below takes it as it is.
+
+    stop holds stop strings; generate works on tokens and leaves them to the caller (the server cuts the
+    text at the first one), while its stop_token_ids argument are the model's end tokens."""
 
     temperature: float = DEFAULT_TEMPERATURE  # 0: greedy
     top_p: float = DEFAULT_TOP_P  # sample from the smallest set of tokens whose probability reaches top_p
-    seed: int | None = DEFAULT_SEED
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    seed: int | None = DEFAULT_SEED  # None: a fresh random draw each time
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # 0: the prompt goes into the cache, nothing is generated
     stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens expected an int >= 1, got {self.max_new_tokens!r}")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"temperature expected a number >= 0, got {self.temperature!r}")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p expected a number in (0, 1], got {self.top_p!r}")
+        _check_number("temperature", self.temperature, "a number >= 0", lambda t: t >= 0)
+        _check_number("top_p", self.top_p, "a number in (0, 1]", lambda p: 0 < p <= 1)
+        if not _is_int(self.max_new_tokens):
+            raise TypeError(f"max_new_tokens expected an int >= 0, got {type(self.max_new_tokens).__name__}")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens expected an int >= 0, got {self.max_new_tokens!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise TypeError(f"seed expected an int or None, got {type(self.seed).__name__}")
+        if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed expected an int in [0, 2**64), got {self.seed!r}")
+        if isinstance(self.stop, list):  # a list reads as the tuple: the dataclass stays hashable
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) for s in self.stop):
+            raise TypeError(f"stop expected a tuple of strings, got {self.stop!r:.80}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @staticmethod
+    def check(value: object, arg: str = "sampling") -> SamplingParams:
+        """value, when it is a SamplingParams (checked when it was made); a TypeError naming arg otherwise."""
+        if not isinstance(value, SamplingParams):
+            raise TypeError(f"{arg} expected a SamplingParams, got {type(value).__name__}")
+        return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_number(name: str, value: object, expected: str, ok: Any) -> None:
+    """TypeError for a value that is no number (a bool is none), ValueError for one out of range (NaN is)."""
+    if not _is_number(value):
+        raise TypeError(f"{name} expected {expected}, got {type(value).__name__}")
+    if not ok(value):  # NaN fails every comparison
+        raise ValueError(f"{name} expected {expected}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -83,7 +122,9 @@ class RunnerConfig:
     def __post_init__(self) -> None:
         if self.talk_policy not in TALK_POLICIES:
             raise ValueError(f"talk_policy expected one of {', '.join(TALK_POLICIES)}, got {self.talk_policy!r}")
-        _ = self.sampling  # checks max_new_tokens, temperature and top_p
+        if _is_int(self.max_new_tokens) and self.max_new_tokens < 1:  # generate takes 0, a runner's replies not
+            raise ValueError(f"max_new_tokens expected an int >= 1, got {self.max_new_tokens}")
+        _ = self.sampling  # checks max_new_tokens, temperature, top_p and seed
         if not 0.0 <= float(self.not_talk_threshold) <= 1.0:
             raise ValueError(f"not_talk_threshold expected a probability in [0, 1], got {self.not_talk_threshold!r}")
         if self.context_strategy_config is not None and not isinstance(self.context_strategy_config, dict):
@@ -93,7 +134,8 @@ class RunnerConfig:
 
     @property
     def sampling(self) -> SamplingParams:
-        return SamplingParams(float(self.temperature), self.top_p, self.seed, self.max_new_tokens)
+        """The settings of this runner's replies; the runner samples frame i with seed + i."""
+        return SamplingParams(self.temperature, self.top_p, self.seed, self.max_new_tokens)
 
     @property
     def strategy(self) -> str:

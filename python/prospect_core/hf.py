@@ -22,7 +22,7 @@ from transformers import SmolVLMForConditionalGeneration
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from prospect_core import _C as core
-from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE
+from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE, SamplingParams
 from prospect_core.model import DTYPES, TORCH_DTYPES, resolve_model_path, rope_theta
 from prospect_core.sampling import GenerateResult, python_generate
 
@@ -205,30 +205,26 @@ class HFBackend:
         self,
         embeds: torch.Tensor,
         cache: core.KVCache,
-        max_new_tokens: int,
-        stop_token_ids: Sequence[int],
+        sampling: SamplingParams,
+        stop_token_ids: Sequence[int] = (),
+        *,
         silence: tuple[int, float] | None = None,
         kind: str = "user",
         frame_index: int | None = None,
         keep_generated_in_cache: bool = True,
-        temperature: float = 0.0,
-        seed: int | None = None,
         on_token: Callable[[int], Any] | None = None,
-        top_p: float = 1.0,
     ) -> GenerateResult:
+        """The Python decode loop (sampling.python_generate) over this backend's forward."""
         with torch.no_grad():
             return python_generate(
                 self,
                 embeds,
                 cache,
-                max_new_tokens,
+                sampling,
                 stop_token_ids,
-                silence,
-                kind,
-                frame_index,
-                keep_generated_in_cache,
-                temperature,
-                seed,
-                on_token,
-                top_p,
+                silence=silence,
+                kind=kind,
+                frame_index=frame_index,
+                keep_generated_in_cache=keep_generated_in_cache,
+                on_token=on_token,
             )

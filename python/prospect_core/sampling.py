@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from prospect_core.config import SamplingParams
+
 
 class GenerateResult:
     """The same fields as prospect_core.GenerateResult, for the Python loop."""
@@ -38,20 +40,19 @@ def python_generate(
     backend: Any,
     embeds: torch.Tensor,
     cache: Any,
-    max_new_tokens: int,
-    stop_token_ids: Sequence[int],
+    sampling: SamplingParams,
+    stop_token_ids: Sequence[int] = (),
+    *,
     silence: tuple[int, float] | None = None,
     kind: str = "user",
     frame_index: int | None = None,
     keep_generated_in_cache: bool = True,
-    temperature: float = 0.0,
-    seed: int | None = None,
     on_token: Callable[[int], Any] | None = None,
-    top_p: float = 1.0,
 ) -> GenerateResult:
-    """The same loop as the C++ greedy_generate, over backend.prefill and backend.embed."""
-    if not 0 < top_p <= 1:
-        raise ValueError(f"greedy_generate: top_p expected in (0, 1], got {top_p}")
+    """The same loop as the C++ greedy_generate, over backend.prefill and backend.embed; sampling says how
+    (temperature, top_p, seed) and how long (max_new_tokens)."""
+    sp = SamplingParams.check(sampling)
+    max_new_tokens, temperature, top_p, seed = sp.max_new_tokens, sp.temperature, sp.top_p, sp.seed
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     t0 = time.perf_counter()
     logits = backend.prefill(embeds, cache, kind, frame_index)

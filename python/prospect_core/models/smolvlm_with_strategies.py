@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import torch
 
 from prospect_core import _C as core
+from prospect_core.config import SamplingParams
 from prospect_core.context_strategies.base_strategy import cache_length
 from prospect_core.model import dtype_name, load_model, resolve_model_path, rope_theta
 
@@ -202,12 +203,11 @@ def _sampling(kwargs):
         raise TypeError(f"unsupported generation arguments {sorted(unknown)}")
     if not kwargs.get("do_sample"):
         return {}
-    t, p = kwargs.get("temperature", 1.0), kwargs.get("top_p", 1.0)
-    if not isinstance(t, (int, float)) or t < 0:
-        raise ValueError(f"temperature expected a number >= 0, got {t!r}")
-    if not isinstance(p, (int, float)) or not 0 < p <= 1:
-        raise ValueError(f"top_p expected a number in (0, 1], got {p!r}")
-    return {"temperature": float(t), "top_p": float(p), "seed": kwargs.get("seed")}
+    # transformers' defaults when sampling (temperature 1, no seed); SamplingParams checks the values.
+    sp = SamplingParams(
+        temperature=kwargs.get("temperature", 1.0), top_p=kwargs.get("top_p", 1.0), seed=kwargs.get("seed")
+    )
+    return {"temperature": float(sp.temperature), "top_p": float(sp.top_p), "seed": sp.seed}
 
 
 def _views_of(legacy, kv):

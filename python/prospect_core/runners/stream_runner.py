@@ -10,6 +10,7 @@ import math
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,10 +32,12 @@ from prospect_core.config import (
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
     NATIVE_STRATEGY_DEFAULTS,
+    SEED_LIMIT,
     TALK_POLICIES,
     FrameRecord,
     RunnerConfig,
     RunTotals,
+    SamplingParams,
     TurnRecord,
 )
 from prospect_core.context_strategies import ContextStrategyFactory
@@ -240,7 +243,12 @@ class StreamRunner:
         if max_tokens <= 0:
             return ""
         r = self.backend.generate(
-            self.backend.embed(ids), self.cache, max_tokens, [self.eou_id], kind="user", keep_generated_in_cache=False
+            self.backend.embed(ids),
+            self.cache,
+            SamplingParams(max_new_tokens=max_tokens),  # a summary is greedy, whatever the replies' settings
+            [self.eou_id],
+            kind="user",
+            keep_generated_in_cache=False,
         )
         self.cache.truncate(self.cache.length - ids.shape[1])  # the request goes too
         return self._decode(r.tokens)
@@ -499,18 +507,17 @@ class StreamRunner:
     def _generate(self, embeds, limit, frame_index, kind, silence=None, on_token=None):
         """A reply of at most `limit` tokens (none if negative), sampled with this runner's settings; frame i
         samples with seed + i, so a rerun says the same."""
-        sp = self.sampling
+        sampling = replace(
+            self.sampling, max_new_tokens=max(0, limit), seed=(self.seed + (frame_index or 0)) % SEED_LIMIT
+        )
         return self.backend.generate(
             embeds,
             self.cache,
-            max(0, limit),
+            sampling,
             [self.eou_id],
             silence=silence,
             kind=kind,
             frame_index=frame_index,
-            temperature=sp.temperature,
-            top_p=sp.top_p,
-            seed=self.seed + (frame_index or 0),
             on_token=on_token,
         )
 

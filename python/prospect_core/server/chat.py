@@ -159,18 +159,7 @@ class Completion:
                 on_delta(delta)
             return not self.stream.stopped and not cancelled()
 
-        sp = self.sampling
-        r = backend.generate(
-            embeds,
-            cache,
-            sp.max_new_tokens,
-            [self.engine.eou_id],
-            kind="user",
-            temperature=sp.temperature,
-            top_p=sp.top_p,
-            seed=sp.seed,
-            on_token=on_token,
-        )
+        r = backend.generate(embeds, cache, self.sampling, [self.engine.eou_id], kind="user", on_token=on_token)
         tail = self.stream.finish()
         if tail and on_delta:
             on_delta(tail)
