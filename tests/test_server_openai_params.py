@@ -1,5 +1,6 @@
 """The OpenAI chat parameters beyond the ones that shape the reply: top_p reaches the engine; the rest of what
-the openai client can send is accepted at its neutral value and refused otherwise, by a 400 naming it."""
+the openai client can send is accepted at its neutral value and refused otherwise, by a 400 naming it. A session
+takes temperature, top_p and seed as the chat completions do, for all its replies."""
 
 import httpx
 import openai
@@ -117,3 +118,52 @@ def test_top_p_out_of_range_is_refused(http, value):
 def test_refusal_reaches_the_openai_client(client):
     with pytest.raises(openai.BadRequestError, match="logprobs"):
         client.chat.completions.create(model="tiny", messages=MSGS, logprobs=True)
+
+
+# ---- sessions: temperature, top_p and seed ---------------------------------------------------------------
+
+
+def session_reply(http, **create):
+    """The reply of a new session, made with `create`, to one user message; the session's sampling settings."""
+    r = http.post("/v1/sessions", json={"max_new_tokens": 12, **create})
+    assert r.status_code == 200, r.text
+    sid = r.json()["id"]
+    try:
+        said = http.post(f"/v1/sessions/{sid}/messages", json={"content": "Anything.", "respond": True})
+        assert said.status_code == 200, said.text
+        assert said.json()["usage"]["completion_tokens"] > 0
+        return said.json()["text"], http.get(f"/v1/sessions/{sid}").json()["sampling"]
+    finally:
+        http.delete(f"/v1/sessions/{sid}")
+
+
+def test_session_at_temperature_0_is_greedy_whatever_the_seed(http):
+    greedy, sampling = session_reply(http)
+    assert sampling["temperature"] == 0 and sampling["top_p"] == 1
+    assert session_reply(http, temperature=0)[0] == greedy
+    assert session_reply(http, temperature=0, seed=1)[0] == session_reply(http, temperature=0, seed=2)[0] == greedy
+    assert session_reply(http, temperature=1e-4)[0] == greedy  # too small to sample with, as in the chat
+
+
+def test_session_sampling_reaches_its_replies(http):
+    greedy, _ = session_reply(http)
+    a, sampling = session_reply(http, temperature=1.5, top_p=0.95, seed=7)
+    assert sampling == {"temperature": 1.5, "top_p": 0.95, "seed": 7, "max_new_tokens": 12}
+    assert session_reply(http, temperature=1.5, top_p=0.95, seed=7)[0] == a  # the seed reproduces the reply
+    others = {session_reply(http, temperature=1.5, seed=s)[0] for s in (8, 9)}
+    assert others | {a} != {greedy}  # sampled at temperature 1.5, not greedy
+    # top_p this small keeps only the likeliest token: any temperature, any seed, gives the greedy reply.
+    assert session_reply(http, temperature=1.5, top_p=1e-9, seed=8)[0] == greedy
+
+
+@pytest.mark.parametrize(
+    "param, value",
+    [("temperature", 2.5), ("temperature", -0.5), ("temperature", "hot"), ("top_p", 0), ("top_p", 1.5), ("seed", -1)],
+)
+def test_session_sampling_out_of_range_is_refused_as_in_the_chat(http, param, value):
+    chat = http.post("/v1/chat/completions", json={"messages": MSGS, param: value})
+    session = http.post("/v1/sessions", json={param: value})
+    assert session.status_code == chat.status_code == 400, session.text
+    err = session.json()["error"]
+    assert err["param"] == param and err["message"].startswith(f"{param}: ")
+    assert err["message"] == chat.json()["error"]["message"]  # the same check, the same words

@@ -1,6 +1,5 @@
 """/v1/chat/completions: a stateless completion over the shared engine, in a cache of its own."""
 
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -8,7 +7,6 @@ import numpy as np
 import torch
 
 from prospect_core import prompt
-from prospect_core.config import SamplingParams
 from prospect_core.engine import Engine
 from prospect_core.frames import FramePreprocessor
 from prospect_core.server.errors import APIError
@@ -16,8 +14,6 @@ from prospect_core.server.images import image_url_of
 from prospect_core.server.schemas import ChatRequest, Message
 
 ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
-# Below this, sampling is greedy in all but name, and logits / temperature would overflow float32 (NaN).
-GREEDY_BELOW = 1e-3
 
 
 def render(messages: list[Message], image_seq_len: int) -> tuple[str, list[tuple[str, str]]]:
@@ -129,14 +125,7 @@ class Completion:
         if len(stops) > 4:
             raise APIError(400, f"stop: expected at most 4 strings, got {len(stops)}", "stop")
         self.stream = TextStream(engine.tokenizer, stops)
-        temperature = float(req.temperature or 0.0)
-        self.sampling = SamplingParams(
-            temperature=temperature if temperature >= GREEDY_BELOW else 0.0,
-            top_p=req.top_p if req.top_p is not None else 1.0,
-            seed=req.seed if req.seed is not None else secrets.randbits(62),
-            max_new_tokens=max_tokens,
-            stop=tuple(stops),
-        )
+        self.sampling = req.sampling(max_tokens, tuple(stops))
 
     @property
     def max_tokens(self) -> int:

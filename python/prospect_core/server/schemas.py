@@ -2,15 +2,19 @@
 refused (400), never ignored."""
 
 import json
+import secrets
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from prospect_core.config import SEED_LIMIT, SamplingParams
 from prospect_core.server.errors import LONE_SURROGATE
 
 MAX_FRAME_TIME_S = 1e7  # about 115 days of video; a larger time cannot be a stream's clock
 MAX_MESSAGES = 1024
 MAX_SHORT_TEXT = 256  # model, name, user, stop strings
+# Below this, sampling is greedy in all but name, and logits / temperature would overflow float32 (NaN).
+GREEDY_BELOW = 1e-3
 
 
 def _lone_surrogate(value):
@@ -101,21 +105,39 @@ def _same(value: Any, allowed: Any) -> bool:
     return value == allowed and isinstance(value, bool) == isinstance(allowed, bool)
 
 
-class ChatRequest(Strict):
+class Sampling(Strict):
+    """temperature, top_p and seed as OpenAI's chat completions take them (ranges and 400s alike): the fields of
+    every request that says how its replies are sampled, the chat completions and the sessions."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)  # the engine's seed is an unsigned 64-bit int
+
+    def sampling(self, max_new_tokens: int, stop: tuple[str, ...] = ()) -> SamplingParams:
+        """The SamplingParams these fields ask for: greedy without a temperature, or with one so small that
+        logits / temperature would overflow float32 (NaN); without a seed, a fresh random one."""
+        temperature = float(self.temperature or 0.0)
+        return SamplingParams(
+            temperature=temperature if temperature >= GREEDY_BELOW else 0.0,
+            top_p=self.top_p if self.top_p is not None else 1.0,
+            seed=self.seed if self.seed is not None else secrets.randbits(62),
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+        )
+
+
+class ChatRequest(Sampling):
     """The OpenAI chat-completions fields: those prospect honours, the identifiers and hints it accepts and
     ignores, and the rest of what OpenAI's client can send, accepted only at their neutral values."""
 
-    # Honoured.
+    # Honoured, besides temperature, top_p and seed (Sampling).
     model: ShortText | None = None
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
     stop: ShortText | list[ShortText] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(default=None, ge=0, lt=2**64)  # the engine's seed is an unsigned 64-bit int
     # Identifiers and hints that change nothing in the reply.
     user: ShortText | None = None
     safety_identifier: ShortText | None = None
@@ -168,7 +190,9 @@ class ChatRequest(Strict):
         return out
 
 
-class SessionCreate(Strict):
+class SessionCreate(Sampling):
+    """A session's settings; temperature, top_p and seed (Sampling) are those of all its replies."""
+
     system_prompt: str | None = Field(default=None, min_length=1)
     knowledge: str | None = None
     context_strategy: ShortText | None = None

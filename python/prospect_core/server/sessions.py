@@ -63,6 +63,9 @@ def session_config(body: SessionCreate, max_seq_len: int, max_tokens: int) -> Ru
     if strategy == "summarize_and_drop":
         cfg.setdefault("summary_max_length", min(DEFAULT_SUMMARY_MAX_LENGTH, max_seq_len // 8))
     threshold = body.not_talk_threshold
+    # temperature, top_p and seed as the chat completions read them; the runner samples frame i with seed + i.
+    sampling = body.sampling(body.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, max_seq_len // 4, max_tokens))
+    assert sampling.seed is not None  # without one in the body, sampling() draws one
     return RunnerConfig(
         max_seq_len=max_seq_len,
         reserved_seq_len=reserved,
@@ -71,8 +74,17 @@ def session_config(body: SessionCreate, max_seq_len: int, max_tokens: int) -> Ru
         system_prompt=body.system_prompt,
         talk_policy=body.talk_policy or DEFAULT_TALK_POLICY,
         not_talk_threshold=DEFAULT_NOT_TALK_THRESHOLD if threshold is None else threshold,
-        max_new_tokens=body.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, max_seq_len // 4, max_tokens),
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
     )
+
+
+def sampling_info(runner: StreamRunner) -> dict[str, Any]:
+    """How a session's replies are sampled, as its create and info responses show it."""
+    sp = runner.sampling
+    return {"temperature": sp.temperature, "top_p": sp.top_p, "seed": sp.seed, "max_new_tokens": sp.max_new_tokens}
 
 
 def kept_on_compress(strategy: BaseContextStrategy, engine: Engine, unpinned: int) -> int:
@@ -161,6 +173,7 @@ class Session:
             "system_prompt": r.system_prompt,
             "talk_policy": r.talk_policy,
             "context_strategy": r.strategy.config(),
+            "sampling": sampling_info(r),
             "frames": self.frames,
             "turns": self.turns,
             "compressions": self.compressions,

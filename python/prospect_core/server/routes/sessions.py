@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from prospect_core.server.errors import APIError
 from prospect_core.server.images import image_url_of
 from prospect_core.server.schemas import FramesRequest, SessionCreate, SessionMessage
+from prospect_core.server.sessions import sampling_info
 from prospect_core.server.state import ServerState, State
 
 router = APIRouter()
@@ -43,6 +44,7 @@ async def create_session(st: State, body: SessionCreate | None = None) -> dict[s
         "created": int(s.created),
         "context_strategy": runner.strategy.config(),
         "talk_policy": runner.talk_policy,
+        "sampling": sampling_info(runner),
         "capacity": runner.cache.capacity,
     }
 
