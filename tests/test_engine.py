@@ -127,6 +127,21 @@ def test_bf16_greedy_and_logits(tiny_model):
     assert ours.greedy_generate(ours.embed_tokens(text), ours.make_cache(16), 8, []).tokens == g
 
 
+def test_python_parses_dtype_names_and_hands_c_the_torch_dtype(tiny_model, monkeypatch):
+    """model.TORCH_DTYPES is the Python API's one table of names: _C gets the torch.dtype, never the name."""
+    seen = []
+    monkeypatch.setattr(prospect_core.model.core, "SmolVLM", lambda path, dtype, device: seen.append(dtype))
+    for name, dtype in prospect_core.model.TORCH_DTYPES.items():
+        prospect_core.load_model(tiny_model, dtype=name)
+        assert seen[-1] is dtype, name
+    with pytest.raises(ValueError, match="dtype expected one of float32, bfloat16, float16, got 'fp16'"):
+        prospect_core.load_model(tiny_model, dtype="fp16")  # an alias only _C's own table knows
+    with pytest.raises(ValueError, match="torch_dtype expected one of float32, bfloat16, float16, got 'half'"):
+        prospect_core.Engine(tiny_model, torch_dtype="half")
+    monkeypatch.undo()
+    assert prospect_core.load_model(tiny_model, dtype="float16").dtype == torch.float16
+
+
 @torch.no_grad()
 def test_sharded_and_unsharded_load_identically(tiny_model, tmp_path):
     ref = AutoModelForImageTextToText.from_pretrained(tiny_model)

@@ -11,7 +11,7 @@ import torch
 from prospect_core import prompt
 from prospect_core.backends import BACKENDS, make_backend
 from prospect_core.config import DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_DTYPE
-from prospect_core.model import DTYPES, resolve_model_path
+from prospect_core.model import resolve_model_path, torch_dtype_of
 
 
 class Engine:
@@ -22,8 +22,7 @@ class Engine:
         torch_dtype: str = DEFAULT_DTYPE,
         device: str = DEFAULT_DEVICE,
     ):
-        if torch_dtype not in DTYPES:
-            raise ValueError(f"torch_dtype expected one of {', '.join(DTYPES)}, got {torch_dtype!r}")
+        torch_dtype_of(torch_dtype, "torch_dtype")  # a name in DTYPES; checked before anything loads
         if backend not in BACKENDS:
             raise ValueError(f"backend expected one of {', '.join(BACKENDS)}, got {backend!r}")
         # Imported here: `import prospect_core` imports this module, and transformers takes seconds to import.

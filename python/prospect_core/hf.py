@@ -23,7 +23,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from prospect_core import _C as core
 from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE, SamplingParams
-from prospect_core.model import DTYPES, TORCH_DTYPES, resolve_model_path, rope_theta
+from prospect_core.model import resolve_model_path, rope_theta, torch_dtype_of
 from prospect_core.sampling import GenerateResult, python_generate
 
 
@@ -129,9 +129,7 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, path: Any, dtype: str = DEFAULT_DTYPE, device: str = DEFAULT_DEVICE):
-        torch_dtype = TORCH_DTYPES.get(dtype)
-        if torch_dtype is None:
-            raise ValueError(f"dtype expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        torch_dtype = torch_dtype_of(dtype)
         self.model = (
             SmolVLMForConditionalGeneration.from_pretrained(resolve_model_path(path), dtype=torch_dtype)
             .to(device)

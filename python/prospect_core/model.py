@@ -6,9 +6,19 @@ import torch
 
 from prospect_core import _C as core
 
-# The one table of dtype names: the CLI, the loaders and the mirrored API all read it.
+# The one table of dtype names of the Python API: the CLI, the loaders, the backends and the mirrored API read
+# it, and the Python layer hands _C the torch.dtype it names, never the name. (_C's own table of names and
+# aliases, dtype_from_py in cpp/python/module.cpp, serves only those who call _C directly.)
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPES = tuple(TORCH_DTYPES)
+
+
+def torch_dtype_of(name, arg: str = "dtype") -> torch.dtype:
+    """The torch.dtype a name in DTYPES stands for; a ValueError naming `arg` for anything else."""
+    dt = TORCH_DTYPES.get(name) if isinstance(name, str) else None
+    if dt is None:
+        raise ValueError(f"{arg} expected one of {', '.join(DTYPES)}, got {name!r}")
+    return dt
 
 
 def dtype_name(torch_dtype) -> str:
@@ -63,12 +73,12 @@ def rope_theta(text_config) -> float:
 
 
 def load_model(path, dtype: str = "float32", device: str = "cpu") -> core.SmolVLM:
-    """Loads a Hugging Face SmolVLM2 folder into the C++ engine; weights are cast once, here."""
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise ValueError(f"dtype expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    """Loads a Hugging Face SmolVLM2 folder into the C++ engine; weights are cast once, here. dtype: a name
+    in DTYPES."""
+    torch_dtype = torch_dtype_of(dtype)
     if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
         raise ValueError(f"device expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"device '{device}' requested but torch sees no CUDA device")
-    return core.SmolVLM(str(resolve_model_path(path)), dtype, device)
+    return core.SmolVLM(str(resolve_model_path(path)), torch_dtype, device)
