@@ -97,31 +97,22 @@ class Client:
 
 
 def free_port():
+    """A loopback port that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def spawn_server(model, port, *args, **popen):
+    """`prospect serve --model MODEL --port PORT ARGS...` as a process of its own, in text mode; popen says where
+    its output goes. (tests/test_server.py starts its server with this too.)"""
+    cmd = [sys.executable, "-m", "prospect_core", "serve", "--model", str(model), "--port", str(port), *args]
+    return subprocess.Popen(cmd, text=True, **popen)
+
+
 def start_server(model, port, clients):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prospect_core",
-            "serve",
-            "--model",
-            str(model),
-            "--port",
-            str(port),
-            "--max-sessions",
-            str(2 * clients),
-            "--max-cache-mb",
-            "8192",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    limits = ["--max-sessions", str(2 * clients), "--max-cache-mb", "8192"]
+    proc = spawn_server(model, port, *limits, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     import httpx
 
     deadline = time.monotonic() + 300

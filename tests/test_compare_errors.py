@@ -27,6 +27,22 @@ def _record(vid, **video):
     return {"video_id": vid, "fps": 2, "conversation": TURNS, **(video or {"frames_dir": vid})}
 
 
+def _compare_small(records, model, out, max_frames=2, **kw):
+    """compare() on strategy none with SMALL's settings, no text metrics and no progress bar."""
+    return compare(
+        records,
+        model,
+        ["none"],
+        out,
+        max_seq_len=512,
+        max_new_tokens=4,
+        max_frames=max_frames,
+        text_metrics=False,
+        progress=False,
+        **kw,
+    )
+
+
 def test_a_video_that_fails_fails_alone(tiny_model, tmp_path, capsys):
     _frames(tmp_path / "a")
     _frames(tmp_path / "c")
@@ -85,17 +101,7 @@ def test_a_worker_that_dies_mid_video_costs_that_video(tiny_model, tmp_path, mon
     for v in "abc":
         _frames(tmp_path / v)
     records = [dict(_record(v), frames_dir=str(tmp_path / v)) for v in "abc"]
-    results = compare(
-        records,
-        tiny_model,
-        ["none"],
-        tmp_path / "out",
-        max_seq_len=512,
-        max_new_tokens=4,
-        max_frames=2,
-        text_metrics=False,
-        progress=False,
-    )
+    results = _compare_small(records, tiny_model, tmp_path / "out")
     m = results["none"]["metrics"]
     assert m["videos_scored"] == 2 and m["frames_processed"] == 4
     assert m["errors"] == [{"video_id": "b", "error": "the process died while running this video"}]
@@ -107,18 +113,7 @@ def test_unsafe_video_id_in_a_record_list_is_refused(tiny_model, tmp_path):
     _frames(tmp_path / "a")
     records = [dict(_record("a"), video_id="../../../../escape", frames_dir=str(tmp_path / "a"))]
     with pytest.raises(DatasetError, match="dataset record 0: field 'video_id' expected a plain file name"):
-        compare(
-            records,
-            tiny_model,
-            ["none"],
-            tmp_path / "out",
-            max_seq_len=512,
-            max_new_tokens=4,
-            max_frames=1,
-            text_metrics=False,
-            progress=False,
-            workers=False,
-        )
+        _compare_small(records, tiny_model, tmp_path / "out", max_frames=1, workers=False)
     assert not list(tmp_path.rglob("escape*"))
 
 

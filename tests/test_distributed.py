@@ -10,21 +10,9 @@ import time
 
 import pytest
 
-ARGS = [
-    "compare",
-    "--dataset",
-    "sample",
-    "--strategies",
-    "drop_middle,drop_all",
-    "--max-seq-len",
-    "512",
-    "--last-keep-len",
-    "128",
-    "--max-new-tokens",
-    "8",
-    "--max-frames",
-    "10",
-]
+from compare_fixtures import compare_args
+
+ARGS = compare_args("drop_middle,drop_all", max_frames=10)
 SKIP = {"metadata", "peak_memory_mb", "time_per_frame"}
 
 

@@ -18,6 +18,7 @@ import torch
 import prospect_core
 import prospect_core as pc
 from prospect_core.runners import StreamRunner
+from stream_fixtures import small_runner
 
 VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
@@ -215,13 +216,7 @@ def test_runner_refuses_a_context_longer_than_the_model_positions(short_model):
         match=r"max_seq_len expected <= the model's max_position_embeddings \(256\), "
         "got 512",
     ):
-        StreamRunner(
-            short_model,
-            max_seq_len=512,
-            reserved_seq_len=64,
-            max_new_tokens=4,
-            context_strategy_config={"last_keep_len": 128},
-        )
+        small_runner(short_model)
 
 
 def test_runner_with_kept_positions_stays_within_the_model_positions(short_model):
@@ -248,13 +243,7 @@ def test_runner_refuses_a_context_too_small_for_one_frame(tiny_model):
 
 @pytest.mark.parametrize("t", [math.inf, math.nan, -1.0, "3"])
 def test_runner_refuses_a_frame_time_that_is_not_finite_seconds(tiny_model, t):
-    r = StreamRunner(
-        tiny_model,
-        max_seq_len=512,
-        reserved_seq_len=64,
-        max_new_tokens=4,
-        context_strategy_config={"last_keep_len": 128},
-    )
+    r = small_runner(tiny_model)
     r.reset()
     before = r.cache.length
     with pytest.raises(ValueError, match="t expected seconds, a finite number >= 0"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compare_fixtures import compare_args
 from prospect_core.runners import StreamRunner
 
 
@@ -55,28 +56,8 @@ def test_soak_5000_frames(tiny_model, strategy, config):
 
 
 def _compare_cmd(model, out):
-    return [
-        sys.executable,
-        "-m",
-        "prospect_core",
-        "compare",
-        "--dataset",
-        "sample",
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--strategies",
-        "drop_middle",
-        "--max-seq-len",
-        "512",
-        "--last-keep-len",
-        "128",
-        "--max-new-tokens",
-        "8",
-        "--max-frames",
-        "16",
-    ]
+    args = compare_args("drop_middle", max_frames=16)
+    return [sys.executable, "-m", "prospect_core", *args, "--model", str(model), "--out", str(out)]
 
 
 @pytest.mark.slow

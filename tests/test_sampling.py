@@ -12,6 +12,15 @@ from prospect_core.runners import StreamRunner
 from prospect_core.sampling import pick_token, python_generate
 from stream_fixtures import video
 
+# A small runner that answers every frame: the settings the runner tests below share.
+SMALL_RUNNER = dict(
+    max_seq_len=512,
+    reserved_seq_len=64,
+    max_new_tokens=6,
+    talk_policy="every_frame",
+    context_strategy_type="drop_all",
+)
+
 
 class PythonLoopOverNative:
     """The native model behind the Python decode loop's interface, so both loops run on the same logits."""
@@ -50,13 +59,7 @@ def test_python_loop_samples_the_tokens_the_cpp_loop_samples(tiny_model):
 
 def test_runner_passes_top_p_to_the_engine(tiny_model):
     """top_p this small keeps only the likeliest token: any temperature, any seed, gives the greedy reply."""
-    kw = dict(
-        max_seq_len=512,
-        reserved_seq_len=64,
-        max_new_tokens=6,
-        talk_policy="every_frame",
-        context_strategy_type="drop_all",
-    )
+    kw = SMALL_RUNNER
     greedy = StreamRunner(tiny_model, **kw).run_inference_on_video(video(3))
     narrow = StreamRunner(tiny_model, temperature=1.5, top_p=1e-9, seed=5, **kw).run_inference_on_video(video(3))
     wide = StreamRunner(tiny_model, temperature=1.5, seed=5, **kw).run_inference_on_video(video(3))
@@ -65,22 +68,9 @@ def test_runner_passes_top_p_to_the_engine(tiny_model):
 
 
 def test_runner_config_is_the_keyword_arguments(tiny_model):
-    cfg = RunnerConfig(
-        max_seq_len=512,
-        reserved_seq_len=64,
-        max_new_tokens=6,
-        talk_policy="every_frame",
-        context_strategy_type="drop_all",
-    )
+    cfg = RunnerConfig(**SMALL_RUNNER)
     a = StreamRunner(tiny_model, config=cfg)
-    b = StreamRunner(
-        tiny_model,
-        max_seq_len=512,
-        reserved_seq_len=64,
-        max_new_tokens=6,
-        talk_policy="every_frame",
-        context_strategy_type="drop_all",
-    )
+    b = StreamRunner(tiny_model, **SMALL_RUNNER)
     assert a.config == b.config and a.strategy.config() == b.strategy.config()
     with pytest.raises(TypeError, match="config expected a RunnerConfig"):
         StreamRunner(tiny_model, config={"max_seq_len": 512})

@@ -3,8 +3,10 @@ completions, plain HTTP for sessions, and the session objects read in-process fo
 
 import base64
 import io
+import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -344,31 +346,21 @@ def test_session_caps_and_expiry(engine):
 
 
 def test_serve_command_line(tiny_model):
-    import socket
     import subprocess
-    import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prospect_core",
-            "serve",
-            "--model",
-            str(tiny_model),
-            "--port",
-            str(port),
-            "--api-key",
-            "cli-key",
-            "--allowed-hosts",
-            "prospect.internal",
-        ],
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from server_load import free_port, spawn_server
+
+    port = free_port()
+    proc = spawn_server(
+        tiny_model,
+        port,
+        "--api-key",
+        "cli-key",
+        "--allowed-hosts",
+        "prospect.internal",
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     auth = {"authorization": "Bearer cli-key"}
     try:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import prospect_core as pc
+from stream_fixtures import small_runner
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 pytestmark = pytest.mark.skipif(not pc.has_opencv, reason="prospect_core built without OpenCV")
@@ -99,15 +100,7 @@ def test_preprocess_matches_the_video_processor(tiny_model, tmp_path):
 
 
 def test_runner_reads_video_path(tiny_model):
-    from prospect_core.runners import StreamRunner
-
-    r = StreamRunner(
-        tiny_model,
-        max_new_tokens=4,
-        max_seq_len=512,
-        reserved_seq_len=64,
-        context_strategy_config={"last_keep_len": 128},
-    )
+    r = small_runner(tiny_model)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         out = r.run_inference_on_video(

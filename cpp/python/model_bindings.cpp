@@ -139,30 +139,25 @@ void def_embed(py::class_<SmolVLM>& c) {
             py::arg("input_ids"), py::arg("pixel_values") = py::none(), py::arg("pixel_attention_mask") = py::none());
 }
 
+// prefill (last-position logits) and forward (every position's): embeds and the span kind are read with
+// the GIL held, the decoder runs without it.
+auto run_span(bool all_logits) {
+    return [all_logits](const SmolVLM& s, const py::object& embeds, KVCache& cache, const std::string& kind,
+                        std::optional<int64_t> frame_index) {
+        auto e = tensor_arg(embeds, "embeds");
+        const auto k = span_kind_from_name(kind);
+        py::gil_scoped_release nogil;
+        return all_logits ? s.forward(e, cache, k, frame_index, false, true) : s.prefill(e, cache, k, frame_index);
+    };
+}
+
 // The decoder over a KVCache: one forward pass, or the whole generation loop.
 void def_run(py::class_<SmolVLM>& c) {
-    c.def(
-         "prefill",
-         [](const SmolVLM& s, const py::object& embeds, KVCache& cache, const std::string& kind,
-            std::optional<int64_t> frame_index) {
-             auto e = tensor_arg(embeds, "embeds");
-             const auto k = span_kind_from_name(kind);
-             py::gil_scoped_release nogil;
-             return s.prefill(e, cache, k, frame_index);
-         },
-         py::arg("embeds"), py::arg("cache"), py::arg("span_kind") = "other", py::arg("frame_index") = py::none(),
-         "Appends embeds [B, T, H] to the cache as one span; returns last-position logits [B, V].")
-        .def(
-            "forward",
-            [](const SmolVLM& s, const py::object& embeds, KVCache& cache, const std::string& kind,
-               std::optional<int64_t> frame_index) {
-                auto e = tensor_arg(embeds, "embeds");
-                const auto k = span_kind_from_name(kind);
-                py::gil_scoped_release nogil;
-                return s.forward(e, cache, k, frame_index, false, true);
-            },
-            py::arg("embeds"), py::arg("cache"), py::arg("span_kind") = "other", py::arg("frame_index") = py::none(),
-            "Like prefill, but returns logits for every position [B, T, V].")
+    c.def("prefill", run_span(false), py::arg("embeds"), py::arg("cache"), py::arg("span_kind") = "other",
+          py::arg("frame_index") = py::none(),
+          "Appends embeds [B, T, H] to the cache as one span; returns last-position logits [B, V].")
+        .def("forward", run_span(true), py::arg("embeds"), py::arg("cache"), py::arg("span_kind") = "other",
+             py::arg("frame_index") = py::none(), "Like prefill, but returns logits for every position [B, T, V].")
         .def("greedy_generate", &py_greedy_generate, py::arg("embeds"), py::arg("cache"), py::arg("max_new_tokens"),
              py::arg("stop_token_ids"), py::arg("keep_generated_in_cache") = true, py::arg("silence") = py::none(),
              py::arg("span_kind") = "user", py::arg("frame_index") = py::none(), py::arg("on_token") = py::none(),

@@ -20,86 +20,53 @@ from prospect_core.config import DEFAULT_DTYPE
 from prospect_core.model import DTYPES, TORCH_DTYPES
 from prospect_core.tools import smollm2
 
+
+def _text(hidden, layers, heads, kv_heads, mlp, *, head_dim=64, max_positions=8192, vocab_size=49280):
+    """A text_config: the decoder's shape; RoPE base and norm epsilon are SmolVLM2's throughout. vocab_size None
+    leaves it to the tokenizer (the tiny preset)."""
+    cfg = dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=mlp,
+        rope_theta=100000.0,
+        max_position_embeddings=max_positions,
+        rms_norm_eps=1e-5,
+    )
+    if vocab_size is not None:
+        cfg["vocab_size"] = vocab_size
+    return cfg
+
+
+def _vision(hidden, layers, heads, mlp, image_size, patch_size):
+    """A vision_config: the SigLIP tower's shape."""
+    return dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
 # Shapes from the public SmolVLM2 configs (see the project's reference notes).
-_VISION_512 = dict(
-    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=512, patch_size=16
-)
+_VISION_512 = _vision(768, 12, 12, 3072, 512, 16)
+
+# _text(hidden, layers, heads, kv heads, MLP width); _vision(hidden, layers, heads, MLP width, image px, patch px)
 PRESETS = {
     "tiny": dict(
-        text_config=dict(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            intermediate_size=128,
-            rope_theta=100000.0,
-            max_position_embeddings=8192,
-            rms_norm_eps=1e-5,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=64,
-            patch_size=8,
-        ),
+        text_config=_text(64, 2, 4, 2, 128, head_dim=16, vocab_size=None),
+        vision_config=_vision(32, 2, 2, 64, 64, 8),
         scale_factor=2,
     ),
-    "256m": dict(
-        text_config=dict(
-            hidden_size=576,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            head_dim=64,
-            intermediate_size=1536,
-            rope_theta=100000.0,
-            max_position_embeddings=8192,
-            rms_norm_eps=1e-5,
-            vocab_size=49280,
-        ),
-        vision_config=dict(_VISION_512),
-        scale_factor=4,
-    ),
-    "500m": dict(
-        text_config=dict(
-            hidden_size=960,
-            num_hidden_layers=32,
-            num_attention_heads=15,
-            num_key_value_heads=5,
-            head_dim=64,
-            intermediate_size=2560,
-            rope_theta=100000.0,
-            max_position_embeddings=8192,
-            rms_norm_eps=1e-5,
-            vocab_size=49280,
-        ),
-        vision_config=dict(_VISION_512),
-        scale_factor=4,
-    ),
+    "256m": dict(text_config=_text(576, 30, 9, 3, 1536), vision_config=dict(_VISION_512), scale_factor=4),
+    "500m": dict(text_config=_text(960, 32, 15, 5, 2560), vision_config=dict(_VISION_512), scale_factor=4),
     "2.2b": dict(
-        text_config=dict(
-            hidden_size=2048,
-            num_hidden_layers=24,
-            num_attention_heads=32,
-            num_key_value_heads=32,
-            head_dim=64,
-            intermediate_size=8192,
-            rope_theta=100000.0,
-            max_position_embeddings=16384,
-            rms_norm_eps=1e-5,
-            vocab_size=49280,
-        ),
-        vision_config=dict(
-            hidden_size=1152,
-            num_hidden_layers=27,
-            num_attention_heads=16,
-            intermediate_size=4304,
-            image_size=384,
-            patch_size=14,
-        ),
+        text_config=_text(2048, 24, 32, 32, 8192, max_positions=16384),
+        vision_config=_vision(1152, 27, 16, 4304, 384, 14),
         scale_factor=3,
     ),
 }
