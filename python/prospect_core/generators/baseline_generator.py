@@ -124,6 +124,22 @@ class BaselineGenerator:
             for k, (t, text) in enumerate(refs):
                 trace.add_ground_truth(index=k, timestamp=t, text=text, frame_idx=math.floor(t * fps))
 
+    def _metrics(self, tally, embedder) -> dict:
+        """The match scores, the text metrics asked for (and their Jaccard-weighted forms), and the settings."""
+        s = self.settings
+        metrics = tally.scores()
+        text = {
+            k: v
+            for k, v in (text_metrics(tally.good_texts) if s.nlg_metrics else {}).items()
+            if k.split("_")[0] in s.nlg_metrics
+        }  # "Bleu" names Bleu_1..Bleu_4
+        metrics.update(text)
+        metrics.update(weighted_text_metrics({k: text[k] for k in NAMES if k in text}, metrics["jaccard_index"]))
+        metrics.update(
+            sts_model=embedder.name, match_window_time=list(s.match_window_time), fps=s.fps, videos=len(self.dataset)
+        )
+        return metrics
+
     def run(self) -> dict:
         """Runs every video, matches, writes the files, and returns the metrics."""
         s = self.settings
@@ -161,17 +177,7 @@ class BaselineGenerator:
                     "predictions": [o.to_dict() for o in outputs],
                 },
             )
-        metrics = tally.scores()
-        text = {
-            k: v
-            for k, v in (text_metrics(tally.good_texts) if s.nlg_metrics else {}).items()
-            if k.split("_")[0] in s.nlg_metrics
-        }  # "Bleu" names Bleu_1..Bleu_4
-        metrics.update(text)
-        metrics.update(weighted_text_metrics({k: text[k] for k in NAMES if k in text}, metrics["jaccard_index"]))
-        metrics.update(
-            sts_model=embedder.name, match_window_time=list(s.match_window_time), fps=s.fps, videos=len(self.dataset)
-        )
+        metrics = self._metrics(tally, embedder)
         if self.trace is not None and hasattr(self.trace, "set_metrics"):
             self.trace.set_metrics(metrics)
         _dump(self.eval_dir / "metrics.json", metrics)

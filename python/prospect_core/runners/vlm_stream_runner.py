@@ -36,6 +36,8 @@ def _number(name, value, low, high=None, low_open=False):
 
 
 class VLMStreamRunner:
+    # Over 60 lines for its signature alone: it mirrors the original pipeline's constructor keyword for
+    # keyword; the body only turns them into a RunnerConfig.
     def __init__(
         self,
         model_name,
