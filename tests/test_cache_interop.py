@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache
 
+import engine_fixtures
 import prospect_core as pc
 from rope_reference import rotate
 
@@ -42,18 +43,7 @@ def test_short_cache_is_left_alone_and_drop_all_empties():
 
 
 def tiny_llama():
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        rope_theta=THETA,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return engine_fixtures.tiny_llama(THETA)
 
 
 @torch.no_grad()

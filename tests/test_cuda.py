@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForImageTextToText, DynamicCache
 
+import engine_fixtures
 import prospect_core
 import prospect_core as pc
-from engine_fixtures import CONFIGS, frame_ids, pixels
+from engine_fixtures import CONFIGS, frame_ids, joint_embed_case, pixels, reference_greedy
 from prospect_core import prompt
 from prospect_core.config import SamplingParams
 from prospect_core.context_strategies import ContextStrategyFactory
@@ -355,19 +356,8 @@ def test_tuple_drop_middle_in_place_on_cuda(cut, mode, dtype):
 
 
 def tiny_llama():
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        rope_theta=THETA,
-        max_position_embeddings=1024,
-    )
     torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).eval().cuda()
+    return engine_fixtures.tiny_llama(THETA, max_positions=1024).cuda()
 
 
 @torch.no_grad()
@@ -460,12 +450,7 @@ IMG = 7
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_joint_embed_on_cuda_equals_cpu(dtype):
-    ids = torch.randint(10, 50, (2, 30))
-    ids[0, 3:7] = IMG  # image 0 on sample 0, images 1 and 2 on sample 1
-    ids[1, 0:4] = IMG
-    ids[1, 20:24] = IMG
-    text = torch.randn(2, 30, 16).to(dtype)
-    feats = torch.randn(3, 4, 16).to(dtype)
+    ids, text, feats = joint_embed_case(dtype, IMG)
     want = pc.joint_embed(ids, text, feats, IMG)
     g_ids, g_text, g_feats = ids.cuda(), text.cuda(), feats.cuda()
     got = pc.joint_embed(g_ids, g_text, g_feats, IMG)
@@ -571,22 +556,14 @@ def test_cuda_vision_and_logits_match_transformers_and_cpu(cuda_pair):
 def test_cuda_greedy_matches_transformers_and_cpu(cuda_pair):
     ours, cpu, ref = cuda_pair
     ids = torch.tensor([[20, 21, 22, 23, 24, 25]])
-    out = ref.generate(
-        input_ids=ids.cuda(),
-        max_new_tokens=32,
-        min_new_tokens=32,
-        do_sample=False,
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
-    want = out.sequences[0, ids.shape[1] :].tolist()
+    want, scores = reference_greedy(ref, ids.cuda(), 32)
     got = ours.greedy_generate(ours.embed_tokens(ids.cuda()), ours.make_cache(64), 32, []).tokens
     on_cpu = cpu.greedy_generate(cpu.embed_tokens(ids), cpu.make_cache(64), 32, []).tokens
     assert_same_tokens(got, on_cpu, "greedy fp32, CUDA vs our CPU")
     assert len(got) == 32
     i = first_diff(got, want)
     if i < 32:  # allowed only where transformers itself has a near-tie
-        top2 = out.scores[i][0].topk(2).values
+        top2 = scores[i][0].topk(2).values
         margin = (top2[0] - top2[1]).item()
         assert margin < 1e-4, f"token {i}: ours {got[i]} != transformers {want[i]} with a margin of {margin:.2e}"
 
@@ -603,19 +580,11 @@ def test_cuda_bf16_logits_and_greedy_match_transformers(tiny_model):
     # The tolerance of the CPU bf16 parity test (tests/test_engine.py): a few bf16 ulps at this scale.
     assert max_abs(got, want) <= 0.0625, f"bf16 logits vs transformers on CUDA: max abs diff {max_abs(got, want):.3e}"
     text = torch.tensor([[40, 41, 42, 43]])
-    out = ref.generate(
-        input_ids=text.cuda(),
-        max_new_tokens=8,
-        min_new_tokens=8,
-        do_sample=False,
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
-    g = out.sequences[0, 4:].tolist()
+    g, scores = reference_greedy(ref, text.cuda(), 8)
     mine = ours.greedy_generate(ours.embed_tokens(text.cuda()), ours.make_cache(16), 8, []).tokens
     i = first_diff(mine, g)
     if i < 8:  # only where logits 0.0625 apart could swap transformers' top two
-        top2 = out.scores[i][0].float().topk(2).values
+        top2 = scores[i][0].float().topk(2).values
         margin = (top2[0] - top2[1]).item()
         assert margin < 0.125, f"bf16 token {i}: ours {mine} vs transformers {g}, margin {margin:.3e}"
 

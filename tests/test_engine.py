@@ -10,7 +10,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import prospect_core
 import prospect_core as pc
-from engine_fixtures import CONFIGS, frame_ids, pixels
+from engine_fixtures import CONFIGS, frame_ids, pixels, reference_greedy
 
 
 @pytest.fixture(scope="session", params=list(CONFIGS))
@@ -75,20 +75,12 @@ def test_logits_match(pair, n_images):
 def test_32_greedy_tokens_match_generate(pair):
     _, ours, ref = pair
     ids = torch.tensor([[20, 21, 22, 23, 24, 25]])
-    out = ref.generate(
-        input_ids=ids,
-        max_new_tokens=32,
-        min_new_tokens=32,
-        do_sample=False,
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
-    want = out.sequences[0, ids.shape[1] :].tolist()
+    want, scores = reference_greedy(ref, ids, 32)
     cache = ours.make_cache(64)
     got = ours.greedy_generate(ours.embed_tokens(ids), cache, 32, []).tokens
     for i, (a, b) in enumerate(zip(got, want)):
         if a != b:  # allowed only where transformers itself has a near-tie
-            top2 = out.scores[i][0].topk(2).values
+            top2 = scores[i][0].topk(2).values
             assert (top2[0] - top2[1]).item() < 1e-4, f"token {i}: {a} != {b} with a clear margin"
             break
     else:

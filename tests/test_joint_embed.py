@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import prospect_core as pc
+from engine_fixtures import joint_embed_case
 
 IMG = 7
 
@@ -22,12 +23,7 @@ def reference(ids, text, feats):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_matches_reference(dtype):
-    ids = torch.randint(10, 50, (2, 30))
-    ids[0, 3:7] = IMG  # image 0 on sample 0, images 1 and 2 on sample 1
-    ids[1, 0:4] = IMG
-    ids[1, 20:24] = IMG
-    text = torch.randn(2, 30, 16).to(dtype)
-    feats = torch.randn(3, 4, 16).to(dtype)
+    ids, text, feats = joint_embed_case(dtype, IMG)
     out = pc.joint_embed(ids, text, feats, IMG)
     assert out.dtype == dtype and out.shape == text.shape
     assert torch.equal(out, reference(ids, text, feats))
