@@ -197,3 +197,15 @@ def test_cuda_cache_matches_cpu():
     for l in range(L):
         torch.testing.assert_close(gpu.keys(l).cpu(), cpu.keys(l), rtol=1e-5, atol=1e-3)
         assert torch.equal(gpu.values(l).cpu(), cpu.values(l))
+
+
+def test_dtype_names_come_from_the_one_python_table(monkeypatch):
+    # _C reads a dtype name through prospect_core.model.DTYPE_NAMES: a name added there is taken, one
+    # that is not there (an old C++ alias) is refused with the table's message.
+    from prospect_core import model
+
+    assert pc.KVCache(2, 2, 4, 8, dtype="float64").dtype == torch.float64
+    with pytest.raises(ValueError, match="KVCache: dtype expected float32, bfloat16, float16 or float64, got 'bf16'"):
+        pc.KVCache(2, 2, 4, 8, dtype="bf16")
+    monkeypatch.setitem(model.DTYPE_NAMES, "brain16", torch.bfloat16)
+    assert pc.KVCache(2, 2, 4, 8, dtype="brain16").dtype == torch.bfloat16

@@ -11,16 +11,8 @@ namespace prospect {
 
 at::ScalarType dtype_from_py(const py::handle& obj, const char* arg) {
     if (py::isinstance<py::str>(obj)) {
-        const auto name = obj.cast<std::string>();
-        static const std::pair<const char*, at::ScalarType> names[] = {
-            {"float32", at::kFloat},  {"float", at::kFloat},   {"fp32", at::kFloat}, {"bfloat16", at::kBFloat16},
-            {"bf16", at::kBFloat16},  {"float16", at::kHalf},  {"half", at::kHalf},  {"fp16", at::kHalf},
-            {"float64", at::kDouble}, {"double", at::kDouble},
-        };
-        for (const auto& [n, t] : names) {
-            if (name == n) return t;
-        }
-        TORCH_CHECK_VALUE(false, arg, " expected float32, bfloat16, float16 or float64, got '", name, "'");
+        // Names are read from the one table, Python's (prospect_core.model.DTYPE_NAMES).
+        return py::module_::import("prospect_core.model").attr("dtype_named")(obj, arg).cast<at::ScalarType>();
     }
     try {
         return obj.cast<at::ScalarType>();

@@ -6,11 +6,21 @@ import torch
 
 from prospect_core import _C as core
 
-# The one table of dtype names of the Python API: the CLI, the loaders, the backends and the mirrored API read
-# it, and the Python layer hands _C the torch.dtype it names, never the name. (_C's own table of names and
-# aliases, dtype_from_py in cpp/python/module.cpp, serves only those who call _C directly.)
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPES = tuple(TORCH_DTYPES)
+# The one table of dtype names. The model runs in DTYPES (what the CLI, the loaders, the backends and the
+# mirrored API take); a KVCache may also hold float64. _C reads names through dtype_named, and the Python
+# layer hands _C the torch.dtype, never the name.
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+DTYPES = ("float32", "bfloat16", "float16")
+TORCH_DTYPES = {k: DTYPE_NAMES[k] for k in DTYPES}
+
+
+def dtype_named(name, arg: str = "dtype") -> torch.dtype:
+    """Any name in DTYPE_NAMES (what _C takes, e.g. for a KVCache) as a torch.dtype; a ValueError naming `arg`
+    for anything else."""
+    dt = DTYPE_NAMES.get(name) if isinstance(name, str) else None
+    if dt is None:
+        raise ValueError(f"{arg} expected {', '.join(DTYPES)} or float64, got {name!r}")
+    return dt
 
 
 def torch_dtype_of(name, arg: str = "dtype") -> torch.dtype:
