@@ -12,6 +12,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_quick(script, tmp_path, *extra, timeout):
+    """benchmarks/<script> --quick, writing into tmp_path and making its models there."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", *extra, "--out", str(tmp_path)]
+    cmd += ["--models", str(tmp_path / "models")]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
 def test_surgery_benchmark_smoke(tmp_path):
     out = subprocess.run(
         [
@@ -40,20 +47,7 @@ def test_surgery_benchmark_smoke(tmp_path):
 
 def test_harness_quick_smoke(tmp_path):
     """The whole harness on the tiny preset with one repetition."""
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/run.py"),
-            "--quick",
-            "--out",
-            str(tmp_path),
-            "--models",
-            str(tmp_path / "models"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    r = run_quick("run.py", tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     (js,) = [p for p in tmp_path.glob("*-quick.json")]
     res = json.loads(js.read_text())
@@ -227,23 +221,7 @@ def test_gpu_harness_without_cuda_skips(tmp_path):
 def test_gpu_harness_runs_on_the_cpu(tmp_path):
     """gpu.py's own code paths end to end, on the CPU and the tiny preset (the hidden --device cpu):
     model making, both of our decode variants, the transformers worker (eager), streaming, surgery, reports."""
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/gpu.py"),
-            "--quick",
-            "--device",
-            "cpu",
-            "--no-compile",
-            "--out",
-            str(tmp_path),
-            "--models",
-            str(tmp_path / "models"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = run_quick("gpu.py", tmp_path, "--device", "cpu", "--no-compile", timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "[gpu" in r.stdout and "transformers: eager" in r.stdout
     (js,) = tmp_path.glob("gpu-*-quick.json")

@@ -14,7 +14,6 @@ count to remove; 5.x a negative count). ProspectLayer answers both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from transformers import SmolVLMForConditionalGeneration
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from prospect_core import _C as core
-from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE, SamplingParams
+from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE
 from prospect_core.model import resolve_model_path, rope_theta, torch_dtype_of
 from prospect_core.sampling import GenerateResult, python_generate
 
@@ -199,30 +198,8 @@ class HFBackend:
             raise
         return out.logits[:, -1]
 
-    def generate(
-        self,
-        embeds: torch.Tensor,
-        cache: core.KVCache,
-        sampling: SamplingParams,
-        stop_token_ids: Sequence[int] = (),
-        *,
-        silence: tuple[int, float] | None = None,
-        kind: str = "user",
-        frame_index: int | None = None,
-        keep_generated_in_cache: bool = True,
-        on_token: Callable[[int], Any] | None = None,
-    ) -> GenerateResult:
-        """The Python decode loop (sampling.python_generate) over this backend's forward."""
+    def generate(self, *args: Any, **kwargs: Any) -> GenerateResult:
+        """sampling.python_generate over this backend's forward, with the same arguments as
+        NativeBackend.generate (embeds, cache, sampling, stop_token_ids, silence=, kind=, ...)."""
         with torch.no_grad():
-            return python_generate(
-                self,
-                embeds,
-                cache,
-                sampling,
-                stop_token_ids,
-                silence=silence,
-                kind=kind,
-                frame_index=frame_index,
-                keep_generated_in_cache=keep_generated_in_cache,
-                on_token=on_token,
-            )
+            return python_generate(self, *args, **kwargs)
