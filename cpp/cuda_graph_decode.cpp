@@ -197,19 +197,19 @@ void GraphDecoder::step_aten() {
     for (size_t l = 0; l < w.text_layers.size(); ++l) {
         const auto& L = w.text_layers[l];
         auto h = rms_norm(x, L.input_norm, t.rms_norm_eps);
-        auto qkv = at::linear(h, L.qkv);
+        auto qkv = at::linear(h, L.qkv.data);
         auto q = apply_rope(qkv.narrow(-1, 0, nq).view({1, 1, nh, hd}).transpose(1, 2), cos, sin);
         auto k = apply_rope(qkv.narrow(-1, nq, nkv).reshape({1, 1, nkv_h, hd}).transpose(1, 2), cos, sin);
         auto v = qkv.narrow(-1, nq + nkv, nkv).reshape({1, 1, nkv_h, hd}).transpose(1, 2);
         keys_[l].index_copy_(2, slot, k);
         values_[l].index_copy_(2, slot, v);
         auto a = at::scaled_dot_product_attention(q, keys_[l], values_[l], mask, 0.0, false, scale, nkv_h != nh);
-        x = x + at::linear(a.transpose(1, 2).reshape({1, 1, nq}), L.o);
+        x = x + at::linear(a.transpose(1, 2).reshape({1, 1, nq}), L.o.data);
         h = rms_norm(x, L.post_norm, t.rms_norm_eps);
-        auto gu = at::linear(h, L.gate_up);
-        x = x + at::linear(at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I), L.down);
+        auto gu = at::linear(h, L.gate_up.data);
+        x = x + at::linear(at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I), L.down.data);
     }
-    auto logits = at::linear(rms_norm(x.select(1, 0), w.final_norm, t.rms_norm_eps), w.lm_head);  // [1, V]
+    auto logits = at::linear(rms_norm(x.select(1, 0), w.final_norm, t.rms_norm_eps), w.lm_head.data);  // [1, V]
     state_.narrow(0, 0, 1).copy_(logits.argmax(-1));
     state_.narrow(0, 1, 2).add_(1);
 }
@@ -256,7 +256,7 @@ void GraphDecoder::step_kernels() {
         auto h = at::empty({1, H}, opts);
         check(k::add_rms_norm(dt, x.data_ptr(), delta.defined() ? delta.data_ptr() : nullptr, L.input_norm.data_ptr(),
                               h.data_ptr(), H, eps, s));
-        auto qkv = product(h, L.qkv);
+        auto qkv = product(h, L.qkv.data);
         rope.qkv = qkv.data_ptr();
         rope.keys = keys_[l].data_ptr();
         rope.values = values_[l].data_ptr();
@@ -267,17 +267,17 @@ void GraphDecoder::step_kernels() {
         auto a = at::empty({1, static_cast<int64_t>(heads) * hd}, opts);
         attn.out = a.data_ptr();
         check(k::attention(dt, attn, s));
-        auto o = product(a, L.o);
+        auto o = product(a, L.o.data);
         auto h2 = at::empty({1, H}, opts);
         check(k::add_rms_norm(dt, x.data_ptr(), o.data_ptr(), L.post_norm.data_ptr(), h2.data_ptr(), H, eps, s));
-        auto gu = product(h2, L.gate_up);
+        auto gu = product(h2, L.gate_up.data);
         auto act = at::empty({1, I}, opts);
         check(k::silu_mul(dt, gu.data_ptr(), act.data_ptr(), I, s));
-        delta = product(act, L.down);
+        delta = product(act, L.down.data);
     }
     auto hf = at::empty({1, H}, opts);
     check(k::add_rms_norm(dt, x.data_ptr(), delta.data_ptr(), w.final_norm.data_ptr(), hf.data_ptr(), H, eps, s));
-    auto logits = product(hf, w.lm_head);
+    auto logits = product(hf, w.lm_head.data);
     check(k::argmax_advance(dt, logits.data_ptr(), logits.size(1), state, s));
 }
 #endif

@@ -87,7 +87,7 @@ void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, float*
     float* scores = gu + 2 * I;
 
     rms_norm_row(x, w.input_norm, h, H, s.eps);
-    matvec(w.qkv, h, qkv, nq + 2 * nkv, H);
+    matvec(*w.qkv, h, qkv);
     float* q = qkv;
     float* k = qkv + nq;
     const float* v = qkv + nq + nkv;
@@ -109,16 +109,16 @@ void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, float*
                         D, scale);
         }
     });
-    matvec(w.o, attn, proj, H, nq);
+    matvec(*w.o, attn, proj);
     for (int64_t i = 0; i < H; ++i) x[i] += proj[i];
 
     rms_norm_row(x, w.post_norm, h, H, s.eps);
-    matvec(w.gate_up, h, gu, 2 * I, H);
+    matvec(*w.gate_up, h, gu);
     for (int64_t i = 0; i < I; ++i) {
         const float g = gu[i];
         gu[i] = g / (1.0f + std::exp(-g)) * gu[I + i];
     }
-    matvec(w.down, gu, proj, H, I);
+    matvec(*w.down, gu, proj);
     for (int64_t i = 0; i < H; ++i) x[i] += proj[i];
 }
 

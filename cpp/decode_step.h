@@ -1,12 +1,14 @@
-// The decode step on the CPU, batch 1, fp32: one token through a decoder layer in plain loops over
-// raw memory. Between its matrix products a step is ~30 small tensor ops per layer, each a dispatcher
-// round trip; here they are a few loops. Same math as SmolVLM::forward (fp32 RMSNorm, RoPE from the
-// given cos/sin, softmax attention over the cached keys), summed in another order.
+// The decode step on the CPU, batch 1, fp32 activations (weights fp32 or quantized): one token through a decoder layer
+// in plain loops over raw memory. Between its matrix products a step is ~30 small tensor ops per layer, each a
+// dispatcher round trip; here they are a few loops. Same math as SmolVLM::forward (fp32 RMSNorm, RoPE from the given
+// cos/sin, softmax attention over the cached keys), summed in another order.
 #pragma once
 
 #include <cstdint>
 
 namespace prospect {
+
+struct Matrix;
 
 struct DecodeShape {
     int64_t hidden, heads, kv_heads, head_dim, intermediate;
@@ -14,7 +16,8 @@ struct DecodeShape {
 };
 
 struct DecodeWeights {
-    const float *input_norm, *qkv, *o, *post_norm, *gate_up, *down;
+    const float *input_norm, *post_norm;
+    const Matrix *qkv, *o, *gate_up, *down;  // dense fp32 or quantized
 };
 
 // Floats of scratch decode_layer needs for a context of `keys` tokens.

@@ -5,9 +5,11 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/linear.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace prospect {
 
@@ -44,19 +46,45 @@ PROSPECT_SIMD_INLINE void rows_dot_body(const float* w, const float* x, float* y
 
 const auto rows_dot = simd_dispatch<rows_dot_body>();
 
+// Row chunks of at least 64 KiB of blocks per task: waking a thread costs more than streaming less.
+int64_t quant_grain(int64_t row_bytes) { return std::max<int64_t>(16, (1 << 16) / std::max<int64_t>(row_bytes, 1)); }
+
+// y [tokens, w.rows()] = x [tokens, w.cols] through w's quantized blocks.
+void quant_matmul(const Matrix& w, const float* x, float* y, int64_t tokens) {
+    const int64_t rb = w.row_bytes(), rows = w.rows();
+    thread_local QuantActs act;  // decode calls this per matrix: keep the buffers
+    act.quantize(x, w.cols, tokens);
+    const auto* blocks = w.data.data_ptr<uint8_t>();
+    const QuantActs& a = act;
+    at::parallel_for(0, rows, quant_grain(rb), [&](int64_t r0, int64_t r1) {
+        quant_dot_rows(*w.quant, blocks + r0 * rb, rb, r1 - r0, a, y + r0, rows);
+    });
+}
+
 }  // namespace
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w) {
-    const int64_t n = w.size(1);
-    if (!(x.is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && x.numel() == n &&
-          w.is_contiguous())) {
-        return at::linear(x, w);
+at::Tensor linear(const at::Tensor& x, const Matrix& w) {
+    const int64_t n = w.cols;
+    if (w.quant) {
+        TORCH_CHECK_VALUE(x.is_cpu() && x.scalar_type() == at::kFloat && x.size(-1) == n,
+                          "linear: quantized weights expected fp32 CPU input [..., ", n, "], got ", x.scalar_type(),
+                          " ", x.sizes(), " on ", x.device());
+        auto xc = x.contiguous();
+        auto sizes = x.sizes().vec();
+        sizes.back() = w.rows();
+        auto y = at::empty(sizes, x.options());
+        quant_matmul(w, xc.data_ptr<float>(), y.data_ptr<float>(), x.numel() / std::max<int64_t>(n, 1));
+        return y;
+    }
+    if (!(x.is_cpu() && x.scalar_type() == at::kFloat && w.data.scalar_type() == at::kFloat && x.numel() == n &&
+          w.data.is_contiguous())) {
+        return at::linear(x, w.data);
     }
     auto xc = x.contiguous();
     auto sizes = x.sizes().vec();
-    sizes.back() = w.size(0);
+    sizes.back() = w.rows();
     auto y = at::empty(sizes, x.options());
-    matvec(w.data_ptr<float>(), xc.data_ptr<float>(), y.data_ptr<float>(), w.size(0), n);
+    matvec(w.data.data_ptr<float>(), xc.data_ptr<float>(), y.data_ptr<float>(), w.rows(), n);
     return y;
 }
 
@@ -64,6 +92,58 @@ void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t n) {
     // Threads only pay off once a chunk holds enough bytes to amortise waking them.
     const int64_t grain = std::max<int64_t>(64, (1 << 16) / std::max<int64_t>(n, 1));
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) { rows_dot(w + r0 * n, x, y + r0, r1 - r0, n); });
+}
+
+Matrix quant_matrix_from_ggml(const at::Tensor& blocks, QuantType type, int64_t cols) {
+    const int64_t rows = blocks.size(0), rb = cols / kQuantBlock * quant_block_bytes(type);
+    TORCH_CHECK_VALUE(blocks.dim() == 2 && blocks.scalar_type() == at::kByte && blocks.is_cpu() && cols > 0 &&
+                          cols % kQuantBlock == 0 && blocks.size(1) == rb,
+                      "blocks expected uint8 [rows, ", rb, "] on the CPU for ", cols, " columns of ",
+                      type == QuantType::Q8_0 ? "q8_0" : "q4_1", ", got ", blocks.scalar_type(), " ", blocks.sizes(),
+                      " on ", blocks.device());
+    const auto src = blocks.contiguous();
+    auto out = at::empty_like(src);
+    for (int64_t r = 0; r < rows; ++r)
+        quant_row_from_ggml(type, src.data_ptr<uint8_t>() + r * rb, cols, out.data_ptr<uint8_t>() + r * rb);
+    return Matrix(out, type, cols);
+}
+
+at::Tensor quantize_q8_0_ggml(const at::Tensor& w) {
+    TORCH_CHECK_VALUE(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_cpu() && w.size(1) % kQuantBlock == 0,
+                      "quantize: expected fp32 CPU [rows, cols] with cols a multiple of ", kQuantBlock, ", got ",
+                      w.scalar_type(), " ", w.sizes(), " on ", w.device());
+    const auto dense = w.contiguous();
+    const int64_t rows = dense.size(0), cols = dense.size(1);
+    const int64_t rb = cols / kQuantBlock * quant_block_bytes(QuantType::Q8_0);
+    auto blocks = at::empty({rows, rb}, dense.options().dtype(at::kByte));
+    const float* src = dense.data_ptr<float>();
+    uint8_t* dst = blocks.data_ptr<uint8_t>();
+    at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) quantize_row_q8_0(src + r * cols, cols, dst + r * rb);
+    });
+    return blocks;
+}
+
+Matrix quantize_q8_0(const at::Tensor& w) {
+    return quant_matrix_from_ggml(quantize_q8_0_ggml(w), QuantType::Q8_0, w.size(1));
+}
+
+at::Tensor dequantize(const Matrix& w) {
+    TORCH_CHECK_VALUE(w.quant.has_value(), "dequantize: expected a quantized matrix");
+    auto blocks = w.data.contiguous();
+    auto out = at::empty({w.rows(), w.cols}, at::TensorOptions().dtype(at::kFloat));
+    for (int64_t r = 0; r < w.rows(); ++r)
+        dequantize_row(*w.quant, blocks.data_ptr<uint8_t>() + r * w.row_bytes(), w.cols,
+                       out.data_ptr<float>() + r * w.cols);
+    return out;
+}
+
+void matvec(const Matrix& w, const float* x, float* y) {
+    if (w.quant) {
+        quant_matmul(w, x, y, 1);
+    } else {
+        matvec(w.data.data_ptr<float>(), x, y, w.rows(), w.cols);
+    }
 }
 
 }  // namespace prospect

@@ -1,20 +1,34 @@
 // Decode-time linear layers: one token, so each weight is read once and used once. The
 // matrix-vector product is memory-bound; this kernel streams each weight row exactly once
 // with wide independent accumulators, which BLAS's gemm/gemv paths do not reach at batch 1.
+// Quantized matrices (quant_kernels.h) take any number of tokens: their rows are read once per call.
 #pragma once
+
+#include "matrix.h"
 
 #include <cstdint>
 
-namespace at {
-class Tensor;
-}  // namespace at
-
 namespace prospect {
 
-// x [..., I] (one row in total), w [O, I] fp32 on the CPU -> [..., O]. Anything else: at::linear.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w);
+// x [..., I] fp32 on the CPU, w [O, I] -> [..., O]. Dense: one row in fp32 takes matvec, anything else
+// at::linear. Quantized: x is quantized per token and every row of w read once.
+at::Tensor linear(const at::Tensor& x, const Matrix& w);
 
 // y[rows] = w[rows, n] x[n], fp32, spread over ATen's threads.
 void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t n);
+
+// The same for a Matrix: dense fp32 or quantized.
+void matvec(const Matrix& w, const float* x, float* y);
+
+// ggml's blocks of a [rows, cols] matrix, uint8 [rows, cols / 32 * block bytes] -> a Matrix (the rows'
+// bytes reordered as quant_kernels.h lays them out; values unchanged). Throws ValueError for a bad shape.
+Matrix quant_matrix_from_ggml(const at::Tensor& blocks, QuantType type, int64_t cols);
+
+// fp32 [rows, cols] (cols a multiple of 32) -> Q8_0: as ggml's blocks, or as a Matrix.
+at::Tensor quantize_q8_0_ggml(const at::Tensor& w);
+Matrix quantize_q8_0(const at::Tensor& w);
+
+// A quantized Matrix back to fp32 [rows, cols], for tests and references.
+at::Tensor dequantize(const Matrix& w);
 
 }  // namespace prospect

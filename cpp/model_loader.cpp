@@ -1,5 +1,6 @@
 #include "model_loader.h"
 
+#include "gguf.h"
 #include "safetensors.h"
 #include "shard_index.h"
 
@@ -156,6 +157,22 @@ WeightMap load_weights(const std::string& dir, at::ScalarType dtype, at::Device 
     for (const auto& f : files) {
         if (!fs::exists(f)) throw FormatError(f.string() + ": shard named in the index is missing");
         load_file(f, dtype, device, out);
+    }
+    return out;
+}
+
+std::unordered_map<std::string, GgufTensor> load_gguf(const std::string& path) {
+    const auto m = map_file(path);
+    const auto* base = static_cast<const uint8_t*>(m->addr == MAP_FAILED ? nullptr : m->addr);
+    static const uint8_t empty[8] = {};
+    std::unordered_map<std::string, GgufTensor> out;
+    for (const auto& t : gguf_parse(base ? base : empty, m->size, path)) {
+        if (t.end == t.begin) continue;  // a type prospect does not read
+        auto bytes = at::from_blob(
+            const_cast<uint8_t*>(base + t.begin), {static_cast<int64_t>(t.end - t.begin)}, [m](void*) {},
+            at::TensorOptions().dtype(at::kByte));
+        if (!out.emplace(t.name, GgufTensor{t.type, t.dims, std::move(bytes)}).second)
+            throw FormatError(path + ": tensor '" + printable(t.name) + "' appears twice");
     }
     return out;
 }

@@ -8,6 +8,7 @@
 
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace prospect {
 
@@ -29,5 +30,15 @@ ModelConfig load_model_config(const std::string& dir);
 // cast to dtype on device (tensors already in that dtype on the CPU stay views
 // of the mapping: no copy). Pickle checkpoints are refused.
 WeightMap load_weights(const std::string& dir, at::ScalarType dtype, at::Device device);
+
+// One tensor of a GGUF file as stored: a uint8 view of the mapped file, its ggml type, dims fastest-first.
+struct GgufTensor {
+    uint32_t type;
+    std::vector<int64_t> dims;
+    at::Tensor bytes;
+};
+
+// Memory-maps a GGUF file and returns its tensors by name (gguf.h checks the layout). Throws FormatError.
+std::unordered_map<std::string, GgufTensor> load_gguf(const std::string& path);
 
 }  // namespace prospect

@@ -14,20 +14,20 @@
 
 namespace prospect {
 
-SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device)
-    : dir_(dir), cfg_(load_model_config(dir)), dtype_(dtype), device_(device) {
+SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device, WeightFormat format)
+    : dir_(dir), cfg_(load_model_config(dir)), dtype_(dtype), device_(device), format_(format) {
     TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
                      "load_model: dtype expected float32, bfloat16 or float16, got ", dtype);
-    weights_ = load_smolvlm_weights(dir, cfg_, dtype, device);
+    weights_ = load_smolvlm_weights(dir, cfg_, dtype, device, format);
     device_ = weights_.embed.device();  // "cuda" names the current GPU: keep its index, as caches report theirs
     weight_bytes_ = weights_.nbytes();
     inv_freq_ = rope_inv_freq(cfg_.text.head_dim, cfg_.text.rope_theta).to(device);
 
     // Whether the weights suit decode_step's raw loops: fixed at load, so checked once here.
     decode_loops_ = device_.type() == at::kCPU && dtype_ == at::kFloat && weights_.final_norm.is_contiguous() &&
-                    weights_.lm_head.is_contiguous();
+                    weights_.lm_head.data.is_contiguous();
     for (const auto& l : weights_.text_layers)
-        for (const auto* x : {&l.input_norm, &l.qkv, &l.o, &l.post_norm, &l.gate_up, &l.down})
+        for (const auto* x : {&l.input_norm, &l.qkv.data, &l.o.data, &l.post_norm, &l.gate_up.data, &l.down.data})
             decode_loops_ = decode_loops_ && x->is_contiguous();
 }
 
@@ -270,11 +270,11 @@ at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind
     for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
         const auto& l = weights_.text_layers[i];
         const DecodeWeights w{.input_norm = l.input_norm.data_ptr<float>(),
-                              .qkv = l.qkv.data_ptr<float>(),
-                              .o = l.o.data_ptr<float>(),
                               .post_norm = l.post_norm.data_ptr<float>(),
-                              .gate_up = l.gate_up.data_ptr<float>(),
-                              .down = l.down.data_ptr<float>()};
+                              .qkv = &l.qkv,
+                              .o = &l.o,
+                              .gate_up = &l.gate_up,
+                              .down = &l.down};
         decode_layer(x.data_ptr<float>(), w, shape, kv + i * per_layer, cache.capacity(), L0, c.data_ptr<float>(),
                      s.data_ptr<float>(), scratch.data_ptr<float>());
     }
@@ -286,9 +286,8 @@ at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind
     }
     auto normed = at::empty({1, H}, x.options());
     rms_norm_row(x.data_ptr<float>(), weights_.final_norm.data_ptr<float>(), normed.data_ptr<float>(), H, shape.eps);
-    const int64_t V = weights_.lm_head.size(0);
-    auto logits = at::empty({1, V}, x.options());
-    matvec(weights_.lm_head.data_ptr<float>(), normed.data_ptr<float>(), logits.data_ptr<float>(), V, H);
+    auto logits = at::empty({1, weights_.lm_head.rows()}, x.options());
+    matvec(weights_.lm_head, normed.data_ptr<float>(), logits.data_ptr<float>());
     return logits;
 }
 

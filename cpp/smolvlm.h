@@ -18,11 +18,12 @@ namespace prospect {
 
 class SmolVLM {
 public:
-    SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device);
+    SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device, WeightFormat format = WeightFormat::Dense);
 
     const ModelConfig& config() const { return cfg_; }
     at::ScalarType dtype() const { return dtype_; }
     at::Device device() const { return device_; }
+    WeightFormat weight_format() const { return format_; }
     const std::string& path() const { return dir_; }
     int64_t weight_bytes() const { return weight_bytes_; }
     const SmolVLMWeights& weights() const { return weights_; }
@@ -73,6 +74,7 @@ private:
     ModelConfig cfg_;
     at::ScalarType dtype_;
     at::Device device_;
+    WeightFormat format_;
     SmolVLMWeights weights_;
     int64_t weight_bytes_ = 0;
     at::Tensor inv_freq_;        // [head_dim / 2] fp32 on device

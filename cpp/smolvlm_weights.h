@@ -3,6 +3,7 @@
 // load so a layer reads fewer, larger matrices.
 #pragma once
 
+#include "matrix.h"
 #include "model_config.h"
 
 #include <ATen/core/Tensor.h>
@@ -17,24 +18,38 @@ struct VisionLayer {
 };
 
 struct TextLayer {
-    at::Tensor input_norm, qkv, o, post_norm, gate_up, down;  // q|k|v and gate|up fused
+    at::Tensor input_norm, post_norm;
+    Matrix qkv, o, gate_up, down;  // q|k|v and gate|up fused
+};
+
+// How the decoder's matrices (and lm_head) are held. The vision tower, embeddings and norms stay dense.
+enum class WeightFormat : uint8_t {
+    Dense,  // as the checkpoint stores them, cast to the model's dtype
+    Int8,   // quantized at load into Q8_0 blocks (int8, one fp16 scale per 32 weights)
+    Gguf,   // the blocks of the checkpoint's model.gguf as stored (Q4_1, Q8_0, ...): no dequantizing
 };
 
 struct SmolVLMWeights {
     // Vision tower and connector.
     at::Tensor patch_w, patch_b, pos_emb, post_ln_w, post_ln_b, connector_w;
     std::vector<VisionLayer> vision_layers;
-    // Decoder. lm_head is embed itself when the embeddings are tied.
-    at::Tensor embed, final_norm, lm_head;
+    // Decoder. lm_head is embed itself when the embeddings are tied and dense.
+    at::Tensor embed, final_norm;
+    Matrix lm_head;
     std::vector<TextLayer> text_layers;
 
     // Bytes of all weights, a tied lm_head counted once.
     int64_t nbytes() const;
 };
 
-// The checkpoint in `dir` (config.json already read into cfg) cast to dtype on device. Throws
-// FormatError naming a missing or misshapen weight; ValueError if lm_head is absent and not tied.
+// The checkpoint in `dir` (config.json already read into cfg) cast to dtype on device, its decoder in
+// `format` (quantized formats: fp32 on the CPU only). Throws FormatError naming a missing or misshapen
+// weight; ValueError if lm_head is absent and not tied, or the format does not suit dtype and device.
 SmolVLMWeights load_smolvlm_weights(const std::string& dir, const ModelConfig& cfg, at::ScalarType dtype,
-                                    at::Device device);
+                                    at::Device device, WeightFormat format = WeightFormat::Dense);
+
+// The name of a WeightFormat ("dense", "int8", "gguf") and back; the latter throws ValueError naming them.
+const char* weight_format_name(WeightFormat f);
+WeightFormat weight_format_from_name(const std::string& name);
 
 }  // namespace prospect

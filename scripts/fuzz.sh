@@ -7,9 +7,9 @@ SECONDS_PER_TARGET=${1:-60}
 out=build/fuzz
 mkdir -p "$out"
 flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Icpp)
-targets=(safetensors config shard_index)
+targets=(safetensors config shard_index gguf)
 # The torch-free parser library, as CMake's prospect_parsers builds it (the matcher aside).
-parsers=(cpp/errors.cpp cpp/safetensors.cpp cpp/model_config.cpp cpp/shard_index.cpp)
+parsers=(cpp/errors.cpp cpp/safetensors.cpp cpp/model_config.cpp cpp/shard_index.cpp cpp/gguf.cpp)
 for target in "${targets[@]}"; do
   clang++ "${flags[@]}" tests/fuzz/fuzz_${target}.cpp "${parsers[@]}" -o "$out/fuzz_$target"
   work="$out/corpus_$target"  # new inputs land here; the committed seeds stay as they are

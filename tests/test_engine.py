@@ -122,7 +122,7 @@ def test_bf16_greedy_and_logits(tiny_model):
 def test_python_parses_dtype_names_and_hands_c_the_torch_dtype(tiny_model, monkeypatch):
     """model.TORCH_DTYPES is the Python API's one table of names: _C gets the torch.dtype, never the name."""
     seen = []
-    monkeypatch.setattr(prospect_core.model.core, "SmolVLM", lambda path, dtype, device: seen.append(dtype))
+    monkeypatch.setattr(prospect_core.model.core, "SmolVLM", lambda path, dtype, *rest: seen.append(dtype))
     for name, dtype in prospect_core.model.TORCH_DTYPES.items():
         prospect_core.load_model(tiny_model, dtype=name)
         assert seen[-1] is dtype, name

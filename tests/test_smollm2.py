@@ -105,3 +105,37 @@ def test_the_runner_answers_in_english(smollm2_model):
     rec = runner.add_user_turn(QUESTION, respond=True)
     assert "Paris" in rec["text"] and len(rec["tokens"]) < 40
     assert runner.tokenizer.convert_tokens_to_ids("<end_of_utterance>") not in rec["tokens"]
+
+
+@pytest.fixture(scope="module")
+def question_ids(smollm2_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_model)
+    chat = f"<|im_start|>user\n{QUESTION} Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n"
+    return tok, tok(chat, add_special_tokens=False, return_tensors="pt").input_ids
+
+
+@pytest.mark.parametrize("weights", ["gguf", "int8"])
+def test_quantized_decoders_against_float32(smollm2_model, question_ids, weights):
+    """weights="gguf": the Q4_1 blocks of the checkpoint's model.gguf as stored (no dequantizing), so the
+    weights are exactly the fp32 checkpoint's and only the activations' int8 rounding differs.
+    weights="int8": the fp32 checkpoint quantized again to Q8_0 at load."""
+    import torch
+
+    import prospect_core
+
+    assert (smollm2_model / "model.gguf").read_bytes() == smollm2.gguf_path().read_bytes()
+    tok, ids = question_ids
+    dense = prospect_core.load_model(smollm2_model)
+    q = prospect_core.load_model(smollm2_model, weights=weights)
+    # The decoder's matrices at 20 (Q4_1) or 34 (Q8_0) bytes per 32 weights instead of 128.
+    assert dense.weight_bytes - q.weight_bytes > 0.6 * 4 * 134e6
+    with torch.no_grad():
+        ld = dense.prefill(dense.embed_tokens(ids), dense.make_cache(128), "user")
+        lq = q.prefill(q.embed_tokens(ids), q.make_cache(128), "user")
+    assert ((lq - ld).norm() / ld.norm()).item() < 0.05  # measured: gguf 2.7%, int8 1.6%
+    a = dense.greedy_generate(dense.embed_tokens(ids), dense.make_cache(128), 24, []).tokens
+    b = q.greedy_generate(q.embed_tokens(ids), q.make_cache(128), 24, []).tokens
+    assert a[:16] == b[:16]  # measured: the first 26 (gguf) and 30 (int8) agree
+    assert "Paris" in tok.decode(b)

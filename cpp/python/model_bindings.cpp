@@ -3,6 +3,9 @@
 
 #include "cuda_graph_decode.h"
 #include "generate.h"
+#include "matvec.h"
+#include "model_loader.h"
+#include "quant_kernels.h"
 #include "smolvlm.h"
 
 namespace prospect {
@@ -93,18 +96,25 @@ GenerateResult py_greedy_generate(const SmolVLM& s, const py::object& embeds, KV
 
 // Loading and what the loaded model reports about itself.
 void def_load(py::class_<SmolVLM>& c) {
-    c.def(py::init([](const std::string& path, const py::object& dtype, const py::object& device) {
+    c.def(py::init([](const std::string& path, const py::object& dtype, const py::object& device,
+                      const py::object& weights) {
               const auto dt = dtype_from_py(dtype, "dtype");
               const auto dev = device_from_py(device, "device");
+              TORCH_CHECK_TYPE(py::isinstance<py::str>(weights), "weights expected 'dense', 'int8' or 'gguf', got ",
+                               py_type_name(weights));
+              const auto format = weight_format_from_name(weights.cast<std::string>());
               py::gil_scoped_release nogil;
-              return std::make_unique<SmolVLM>(path, dt, dev);
+              return std::make_unique<SmolVLM>(path, dt, dev, format);
           }),
-          py::arg("path"), py::arg("dtype") = "float32", py::arg("device") = "cpu")
+          py::arg("path"), py::arg("dtype") = "float32", py::arg("device") = "cpu", py::arg("weights") = "dense")
         .def_property_readonly("config", [](const SmolVLM& s) { return config_dict(s.config()); })
         .def_property_readonly("dtype", &SmolVLM::dtype)
         .def_property_readonly("device", &SmolVLM::device)
         .def_property_readonly("path", &SmolVLM::path)
         .def_property_readonly("weight_bytes", &SmolVLM::weight_bytes)
+        .def_property_readonly(
+            "weights", [](const SmolVLM& s) { return std::string(weight_format_name(s.weight_format())); },
+            "How the decoder's matrices are held: 'dense', 'int8' (Q8_0 made at load) or 'gguf' (model.gguf's blocks).")
         .def_property_readonly("image_token_id", [](const SmolVLM& s) { return s.config().image_token_id; })
         .def_property_readonly("image_seq_len", [](const SmolVLM& s) { return s.config().image_seq_len(); })
         .def("make_cache", &SmolVLM::make_cache, py::arg("capacity"), py::arg("batch") = 1,
@@ -189,6 +199,38 @@ void bind_model(py::module_& m) {
     def_run(c);
     m.attr("has_cuda_graphs") = has_cuda_graphs();
     m.attr("has_cuda_kernels") = has_cuda_kernels();
+    // Tests: the quantized formats and products on their own (a Matrix as blocks, type name, columns).
+    const auto matrix = [](const at::Tensor& blocks, const std::string& type, int64_t cols) {
+        TORCH_CHECK_VALUE(type == "q8_0" || type == "q4_1", "type expected 'q8_0' or 'q4_1', got '", type, "'");
+        return quant_matrix_from_ggml(blocks, type == "q8_0" ? QuantType::Q8_0 : QuantType::Q4_1, cols);
+    };
+    m.def(
+        "_gguf_tensors",
+        [](const std::string& path) {
+            py::dict out;
+            for (auto& [name, t] : load_gguf(path)) out[py::str(name)] = py::make_tuple(t.type, t.dims, t.bytes);
+            return out;
+        },
+        py::arg("path"), "Tests: a GGUF file's tensors prospect reads, {name: (ggml type, dims, uint8 bytes)}.");
+    m.def("_quantize_q8_0", &quantize_q8_0_ggml, py::arg("w"), "Tests: fp32 [rows, cols] -> ggml's Q8_0 blocks.");
+    m.def(
+        "_dequantize",
+        [matrix](const at::Tensor& blocks, const std::string& type, int64_t cols) {
+            return dequantize(matrix(blocks, type, cols));
+        },
+        py::arg("blocks"), py::arg("type"), py::arg("cols"));
+    m.def(
+        "_quant_linear",
+        [matrix](const at::Tensor& x, const at::Tensor& blocks, const std::string& type, int64_t cols) {
+            return linear(x, matrix(blocks, type, cols));
+        },
+        py::arg("x"), py::arg("blocks"), py::arg("type"), py::arg("cols"));
+    m.def(
+        "quant_kernel", [] { return std::string(quant_kernel_name()); },
+        "The kernel quantized products run on this CPU: 'avx512_vnni', 'avx2' or 'generic'.");
+    m.def(
+        "_force_quant_kernel", [](const std::string& name) { quant_force_kernel(name.c_str()); }, py::arg("name"),
+        "Tests: run quantized products on the named kernel ('' = this CPU's best). ValueError if the CPU lacks it.");
 }
 
 }  // namespace prospect

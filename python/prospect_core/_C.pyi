@@ -22,6 +22,9 @@ has_opencv: bool
 has_cuda_graphs: bool  # greedy CUDA decode by graph replay (built with CUDA torch and headers)
 has_cuda_kernels: bool  # the fused CUDA decode kernels (built where nvcc was found)
 
+def quant_kernel() -> Literal["avx512_vnni", "avx2", "generic"]:
+    """The kernel quantized products (weights "int8" and "gguf") run on this CPU."""
+
 class Span:
     """A recorded range of cache slots: one frame, turn, reply or summary."""
 
@@ -132,7 +135,13 @@ class GenerateResult:
 class SmolVLM:
     """SmolVLM2 loaded from a Hugging Face folder, run by the C++ engine."""
 
-    def __init__(self, path: str, dtype: _Dtype = "float32", device: _Device = "cpu") -> None: ...
+    def __init__(
+        self,
+        path: str,
+        dtype: _Dtype = "float32",
+        device: _Device = "cpu",
+        weights: Literal["dense", "int8", "gguf"] = "dense",
+    ) -> None: ...
     @property
     def config(self) -> dict[str, Any]: ...
     @property
@@ -143,6 +152,8 @@ class SmolVLM:
     def path(self) -> str: ...
     @property
     def weight_bytes(self) -> int: ...
+    @property
+    def weights(self) -> Literal["dense", "int8", "gguf"]: ...
     @property
     def image_token_id(self) -> int: ...
     @property

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 
 from prospect_core import _C as core
-from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE, SamplingParams
+from prospect_core.config import DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_WEIGHTS, SamplingParams
 from prospect_core.model import load_model
 
 # What a span of the cache holds, as the C++ core names it.
@@ -25,8 +25,10 @@ class NativeBackend:
 
     name = "native"
 
-    def __init__(self, path: Any, dtype: str = DEFAULT_DTYPE, device: str = DEFAULT_DEVICE):
-        self.model = load_model(path, dtype, device)
+    def __init__(
+        self, path: Any, dtype: str = DEFAULT_DTYPE, device: str = DEFAULT_DEVICE, weights: str = DEFAULT_WEIGHTS
+    ):
+        self.model = load_model(path, dtype, device, weights)
         cfg = self.model.config
         self.image_token_id = cfg["image_token_id"]
         self.image_seq_len = cfg["image_seq_len"]
@@ -95,11 +97,15 @@ class NativeBackend:
 BACKENDS = ("native", "hf")
 
 
-def make_backend(name: str, path: Any, dtype: str = DEFAULT_DTYPE, device: str = DEFAULT_DEVICE) -> Any:
-    """NativeBackend or HFBackend, which have the same methods."""
+def make_backend(
+    name: str, path: Any, dtype: str = DEFAULT_DTYPE, device: str = DEFAULT_DEVICE, weights: str = DEFAULT_WEIGHTS
+) -> Any:
+    """NativeBackend or HFBackend, which have the same methods. Quantized weights are the native engine's."""
     if name == "native":
-        return NativeBackend(path, dtype, device)
+        return NativeBackend(path, dtype, device, weights)
     if name == "hf":
+        if weights != DEFAULT_WEIGHTS:
+            raise ValueError(f"weights={weights!r} expected backend 'native' (the hf backend runs dense weights)")
         # Imported here: prospect_core.hf imports transformers (seconds, and an optional dependency).
         from prospect_core.hf import HFBackend
 

@@ -26,7 +26,9 @@ from prospect_core.config import (
     DEFAULT_TALK_POLICY,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
+    DEFAULT_WEIGHTS,
     TALK_POLICIES,
+    WEIGHT_FORMATS,
     RunnerConfig,
 )
 from prospect_core.demo import run_demo
@@ -60,6 +62,7 @@ def _runner_config(args: argparse.Namespace, **extra: Any) -> RunnerConfig:
     return RunnerConfig(
         device=args.device,
         torch_dtype=args.dtype,
+        weights=args.weights,
         backend=args.backend,
         max_seq_len=args.max_seq_len,
         max_new_tokens=args.max_new_tokens,
@@ -154,7 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
         allowed_hosts=names(args.allowed_hosts),
         allowed_origins=names(args.allowed_origins),
     )
-    engine = Engine(args.model, args.backend, args.dtype, args.device)
+    engine = Engine(args.model, args.backend, args.dtype, args.device, args.weights)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not access.api_key:
         print(
             f"prospect serve: listening on {args.host}, reachable from other machines, without --api-key: "
@@ -177,6 +180,13 @@ def _model_flags(backend: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False, parents=[_dtype_flags()])
     p.add_argument("--model", required=True, help="checkpoint folder or Hugging Face id in the local cache")
     p.add_argument("--device", default=DEFAULT_DEVICE)
+    p.add_argument(
+        "--weights",
+        default=DEFAULT_WEIGHTS,
+        choices=WEIGHT_FORMATS,
+        help="the decoder's matrices: dense (as stored), int8 (Q8_0 made at load) or gguf (the folder's "
+        "model.gguf blocks); the quantized ones run fp32 on the CPU",
+    )
     if backend:
         p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS)
     return p

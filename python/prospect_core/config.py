@@ -23,6 +23,8 @@ DEFAULT_NOT_TALK_THRESHOLD = 0.5
 DEFAULT_BACKEND = "native"
 DEFAULT_DTYPE = "float32"
 DEFAULT_DEVICE = "cpu"
+DEFAULT_WEIGHTS = "dense"  # the decoder as the checkpoint stores it; "int8" and "gguf" quantize it (CPU)
+WEIGHT_FORMATS = ("dense", "int8", "gguf")
 DEFAULT_FPS = 2.0
 DEFAULT_TEMPERATURE = 0.0  # greedy
 DEFAULT_TOP_P = 1.0  # the whole distribution
@@ -104,6 +106,7 @@ class RunnerConfig:
 
     device: str = DEFAULT_DEVICE
     torch_dtype: str = DEFAULT_DTYPE  # a name from prospect_core.model.DTYPES
+    weights: str = DEFAULT_WEIGHTS  # one of WEIGHT_FORMATS
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = DEFAULT_TEMPERATURE
     use_kv_cache: bool = True  # False: the stateless baseline, whatever the strategy
@@ -120,6 +123,8 @@ class RunnerConfig:
     top_p: float = DEFAULT_TOP_P
 
     def __post_init__(self) -> None:
+        if self.weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights expected one of {', '.join(WEIGHT_FORMATS)}, got {self.weights!r}")
         if self.talk_policy not in TALK_POLICIES:
             raise ValueError(f"talk_policy expected one of {', '.join(TALK_POLICIES)}, got {self.talk_policy!r}")
         if _is_int(self.max_new_tokens) and self.max_new_tokens < 1:  # generate takes 0, a runner's replies not
@@ -195,7 +200,7 @@ class CompareConfig:
             "seed": r.seed,
         }
         default = RunnerConfig()
-        for name in ("temperature", "top_p", "use_kv_cache", "system_prompt", "split_frames"):
+        for name in ("temperature", "top_p", "use_kv_cache", "system_prompt", "split_frames", "weights"):
             if getattr(r, name) != getattr(default, name):
                 sig[name] = getattr(r, name)
         return sig

@@ -10,7 +10,7 @@ import torch
 
 from prospect_core import prompt
 from prospect_core.backends import BACKENDS, make_backend
-from prospect_core.config import DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_DTYPE
+from prospect_core.config import DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_WEIGHTS
 from prospect_core.model import resolve_model_path, torch_dtype_of
 
 
@@ -21,6 +21,7 @@ class Engine:
         backend: str = DEFAULT_BACKEND,
         torch_dtype: str = DEFAULT_DTYPE,
         device: str = DEFAULT_DEVICE,
+        weights: str = DEFAULT_WEIGHTS,
     ):
         torch_dtype_of(torch_dtype, "torch_dtype")  # a name in DTYPES; checked before anything loads
         if backend not in BACKENDS:
@@ -35,7 +36,8 @@ class Engine:
                 "tokenizer.model or vocab.json next to config.json)"
             )
         self.path, self.dtype, self.device = path, torch_dtype, torch.device(device)
-        self.backend = make_backend(backend, path, torch_dtype, device)
+        self.weights = weights
+        self.backend = make_backend(backend, path, torch_dtype, device, weights)
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = self.processor.tokenizer
         self.eou_id = self.tokenizer.convert_tokens_to_ids(prompt.EOU)
@@ -50,4 +52,7 @@ class Engine:
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
 
     def __repr__(self):
-        return f"Engine({str(self.path)!r}, backend={self.backend.name!r}, dtype={self.dtype!r}, device={self.device})"
+        return (
+            f"Engine({str(self.path)!r}, backend={self.backend.name!r}, dtype={self.dtype!r}, device={self.device}, "
+            f"weights={self.weights!r})"
+        )

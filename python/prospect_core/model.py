@@ -82,13 +82,14 @@ def rope_theta(text_config) -> float:
     return float(params.get("rope_theta") or getattr(text_config, "rope_theta", None) or 10000.0)
 
 
-def load_model(path, dtype: str = "float32", device: str = "cpu") -> core.SmolVLM:
+def load_model(path, dtype: str = "float32", device: str = "cpu", weights: str = "dense") -> core.SmolVLM:
     """Loads a Hugging Face SmolVLM2 folder into the C++ engine; weights are cast once, here. dtype: a name
-    in DTYPES."""
+    in DTYPES. weights: "dense" (as stored), "int8" (the decoder quantized to Q8_0 at load) or "gguf" (the
+    decoder's blocks from the folder's model.gguf, as stored); the quantized ones run fp32 on the CPU."""
     torch_dtype = torch_dtype_of(dtype)
     if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
         raise ValueError(f"device expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"device '{device}' requested but torch sees no CUDA device")
-    return core.SmolVLM(str(resolve_model_path(path)), torch_dtype, device)
+    return core.SmolVLM(str(resolve_model_path(path)), torch_dtype, device, weights)

@@ -31,6 +31,7 @@ from prospect_core.config import (
     DEFAULT_TALK_POLICY,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
+    DEFAULT_WEIGHTS,
     NATIVE_STRATEGY_DEFAULTS,
     SEED_LIMIT,
     TALK_POLICIES,
@@ -126,6 +127,7 @@ class StreamRunner:
         split_frames: bool = False,
         seed: int = DEFAULT_SEED,
         top_p: float = DEFAULT_TOP_P,
+        weights: str = DEFAULT_WEIGHTS,
         *,
         config: RunnerConfig | None = None,
     ):
@@ -147,6 +149,7 @@ class StreamRunner:
                 split_frames=split_frames,
                 seed=seed,
                 top_p=top_p,
+                weights=weights,
             )
         elif not isinstance(config, RunnerConfig):
             raise TypeError(f"config expected a RunnerConfig or None, got {type(config).__name__}")
@@ -163,7 +166,9 @@ class StreamRunner:
             raise ValueError(f"max_new_tokens expected < max_seq_len ({c.max_seq_len}), got {c.max_new_tokens}")
 
         engine = (
-            model_name if isinstance(model_name, Engine) else Engine(model_name, c.backend, c.torch_dtype, c.device)
+            model_name
+            if isinstance(model_name, Engine)
+            else Engine(model_name, c.backend, c.torch_dtype, c.device, c.weights)
         )
         self.max_positions = engine.backend.max_position_embeddings
         if c.max_seq_len > self.max_positions:

