@@ -2,8 +2,7 @@
 
 #include "matvec.h"
 #include "simd.h"
-
-#include <ATen/Parallel.h>
+#include "thread_pool.h"
 
 #include <algorithm>
 #include <cmath>
@@ -102,7 +101,7 @@ void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, float*
 
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     const int64_t group = s.heads / s.kv_heads;
-    at::parallel_for(0, s.heads, 1, [&](int64_t h0, int64_t h1) {
+    pool_for(s.heads, 1, [&](int64_t h0, int64_t h1) {
         for (int64_t hd = h0; hd < h1; ++hd) {
             const int64_t g = hd / group;
             attend_head(q + hd * D, K + g * capacity * D, V + g * capacity * D, scores + hd * keys, attn + hd * D, keys,

@@ -18,7 +18,14 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 
 int64_t pick(const at::Tensor& logits, const GenerateOptions& o, at::Generator& gen) {
-    if (o.temperature <= 0) return logits.argmax(-1).item<int64_t>();
+    if (o.temperature <= 0) {
+        // A plain loop on the CPU: ATen's argmax over a vocabulary is a parallel region each token.
+        if (logits.is_cpu() && logits.scalar_type() == at::kFloat && logits.is_contiguous()) {
+            const float* p = logits.const_data_ptr<float>();
+            return std::max_element(p, p + logits.numel()) - p;
+        }
+        return logits.argmax(-1).item<int64_t>();
+    }
     // In float64 and from the max: a tiny temperature (even subnormal) then tends to greedy, never to NaN.
     auto l = logits.to(at::kCPU, at::kDouble).view({-1});
     auto probs = at::softmax((l - l.max()) / o.temperature, -1);

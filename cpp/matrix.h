@@ -11,17 +11,22 @@
 namespace prospect {
 
 struct Matrix {
-    at::Tensor data;                 // dense: [rows, cols] floating; quantized: uint8 [rows, cols / 32 * block bytes]
+    // dense: [rows, cols] floating; quantized: uint8 [ceil(rows / 8), group bytes] (quant_kernels.h)
+    at::Tensor data;
     std::optional<QuantType> quant;  // unset: dense
     int64_t cols = 0;
 
     Matrix() = default;
-    explicit Matrix(at::Tensor dense) : data(std::move(dense)), cols(data.defined() ? data.size(-1) : 0) {}
-    Matrix(at::Tensor blocks, QuantType q, int64_t columns) : data(std::move(blocks)), quant(q), cols(columns) {}
+    explicit Matrix(at::Tensor dense)
+        : data(std::move(dense)), cols(data.defined() ? data.size(-1) : 0), rows_(data.defined() ? data.size(0) : 0) {}
+    Matrix(at::Tensor groups, QuantType q, int64_t rows, int64_t columns)
+        : data(std::move(groups)), quant(q), cols(columns), rows_(rows) {}
 
-    int64_t rows() const { return data.size(0); }
-    int64_t row_bytes() const { return data.size(1) * data.element_size(); }
+    int64_t rows() const { return rows_; }
     int64_t nbytes() const { return data.numel() * data.element_size(); }
+
+private:
+    int64_t rows_ = 0;
 };
 
 }  // namespace prospect

@@ -1,6 +1,7 @@
 #include "matvec.h"
 
 #include "simd.h"
+#include "thread_pool.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -46,18 +47,16 @@ PROSPECT_SIMD_INLINE void rows_dot_body(const float* w, const float* x, float* y
 
 const auto rows_dot = simd_dispatch<rows_dot_body>();
 
-// Row chunks of at least 64 KiB of blocks per task: waking a thread costs more than streaming less.
-int64_t quant_grain(int64_t row_bytes) { return std::max<int64_t>(16, (1 << 16) / std::max<int64_t>(row_bytes, 1)); }
-
-// y [tokens, w.rows()] = x [tokens, w.cols] through w's quantized blocks.
+// y [tokens, w.rows()] = x [tokens, w.cols] through w's quantized groups of rows.
 void quant_matmul(const Matrix& w, const float* x, float* y, int64_t tokens) {
-    const int64_t rb = w.row_bytes(), rows = w.rows();
+    const int64_t gb = quant_group_bytes(*w.quant, w.cols), rows = w.rows(), groups = w.data.size(0);
     thread_local QuantActs act;  // decode calls this per matrix: keep the buffers
     act.quantize(x, w.cols, tokens);
-    const auto* blocks = w.data.data_ptr<uint8_t>();
+    const auto* base = w.data.data_ptr<uint8_t>();
     const QuantActs& a = act;
-    at::parallel_for(0, rows, quant_grain(rb), [&](int64_t r0, int64_t r1) {
-        quant_dot_rows(*w.quant, blocks + r0 * rb, rb, r1 - r0, a, y + r0, rows);
+    // Chunks of at least 32 KiB: waking a thread costs more than streaming less.
+    pool_for(groups, std::max<int64_t>(1, (1 << 15) / gb), [&](int64_t g0, int64_t g1) {
+        quant_dot_groups(*w.quant, base + g0 * gb, g1 - g0, a, y + g0 * kQuantRows, rows, rows - g0 * kQuantRows);
     });
 }
 
@@ -91,21 +90,23 @@ at::Tensor linear(const at::Tensor& x, const Matrix& w) {
 void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t n) {
     // Threads only pay off once a chunk holds enough bytes to amortise waking them.
     const int64_t grain = std::max<int64_t>(64, (1 << 16) / std::max<int64_t>(n, 1));
-    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) { rows_dot(w + r0 * n, x, y + r0, r1 - r0, n); });
+    pool_for(rows, grain, [&](int64_t r0, int64_t r1) { rows_dot(w + r0 * n, x, y + r0, r1 - r0, n); });
 }
 
 Matrix quant_matrix_from_ggml(const at::Tensor& blocks, QuantType type, int64_t cols) {
     const int64_t rows = blocks.size(0), rb = cols / kQuantBlock * quant_block_bytes(type);
+    const int64_t groups = (rows + kQuantRows - 1) / kQuantRows, gb = quant_group_bytes(type, cols);
     TORCH_CHECK_VALUE(blocks.dim() == 2 && blocks.scalar_type() == at::kByte && blocks.is_cpu() && cols > 0 &&
                           cols % kQuantBlock == 0 && blocks.size(1) == rb,
                       "blocks expected uint8 [rows, ", rb, "] on the CPU for ", cols, " columns of ",
                       type == QuantType::Q8_0 ? "q8_0" : "q4_1", ", got ", blocks.scalar_type(), " ", blocks.sizes(),
                       " on ", blocks.device());
     const auto src = blocks.contiguous();
-    auto out = at::empty_like(src);
-    for (int64_t r = 0; r < rows; ++r)
-        quant_row_from_ggml(type, src.data_ptr<uint8_t>() + r * rb, cols, out.data_ptr<uint8_t>() + r * rb);
-    return Matrix(out, type, cols);
+    auto out = at::empty({groups, gb}, src.options());
+    for (int64_t g = 0; g < groups; ++g)
+        quant_pack_group(type, src.data_ptr<uint8_t>() + g * kQuantRows * rb,
+                         std::min<int64_t>(kQuantRows, rows - g * kQuantRows), cols, out.data_ptr<uint8_t>() + g * gb);
+    return Matrix(out, type, rows, cols);
 }
 
 at::Tensor quantize_q8_0_ggml(const at::Tensor& w) {
@@ -130,11 +131,11 @@ Matrix quantize_q8_0(const at::Tensor& w) {
 
 at::Tensor dequantize(const Matrix& w) {
     TORCH_CHECK_VALUE(w.quant.has_value(), "dequantize: expected a quantized matrix");
-    auto blocks = w.data.contiguous();
+    const int64_t gb = quant_group_bytes(*w.quant, w.cols);
     auto out = at::empty({w.rows(), w.cols}, at::TensorOptions().dtype(at::kFloat));
     for (int64_t r = 0; r < w.rows(); ++r)
-        dequantize_row(*w.quant, blocks.data_ptr<uint8_t>() + r * w.row_bytes(), w.cols,
-                       out.data_ptr<float>() + r * w.cols);
+        dequantize_group_row(*w.quant, w.data.data_ptr<uint8_t>() + r / kQuantRows * gb, r % kQuantRows, w.cols,
+                             out.data_ptr<float>() + r * w.cols);
     return out;
 }
 

@@ -55,38 +55,45 @@ float half_at(const uint8_t* p) {
     return half_to_float(h);
 }
 
-// Where a row's parts start (quant_kernels.h): quants, scales, minimums.
-struct RowParts {
-    const uint8_t *q, *d, *m;
-    RowParts(QuantType t, const uint8_t* row, int64_t nb)
-        : q(row), d(row + nb * (t == QuantType::Q8_0 ? 32 : 16)), m(d + 2 * nb) {}
+constexpr int64_t quant_bytes(QuantType t) { return t == QuantType::Q8_0 ? 32 : 16; }  // per row and block
+
+// Where a group's block b keeps row r's pieces (quant_kernels.h): word j of its quants, scale, minimum.
+struct GroupBlock {
+    const uint8_t* base;
+    int64_t qb;
+    GroupBlock(QuantType t, const uint8_t* group, int64_t b)
+        : base(group + b * kQuantRows * quant_block_bytes(t)), qb(quant_bytes(t)) {}
+    int64_t word(int64_t j, int64_t r) const { return 32 * j + 4 * r; }
+    int64_t scale(int64_t r) const { return kQuantRows * qb + 2 * r; }
+    int64_t minimum(int64_t r) const { return kQuantRows * qb + 16 + 2 * r; }
 };
 
-float dot_row(QuantType t, const uint8_t* row, const int8_t* xq, const float* xd, const float* xs, int64_t nb) {
-    const RowParts p(t, row, nb);
-    float acc = 0;
-    for (int64_t b = 0; b < nb; ++b, xq += kQuantBlock) {
-        int32_t s = 0;
-        if (t == QuantType::Q8_0) {
-            const auto* q = reinterpret_cast<const int8_t*>(p.q) + b * kQuantBlock;
-            for (int j = 0; j < kQuantBlock; ++j) s += q[j] * xq[j];
-            acc += half_at(p.d + 2 * b) * xd[b] * static_cast<float>(s);
-        } else {
-            const uint8_t* q = p.q + b * 16;
-            for (int j = 0; j < 16; ++j) s += (q[j] & 0x0F) * xq[j] + (q[j] >> 4) * xq[j + 16];
-            acc += half_at(p.d + 2 * b) * xd[b] * static_cast<float>(s) + half_at(p.m + 2 * b) * xs[b];
-        }
-    }
-    return acc;
+// Weight e (0 to 31) of row r in a group's block, as its integer quant.
+int32_t quant_at(QuantType t, const GroupBlock& g, int64_t r, int64_t e) {
+    if (t == QuantType::Q8_0) return static_cast<int8_t>(g.base[g.word(e / 4, r) + e % 4]);
+    const uint8_t byte = g.base[g.word((e % 16) / 4, r) + e % 4];
+    return e < 16 ? (byte & 0x0F) : (byte >> 4);
 }
 
-void dot_rows_generic(QuantType t, const uint8_t* w, int64_t row_bytes, int64_t rows, const QuantActs& x, float* y,
-                      int64_t y_stride) {
-    const int64_t nb = x.n / kQuantBlock;
-    for (int64_t r = 0; r < rows; ++r)
-        for (int64_t k = 0; k < x.tokens; ++k)
-            y[k * y_stride + r] =
-                dot_row(t, w + r * row_bytes, x.q.data() + k * x.n, x.d.data() + k * nb, x.s.data() + k * nb, nb);
+void dot_groups_generic(QuantType t, const uint8_t* w, int64_t groups, const QuantActs& x, float* y, int64_t y_stride,
+                        int64_t rows) {
+    const int64_t nb = x.n / kQuantBlock, bytes = quant_group_bytes(t, x.n);
+    for (int64_t g = 0; g < groups; ++g) {
+        for (int64_t r = 0; r < std::min<int64_t>(kQuantRows, rows - g * kQuantRows); ++r) {
+            for (int64_t k = 0; k < x.tokens; ++k) {
+                const int8_t* xq = x.q.data() + k * x.n;
+                float acc = 0;
+                for (int64_t b = 0; b < nb; ++b) {
+                    const GroupBlock blk(t, w + g * bytes, b);
+                    int32_t dot = 0;
+                    for (int64_t e = 0; e < kQuantBlock; ++e) dot += quant_at(t, blk, r, e) * xq[b * kQuantBlock + e];
+                    acc += half_at(blk.base + blk.scale(r)) * x.d[k * nb + b] * static_cast<float>(dot);
+                    if (t == QuantType::Q4_1) acc += half_at(blk.base + blk.minimum(r)) * x.s[k * nb + b];
+                }
+                y[k * y_stride + g * kQuantRows + r] = acc;
+            }
+        }
+    }
 }
 
 }  // namespace
@@ -95,29 +102,27 @@ void dot_rows_generic(QuantType t, const uint8_t* w, int64_t row_bytes, int64_t 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #define PROSPECT_QK_NS avx2
-#define PROSPECT_QK_DOT32(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
 #include "quant_kernels_x86.inc"
 #undef PROSPECT_QK_NS
-#undef PROSPECT_QK_DOT32
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
 #define PROSPECT_QK_NS avx512_vnni
-#define PROSPECT_QK_DOT32(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+#define PROSPECT_QK_VNNI
 #include "quant_kernels_x86.inc"
 #undef PROSPECT_QK_NS
-#undef PROSPECT_QK_DOT32
+#undef PROSPECT_QK_VNNI
 #pragma GCC pop_options
 #endif
 
 namespace {
 
-using DotRows = void (*)(QuantType, const uint8_t*, int64_t, int64_t, const QuantActs&, float*, int64_t);
+using DotGroups = void (*)(QuantType, const uint8_t*, int64_t, const QuantActs&, float*, int64_t, int64_t);
 
 struct Kernel {
     const char* name;
-    DotRows fn;
+    DotGroups fn;
     bool (*runs_here)();
 };
 
@@ -137,10 +142,10 @@ bool has_avx512_vnni() {
 // Best first.
 const Kernel kKernels[] = {
 #if defined(__x86_64__)
-    {"avx512_vnni", avx512_vnni::dot_rows, has_avx512_vnni},
-    {"avx2", avx2::dot_rows, has_avx2},
+    {"avx512_vnni", avx512_vnni::dot_groups, has_avx512_vnni},
+    {"avx2", avx2::dot_groups, has_avx2},
 #endif
-    {"generic", dot_rows_generic, always},
+    {"generic", dot_groups_generic, always},
 };
 
 const Kernel* best_kernel() {
@@ -153,23 +158,31 @@ std::atomic<const Kernel*> g_kernel{best_kernel()};
 
 }  // namespace
 
-void quant_row_from_ggml(QuantType t, const uint8_t* ggml, int64_t n, uint8_t* row) {
-    const int64_t nb = n / kQuantBlock, bytes = quant_block_bytes(t), qbytes = t == QuantType::Q8_0 ? 32 : 16;
-    uint8_t *q = row, *d = row + nb * qbytes, *m = d + 2 * nb;
-    for (int64_t b = 0; b < nb; ++b, ggml += bytes) {
-        std::memcpy(d + 2 * b, ggml, 2);
-        if (t == QuantType::Q4_1) std::memcpy(m + 2 * b, ggml + 2, 2);
-        std::memcpy(q + b * qbytes, ggml + bytes - qbytes, qbytes);
+void quant_pack_group(QuantType t, const uint8_t* ggml, int64_t rows, int64_t n, uint8_t* group) {
+    const int64_t nb = n / kQuantBlock, bb = quant_block_bytes(t), qb = quant_bytes(t);
+    std::memset(group, 0, quant_group_bytes(t, n));  // missing rows: zero scales and quants
+    for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* src = ggml + (r * nb + b) * bb;
+            const GroupBlock g(t, group, b);
+            auto* base = const_cast<uint8_t*>(g.base);
+            std::memcpy(base + g.scale(r), src, 2);
+            if (t == QuantType::Q4_1) std::memcpy(base + g.minimum(r), src + 2, 2);
+            for (int64_t j = 0; j < qb / 4; ++j) std::memcpy(base + g.word(j, r), src + bb - qb + 4 * j, 4);
+        }
     }
 }
 
-void quant_row_to_ggml(QuantType t, const uint8_t* row, int64_t n, uint8_t* ggml) {
-    const int64_t nb = n / kQuantBlock, bytes = quant_block_bytes(t), qbytes = t == QuantType::Q8_0 ? 32 : 16;
-    const RowParts p(t, row, nb);
-    for (int64_t b = 0; b < nb; ++b, ggml += bytes) {
-        std::memcpy(ggml, p.d + 2 * b, 2);
-        if (t == QuantType::Q4_1) std::memcpy(ggml + 2, p.m + 2 * b, 2);
-        std::memcpy(ggml + bytes - qbytes, p.q + b * qbytes, qbytes);
+void quant_unpack_group(QuantType t, const uint8_t* group, int64_t rows, int64_t n, uint8_t* ggml) {
+    const int64_t nb = n / kQuantBlock, bb = quant_block_bytes(t), qb = quant_bytes(t);
+    for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t b = 0; b < nb; ++b) {
+            uint8_t* dst = ggml + (r * nb + b) * bb;
+            const GroupBlock g(t, group, b);
+            std::memcpy(dst, g.base + g.scale(r), 2);
+            if (t == QuantType::Q4_1) std::memcpy(dst + 2, g.base + g.minimum(r), 2);
+            for (int64_t j = 0; j < qb / 4; ++j) std::memcpy(dst + bb - qb + 4 * j, g.base + g.word(j, r), 4);
+        }
     }
 }
 
@@ -207,26 +220,17 @@ void quantize_row_q8_0(const float* w, int64_t n, uint8_t* out) {
     }
 }
 
-void dequantize_row(QuantType t, const uint8_t* row, int64_t n, float* out) {
-    const int64_t nb = n / kQuantBlock;
-    const RowParts p(t, row, nb);
-    for (int64_t b = 0; b < nb; ++b, out += kQuantBlock) {
-        const float d = half_at(p.d + 2 * b);
-        if (t == QuantType::Q8_0) {
-            for (int j = 0; j < kQuantBlock; ++j) out[j] = d * static_cast<int8_t>(p.q[b * 32 + j]);
-        } else {
-            const float m = half_at(p.m + 2 * b);
-            for (int j = 0; j < 16; ++j) {
-                out[j] = d * (p.q[b * 16 + j] & 0x0F) + m;
-                out[j + 16] = d * (p.q[b * 16 + j] >> 4) + m;
-            }
-        }
+void dequantize_group_row(QuantType t, const uint8_t* group, int64_t r, int64_t n, float* out) {
+    for (int64_t b = 0; b < n / kQuantBlock; ++b, out += kQuantBlock) {
+        const GroupBlock g(t, group, b);
+        const float d = half_at(g.base + g.scale(r)), m = t == QuantType::Q4_1 ? half_at(g.base + g.minimum(r)) : 0;
+        for (int64_t e = 0; e < kQuantBlock; ++e) out[e] = d * static_cast<float>(quant_at(t, g, r, e)) + m;
     }
 }
 
-void quant_dot_rows(QuantType t, const uint8_t* w, int64_t row_bytes, int64_t rows, const QuantActs& x, float* y,
-                    int64_t y_stride) {
-    g_kernel.load(std::memory_order_relaxed)->fn(t, w, row_bytes, rows, x, y, y_stride);
+void quant_dot_groups(QuantType t, const uint8_t* w, int64_t groups, const QuantActs& x, float* y, int64_t y_stride,
+                      int64_t rows) {
+    g_kernel.load(std::memory_order_relaxed)->fn(t, w, groups, x, y, y_stride, rows);
 }
 
 const char* quant_kernel_name() { return g_kernel.load()->name; }

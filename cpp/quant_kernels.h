@@ -1,10 +1,12 @@
 // Quantized weights for the CPU decoder: ggml's Q8_0 and Q4_1 (so a GGUF file's quants are used as
-// they are), fp32 rows quantized into Q8_0, and the row-dot kernels over them. A product first
+// they are), fp32 rows quantized into Q8_0, and the product kernels over them. A product first
 // quantizes the activations into blocks of 32 int8 (as llama.cpp does), so each block's dot is an
 // integer multiply-add: AVX2's maddubs or VNNI's dpbusd, picked once by what the CPU runs.
 //
-// In memory a row keeps ggml's bytes, reordered: all its quants, then its fp16 scales (then, Q4_1,
-// its fp16 minimums). Eight scales then convert in one instruction instead of eight.
+// In memory the rows go in groups of 8, block by block: the 8 rows' quants of block b interleaved
+// 4 bytes at a time, then their 8 fp16 scales, then (Q4_1) their 8 fp16 minimums. The bytes are
+// ggml's, moved: one 32-byte load then holds 4 weights of each of 8 rows, so a broadcast activation
+// word multiplies all 8 rows at once, and a group is one sequential stream.
 #pragma once
 
 #include <cstdint>
@@ -15,19 +17,25 @@ namespace prospect {
 enum class QuantType : uint8_t { Q8_0, Q4_1 };
 
 constexpr int64_t kQuantBlock = 32;  // weights per block, both types
+constexpr int64_t kQuantRows = 8;    // rows per group
 
-// Bytes of one block: Q8_0 = fp16 scale + 32 int8; Q4_1 = fp16 scale + fp16 min + 32 nibbles.
+// Bytes of one block of one row: Q8_0 = fp16 scale + 32 int8; Q4_1 = fp16 scale + fp16 min + 32 nibbles.
 constexpr int64_t quant_block_bytes(QuantType t) { return t == QuantType::Q8_0 ? 34 : 20; }
+// Bytes of one group of 8 rows of n columns.
+constexpr int64_t quant_group_bytes(QuantType t, int64_t n) {
+    return n / kQuantBlock * kQuantRows * quant_block_bytes(t);
+}
 
-// ggml's blocks of one row (n / 32 of them) -> the row layout above, and back.
-void quant_row_from_ggml(QuantType t, const uint8_t* ggml, int64_t n, uint8_t* row);
-void quant_row_to_ggml(QuantType t, const uint8_t* row, int64_t n, uint8_t* ggml);
+// `rows` (1 to 8) consecutive rows of ggml blocks (n / 32 blocks each) -> one group; rows past them are zero.
+void quant_pack_group(QuantType t, const uint8_t* ggml, int64_t rows, int64_t n, uint8_t* group);
+// And back: the first `rows` rows of a group -> ggml blocks.
+void quant_unpack_group(QuantType t, const uint8_t* group, int64_t rows, int64_t n, uint8_t* ggml);
 
 // One fp32 row [n] (n a multiple of 32) -> Q8_0 in ggml's block layout (scale max|w| / 127).
 void quantize_row_q8_0(const float* w, int64_t n, uint8_t* ggml);
 
-// One row in the layout above -> fp32 [n].
-void dequantize_row(QuantType t, const uint8_t* row, int64_t n, float* out);
+// Row r (0 to 7) of a group -> fp32 [n].
+void dequantize_group_row(QuantType t, const uint8_t* group, int64_t r, int64_t n, float* out);
 
 // `tokens` rows of n activations, each block of 32 as x ~ d * q; s = d * sum(q) is Q4_1's offset term.
 struct QuantActs {
@@ -38,11 +46,12 @@ struct QuantActs {
     void quantize(const float* x, int64_t n, int64_t tokens);
 };
 
-// y[t * y_stride + r] = row r of w . token t of x, for rows [0, rows) of w (rows of row_bytes bytes).
-void quant_dot_rows(QuantType t, const uint8_t* w, int64_t row_bytes, int64_t rows, const QuantActs& x, float* y,
-                    int64_t y_stride);
+// For `groups` consecutive groups at w: y[t * y_stride + r] = row r . token t of x, for the first `rows`
+// rows (the last group may hold fewer than 8 real rows).
+void quant_dot_groups(QuantType t, const uint8_t* w, int64_t groups, const QuantActs& x, float* y, int64_t y_stride,
+                      int64_t rows);
 
-// The kernel quant_dot_rows runs on this CPU: "avx512_vnni", "avx2" or "generic".
+// The kernel quant_dot_groups runs on this CPU: "avx512_vnni", "avx2" or "generic".
 const char* quant_kernel_name();
 
 // Tests: force a kernel by name ("" = the CPU's best). Throws std::invalid_argument for a kernel the

@@ -93,9 +93,14 @@ std::vector<Matrix*> decoder_matrices(SmolVLMWeights& out) {
     return all;
 }
 
-// One GGUF matrix [rows, cols] as stored, its rows reordered by `order` if given.
-Matrix gguf_matrix(const std::unordered_map<std::string, GgufTensor>& file, const std::string& path,
-                   const std::string& name, int64_t rows, int64_t cols, const at::Tensor& order = {}) {
+// One GGUF matrix [rows, cols]: its ggml blocks as stored, rows reordered by `order` if given.
+struct GgufBlocks {
+    at::Tensor blocks;  // uint8 [rows, cols / 32 * block bytes]
+    QuantType type;
+};
+
+GgufBlocks gguf_blocks(const std::unordered_map<std::string, GgufTensor>& file, const std::string& path,
+                       const std::string& name, int64_t rows, int64_t cols, const at::Tensor& order = {}) {
     const auto it = file.find(name);
     if (it == file.end()) throw FormatError(path + ": missing tensor '" + name + "'");
     const auto& t = it->second;
@@ -112,7 +117,7 @@ Matrix gguf_matrix(const std::unordered_map<std::string, GgufTensor>& file, cons
                           std::to_string(t.type));
     }
     auto blocks = t.bytes.view({rows, -1});
-    return quant_matrix_from_ggml(order.defined() ? blocks.index_select(0, order) : blocks, q, cols);
+    return {order.defined() ? blocks.index_select(0, order) : blocks, q};
 }
 
 // llama.cpp's converter interleaves each head's two rotary halves in q and k; rotate_half wants them
@@ -124,15 +129,17 @@ at::Tensor unpermute_order(int64_t heads, int64_t head_dim) {
     return (h * head_dim + i * 2 + p).reshape({-1});  // HF row (h, p, i) <- GGUF row (h, i, p)
 }
 
-// Several GGUF matrices stacked as rows: all must share one quantized type.
-Matrix gguf_stack(const std::vector<Matrix>& parts, const std::string& path, const std::string& what) {
-    std::vector<at::Tensor> data;
-    for (const auto& m : parts) {
-        if (m.quant != parts[0].quant)
+// GGUF matrices stacked as rows (q|k|v, gate|up), one Matrix: all parts must share one type.
+Matrix gguf_matrix(const std::vector<GgufBlocks>& parts, int64_t cols, const std::string& path,
+                   const std::string& what) {
+    std::vector<at::Tensor> blocks;
+    for (const auto& p : parts) {
+        if (p.type != parts[0].type)
             throw FormatError(path + ": " + what + " expected one ggml type for all its parts to be fused");
-        data.push_back(m.data);
+        blocks.push_back(p.blocks);
     }
-    return Matrix(at::cat(data), *parts[0].quant, parts[0].cols);
+    const auto all = blocks.size() == 1 ? blocks[0] : at::cat(blocks);
+    return quant_matrix_from_ggml(all, parts[0].type, cols);
 }
 
 // The decoder's matrices from <dir>/model.gguf, as stored.
@@ -147,16 +154,16 @@ void take_gguf(const std::string& dir, const ModelConfig& cfg, SmolVLMWeights& o
     const auto q_order = unpermute_order(t.num_attention_heads, D), k_order = unpermute_order(t.num_key_value_heads, D);
     for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
         const std::string b = "blk." + std::to_string(i) + ".";
+        const auto m = [&](const char* name, int64_t rows, int64_t cols, const at::Tensor& order = {}) {
+            return gguf_blocks(file, path, b + name, rows, cols, order);
+        };
         auto& l = out.text_layers[i];
-        l.qkv = gguf_stack({gguf_matrix(file, path, b + "attn_q.weight", nq, H, q_order),
-                            gguf_matrix(file, path, b + "attn_k.weight", nkv, H, k_order),
-                            gguf_matrix(file, path, b + "attn_v.weight", nkv, H)},
-                           path, b + "attn_q|k|v");
-        l.o = gguf_matrix(file, path, b + "attn_output.weight", H, nq);
-        l.gate_up = gguf_stack(
-            {gguf_matrix(file, path, b + "ffn_gate.weight", I, H), gguf_matrix(file, path, b + "ffn_up.weight", I, H)},
-            path, b + "ffn_gate|up");
-        l.down = gguf_matrix(file, path, b + "ffn_down.weight", H, I);
+        l.qkv = gguf_matrix(
+            {m("attn_q.weight", nq, H, q_order), m("attn_k.weight", nkv, H, k_order), m("attn_v.weight", nkv, H)}, H,
+            path, b + "attn_q|k|v");
+        l.o = gguf_matrix({m("attn_output.weight", H, nq)}, nq, path, b + "attn_output");
+        l.gate_up = gguf_matrix({m("ffn_gate.weight", I, H), m("ffn_up.weight", I, H)}, H, path, b + "ffn_gate|up");
+        l.down = gguf_matrix({m("ffn_down.weight", H, I)}, I, path, b + "ffn_down");
     }
     // lm_head as the file stores it when its vocabulary is the checkpoint's. The 256m-smollm2 preset grew
     // SmolLM2's 49152 rows by SmolVLM2's tokens, so there the checkpoint's rows are quantized to Q8_0,
@@ -164,7 +171,7 @@ void take_gguf(const std::string& dir, const ModelConfig& cfg, SmolVLMWeights& o
     const auto head = file.count("output.weight") ? "output.weight" : "token_embd.weight";
     const auto it = file.find(head);
     if (it != file.end() && it->second.dims == std::vector<int64_t>{H, t.vocab_size}) {
-        out.lm_head = gguf_matrix(file, path, head, t.vocab_size, H);
+        out.lm_head = gguf_matrix({gguf_blocks(file, path, head, t.vocab_size, H)}, H, path, head);
     } else {
         out.lm_head = quantize_q8_0(out.lm_head.data);
     }

@@ -56,14 +56,34 @@ std::string error_of(const std::vector<uint8_t>& f) {
     return "";
 }
 
-// The product as the format defines it, in double: sum_b d_w d_x sum_j q_w q_x (+ m_w s_x for Q4_1).
+// Row r of ggml blocks as fp32, the format written out: w = d * q (+ m for Q4_1).
+std::vector<double> ggml_row(QuantType t, const uint8_t* ggml, int64_t n) {
+    std::vector<double> w(n);
+    const auto half = [](const uint8_t* p) {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        const int e = (h >> 10) & 0x1F, m = h & 0x3FF;
+        const double v = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, e - 25);
+        return (h & 0x8000) ? -v : v;
+    };
+    for (int64_t b = 0; b < n / 32; ++b) {
+        const uint8_t* blk = ggml + b * quant_block_bytes(t);
+        for (int64_t e = 0; e < 32; ++e) {
+            if (t == QuantType::Q8_0) {
+                w[b * 32 + e] = half(blk) * static_cast<int8_t>(blk[2 + e]);
+            } else {
+                const uint8_t byte = blk[4 + e % 16];
+                w[b * 32 + e] = half(blk) * (e < 16 ? byte & 0x0F : byte >> 4) + half(blk + 2);
+            }
+        }
+    }
+    return w;
+}
+
 double reference_dot(QuantType t, const uint8_t* ggml, const QuantActs& x, int64_t n) {
-    std::vector<float> w(n);
-    std::vector<uint8_t> row(n / 32 * quant_block_bytes(t));
-    quant_row_from_ggml(t, ggml, n, row.data());
-    dequantize_row(t, row.data(), n, w.data());
+    const auto w = ggml_row(t, ggml, n);
     double acc = 0;
-    for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(w[i]) * x.d[i / 32] * x.q[i];
+    for (int64_t i = 0; i < n; ++i) acc += w[i] * x.d[i / 32] * x.q[i];
     return acc;
 }
 
@@ -96,27 +116,42 @@ TEST(Gguf, RejectsDamage) {
     EXPECT_NE(error_of({}).find("truncated"), std::string::npos);
 }
 
-TEST(Quant, Q8_0RoundTripsThroughTheRowLayout) {
+TEST(Quant, GroupsRoundTripAndDequantize) {
     std::mt19937 rng(1);
     std::normal_distribution<float> nd;
-    const int64_t n = 96;
-    std::vector<float> w(n), back(n);
+    const int64_t n = 96, rows = 5;  // a group with 3 missing rows
+    std::vector<float> w(rows * n), back(n);
     for (auto& v : w) v = nd(rng);
-    std::vector<uint8_t> ggml(n / 32 * 34), row(ggml.size()), again(ggml.size());
-    quantize_row_q8_0(w.data(), n, ggml.data());
-    quant_row_from_ggml(QuantType::Q8_0, ggml.data(), n, row.data());
-    quant_row_to_ggml(QuantType::Q8_0, row.data(), n, again.data());
-    EXPECT_EQ(ggml, again);
-    dequantize_row(QuantType::Q8_0, row.data(), n, back.data());
+    for (auto t : {QuantType::Q8_0, QuantType::Q4_1}) {
+        const int64_t rb = n / 32 * quant_block_bytes(t);
+        std::vector<uint8_t> ggml(rows * rb), group(quant_group_bytes(t, n)), again(rows * rb);
+        if (t == QuantType::Q8_0) {
+            for (int64_t r = 0; r < rows; ++r) quantize_row_q8_0(w.data() + r * n, n, ggml.data() + r * rb);
+        } else {
+            for (auto& b : ggml) b = static_cast<uint8_t>(rng() & 0x3F);  // small exponents: finite halves
+        }
+        quant_pack_group(t, ggml.data(), rows, n, group.data());
+        quant_unpack_group(t, group.data(), rows, n, again.data());
+        EXPECT_EQ(ggml, again);
+        for (int64_t r = 0; r < rows; ++r) {
+            dequantize_group_row(t, group.data(), r, n, back.data());
+            const auto want = ggml_row(t, ggml.data() + r * rb, n);
+            for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(back[i], want[i], 1e-6 * (1 + std::abs(want[i])));
+        }
+    }
+    // Q8_0's scale is max|w| / 127: every weight within half a step.
+    std::vector<uint8_t> q(n / 32 * 34);
+    quantize_row_q8_0(w.data(), n, q.data());
+    const auto deq = ggml_row(QuantType::Q8_0, q.data(), n);
     for (int64_t b = 0; b < n / 32; ++b) {
         float amax = 0;
         for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(w[b * 32 + j]));
-        for (int j = 0; j < 32; ++j) EXPECT_NEAR(back[b * 32 + j], w[b * 32 + j], amax / 127 * 0.51 + 1e-3 * amax);
+        for (int j = 0; j < 32; ++j) EXPECT_NEAR(deq[b * 32 + j], w[b * 32 + j], amax / 127 * 0.51 + 1e-3 * amax);
     }
 }
 
-// Every kernel this CPU runs, both types, row counts that exercise the 4-row groups and the
-// remainder, block counts that exercise the 8-block groups and their tail, and several tokens.
+// Every kernel this CPU runs, both types, a whole group and a part group (whose rows past the end
+// must not be written), several widths and tokens.
 TEST(Quant, EveryKernelMatchesTheFormat) {
     std::mt19937 rng(2);
     std::normal_distribution<float> nd;
@@ -129,25 +164,26 @@ TEST(Quant, EveryKernelMatchesTheFormat) {
         }
         for (auto t : {QuantType::Q8_0, QuantType::Q4_1}) {
             for (int64_t n : {32, 256, 576, 1536}) {
-                const int64_t rows = 7, tokens = 3, rb = n / 32 * quant_block_bytes(t);
-                std::vector<uint8_t> ggml(rows * rb), w(rows * rb);
+                const int64_t rows = 13, tokens = 3, rb = n / 32 * quant_block_bytes(t), gb = quant_group_bytes(t, n);
+                std::vector<uint8_t> ggml(rows * rb), w(2 * gb);
                 for (int64_t r = 0; r < rows; ++r) {
                     for (int64_t b = 0; b < n / 32; ++b) {
                         uint8_t* blk = ggml.data() + r * rb + b * quant_block_bytes(t);
                         for (int64_t i = 0; i < quant_block_bytes(t); ++i) blk[i] = static_cast<uint8_t>(byte(rng));
-                        const uint16_t d = 0x2000 + static_cast<uint16_t>(byte(rng)),
-                                       m = 0xA000 + static_cast<uint16_t>(byte(rng));
+                        const uint16_t d = 0x2000 + static_cast<uint16_t>(byte(rng));
+                        const uint16_t m = 0xA000 + static_cast<uint16_t>(byte(rng));
                         std::memcpy(blk, &d, 2);  // finite scales near 2^-7, minimums near -2^-7
                         if (t == QuantType::Q4_1) std::memcpy(blk + 2, &m, 2);
                     }
-                    quant_row_from_ggml(t, ggml.data() + r * rb, n, w.data() + r * rb);
                 }
+                quant_pack_group(t, ggml.data(), 8, n, w.data());
+                quant_pack_group(t, ggml.data() + 8 * rb, rows - 8, n, w.data() + gb);
                 std::vector<float> x(tokens * n);
                 for (auto& v : x) v = nd(rng);
                 QuantActs a;
                 a.quantize(x.data(), n, tokens);
-                std::vector<float> y(tokens * rows);
-                quant_dot_rows(t, w.data(), rb, rows, a, y.data(), rows);
+                std::vector<float> y(tokens * rows, -7.0f);
+                quant_dot_groups(t, w.data(), 2, a, y.data(), rows, rows);
                 for (int64_t k = 0; k < tokens; ++k) {
                     QuantActs one;
                     one.quantize(x.data() + k * n, n, 1);
