@@ -90,9 +90,34 @@ def machine():
         "l3_cache": _read("/sys/devices/system/cpu/cpu0/cache/index3/size"),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "isa": _isa(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def _isa():
+    """The CPU's vector extensions that pick kernels here (from /proc/cpuinfo's flags)."""
+    wanted = (
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+        "amx_bf16",
+    )
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
 
 
 def _read(path):

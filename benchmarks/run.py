@@ -1,7 +1,9 @@
 """All of prospect's benchmarks in one run: decode, the bandwidth floor, the streaming step, cache
-surgery and long streams. Every comparison is measured in this run, next to its baseline.
+surgery, long streams, and (part "quant", benchmarks/quant.py) quantized decoders against fp32 and
+llama.cpp, contention and frame skipping. Every comparison is measured in this run, next to its baseline.
 
 usage: python benchmarks/run.py [--presets tiny,256m,256m-smollm2] [--dtypes float32] [--repeats 5] [--quick]
+                                [--parts decode,streaming,surgery,long_stream,quant]
        python benchmarks/run.py --device cuda [--quick] [--repeats 3] [--deadline 150]
 Writes benchmarks/results/<host>-<cpu>-<date>.json and .md (e.g. vm-intel-xeon-2026-11-23), and the
 long-stream plot. With --device cuda it runs benchmarks/gpu.py instead (decode, streaming step and cache
@@ -24,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import machine, matmul_gflops, memory_bandwidth_gbs, unused_path  # noqa: E402
 
-PARTS = ["decode", "streaming", "surgery", "long_stream"]
+PARTS = ["decode", "streaming", "surgery", "long_stream", "quant"]
 
 
 def model_dir(preset, root):
@@ -184,8 +186,15 @@ def main():
                 f"last 100 {v['last_100_median_ms']:.1f}, max cache {v['max_cache_len']}"
             )
 
+    if "quant" in parts:
+        import quant
+
+        path = model_dir("256m-smollm2", a.models)
+        res["quant"] = quant.bench(path, path / "model.gguf", bw, quick=a.quick, rounds=1 if a.quick else 3)
+        print(quant.markdown(res["quant"]))
+
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    (out / f"{stem}.md").write_text(markdown(res))
+    (out / f"{stem}.md").write_text(markdown(res) + (quant.markdown(res["quant"]) if "quant" in res else ""))
     print(f"wrote {out / (stem + '.json')} and .md")
 
 

@@ -17,7 +17,7 @@ def vision_flops(cfg):
 
 
 @torch.no_grad()
-def bench_streaming(path, video, frames=12, repeats=3):
+def bench_streaming(path, video, frames=12, repeats=3, weights="dense"):
     from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
     import prospect_core
@@ -25,7 +25,7 @@ def bench_streaming(path, video, frames=12, repeats=3):
     from prospect_core import prompt
     from prospect_core.frames import FramePreprocessor
 
-    ours = prospect_core.load_model(path)
+    ours = prospect_core.load_model(path, weights=weights)
     cfg = ours.config
     proc = AutoProcessor.from_pretrained(path)
     ref = AutoModelForImageTextToText.from_pretrained(path).eval()

@@ -47,9 +47,9 @@ def test_surgery_benchmark_smoke(tmp_path):
 
 def test_harness_quick_smoke(tmp_path):
     """The whole harness on the tiny preset with one repetition."""
-    r = run_quick("run.py", tmp_path, timeout=900)
+    r = run_quick("run.py", tmp_path, "--parts", "decode,streaming,surgery,long_stream", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    (js,) = [p for p in tmp_path.glob("*-quick.json")]
+    (js,) = [p for p in tmp_path.glob("*-quick-*.json")]
     res = json.loads(js.read_text())
     assert res["memory_bandwidth_gbs"] > 0 and res["matmul_gflops"] > 0
     (dec,) = res["decode"]
@@ -59,6 +59,27 @@ def test_harness_quick_smoke(tmp_path):
     assert set(res["long_stream"]) == {"none", "drop_all", "drop_middle", "summarize_and_drop", "unbounded"}
     assert (tmp_path / js.name.replace(".json", ".md")).read_text().startswith("# prospect benchmarks")
     assert list(tmp_path.glob("*-long-stream.png"))
+
+
+def test_quant_harness_quick_smoke(tmp_path):
+    """Issue 18's part on the 256m-smollm2 checkpoint, one round of everything at its smallest (llama.cpp
+    only where llama-cpp-python is installed)."""
+    r = run_quick("run.py", tmp_path, "--parts", "quant", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (js,) = tmp_path.glob("*-quick-quant.json")
+    q = json.loads(js.read_text())["quant"]
+    assert set(q["decode"]) >= {"dense", "int8", "gguf"} and all(
+        q["decode"][f][1] > 0 for f in ("dense", "int8", "gguf")
+    )
+    assert (
+        q["decode_bytes_per_token"]["gguf"] < q["decode_bytes_per_token"]["int8"] < q["decode_bytes_per_token"]["dense"]
+    )
+    assert {r["format"] for r in q["matvec"]} == {"f32", "q8_0", "q4_1"} and all(r["gb_per_s"] > 0 for r in q["matvec"])
+    assert q["parity"]["gguf"]["greedy_agree_vs_fp32"] >= 4 and "Paris" in q["parity"]["gguf"]["reply"]
+    assert q["contention"]["decode_gguf"]["busy_ms"][1] > 0
+    fs = q["frame_skip"]
+    assert 0 < fs["frames_skipped"] < fs["frames"]  # vtest.avi's fixed camera: most frames change little
+    assert "## Quantized decoder" in js.with_suffix(".md").read_text()
 
 
 def test_profile_vision_smoke(tiny_model):

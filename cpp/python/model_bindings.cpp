@@ -1,6 +1,8 @@
 // prospect_core.SmolVLM: the native engine. Long calls release the GIL.
 #include "bindings.h"
 
+#include <chrono>
+
 #include "cuda_graph_decode.h"
 #include "generate.h"
 #include "matvec.h"
@@ -225,6 +227,23 @@ void bind_model(py::module_& m) {
             return linear(x, matrix(blocks, type, cols));
         },
         py::arg("x"), py::arg("blocks"), py::arg("type"), py::arg("cols"));
+    m.def(
+        "_time_matvec",
+        [matrix](const at::Tensor& w, const std::string& type, int64_t cols, int64_t iters) {
+            const Matrix mat = type == "f32" ? Matrix(w.contiguous()) : matrix(w, type, cols);
+            TORCH_CHECK_VALUE(mat.quant || (w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_cpu()),
+                              "w expected fp32 [rows, cols] on the CPU for type 'f32'");
+            auto x = at::randn({mat.cols});
+            auto y = at::empty({mat.rows()});
+            py::gil_scoped_release nogil;
+            matvec(mat, x.data_ptr<float>(), y.data_ptr<float>());  // warm
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int64_t i = 0; i < iters; ++i) matvec(mat, x.data_ptr<float>(), y.data_ptr<float>());
+            return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+                   std::max<int64_t>(iters, 1);
+        },
+        py::arg("w"), py::arg("type"), py::arg("cols"), py::arg("iters"),
+        "Benchmarks: seconds per product of w with one fp32 vector ('f32': dense w; else ggml blocks, packed once).");
     m.def(
         "quant_kernel", [] { return std::string(quant_kernel_name()); },
         "The kernel quantized products run on this CPU: 'avx512_vnni', 'avx2' or 'generic'.");

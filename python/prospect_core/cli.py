@@ -70,6 +70,7 @@ def _runner_config(args: argparse.Namespace, **extra: Any) -> RunnerConfig:
         not_talk_threshold=args.threshold,
         temperature=args.temperature,
         top_p=args.top_p,
+        skip_threshold=args.skip_threshold,
         **extra,
     )
 
@@ -206,6 +207,13 @@ def _runner_flags(max_new_tokens: int, talk_policies: Sequence[str]) -> argparse
     )
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy (default)")
     p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, help="nucleus sampling, with --temperature > 0")
+    p.add_argument(
+        "--skip-threshold",
+        type=float,
+        default=None,
+        help="skip a frame whose 32x32 grey thumbnail differs from the last kept frame's by less than this "
+        "(mean absolute difference in [0, 1]); off by default",
+    )
     return p
 
 

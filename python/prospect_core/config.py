@@ -121,8 +121,14 @@ class RunnerConfig:
     split_frames: bool = False
     seed: int = DEFAULT_SEED  # frame i samples with seed + i
     top_p: float = DEFAULT_TOP_P
+    # Opt-in: a frame whose thumbnail differs from the last kept frame's by less than this (mean absolute
+    # difference, in [0, 1] of the pixel range; frames.frame_change) skips the vision encoder, the append and
+    # the talk decision, unless a turn arrives with it. None: every frame is processed.
+    skip_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        if self.skip_threshold is not None:
+            _check_number("skip_threshold", self.skip_threshold, "a number in [0, 1] or None", lambda v: 0 <= v <= 1)
         if self.weights not in WEIGHT_FORMATS:
             raise ValueError(f"weights expected one of {', '.join(WEIGHT_FORMATS)}, got {self.weights!r}")
         if self.talk_policy not in TALK_POLICIES:
@@ -200,7 +206,8 @@ class CompareConfig:
             "seed": r.seed,
         }
         default = RunnerConfig()
-        for name in ("temperature", "top_p", "use_kv_cache", "system_prompt", "split_frames", "weights"):
+        later = ("temperature", "top_p", "use_kv_cache", "system_prompt", "split_frames", "weights", "skip_threshold")
+        for name in later:
             if getattr(r, name) != getattr(default, name):
                 sig[name] = getattr(r, name)
         return sig
@@ -233,7 +240,11 @@ class Record(Mapping[str, Any]):
 
 @dataclass(eq=False)
 class FrameRecord(Record):
-    """One frame through StreamRunner.add_frame. Times in ms; text is None when the assistant stayed silent."""
+    """One frame through StreamRunner.add_frame. Times in ms; text is None when the assistant stayed silent.
+    skipped is set only when the runner skips frames (RunnerConfig.skip_threshold): True for a frame that was
+    nearly the last kept one and went no further."""
+
+    _optional = ("skipped",)
 
     frame_index: int
     time: float
@@ -248,6 +259,7 @@ class FrameRecord(Record):
     cache_len_peak: int = 0
     max_position: int = 0
     cache_len_after: int = 0
+    skipped: bool | None = None
 
 
 @dataclass(eq=False)
@@ -274,7 +286,8 @@ class TurnRecord(Record):
 class RunTotals:
     """A run's totals: one video's (run_inference_on_video's "totals"), or several videos' together."""
 
-    frames_processed: int = 0
+    frames_processed: int = 0  # every frame of the stream, skipped ones included
+    frames_skipped: int = 0
     dialogues_generated: int = 0
     cache_compressions: int = 0
     avg_cache_size: float = 0.0
@@ -287,6 +300,7 @@ class RunTotals:
         n = len(frames)
         return cls(
             frames_processed=n,
+            frames_skipped=sum(bool(f.skipped) for f in frames),
             dialogues_generated=sum(f.talked for f in frames),
             cache_compressions=sum(f.strategy_applied is not None for f in frames),
             avg_cache_size=sum(f.cache_len_after for f in frames) / n if n else 0.0,
@@ -301,6 +315,7 @@ class RunTotals:
         n = sum(p.frames_processed for p in parts)
         return cls(
             frames_processed=n,
+            frames_skipped=sum(p.frames_skipped for p in parts),
             dialogues_generated=sum(p.dialogues_generated for p in parts),
             cache_compressions=sum(p.cache_compressions for p in parts),
             avg_cache_size=sum(p.avg_cache_size * p.frames_processed for p in parts) / n if n else 0.0,

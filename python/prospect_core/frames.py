@@ -31,6 +31,21 @@ def to_hwc_uint8(frame, where: str) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
+THUMBNAIL = 32  # frame_change compares frames at this many pixels a side
+
+
+def thumbnail(frame, where: str) -> torch.Tensor:
+    """A frame as a THUMBNAIL x THUMBNAIL grey image in [0, 1]: what frame_change compares (cheap, and blind
+    to sensor noise that averages out)."""
+    grey = torch.from_numpy(to_hwc_uint8(frame, where)).float().mean(-1) / 255.0
+    return torch.nn.functional.adaptive_avg_pool2d(grey[None, None], THUMBNAIL)[0, 0]
+
+
+def frame_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean absolute difference of two thumbnails, in [0, 1] of the pixel range."""
+    return float((a - b).abs().mean())
+
+
 class FramePreprocessor:
     """A frame as the checkpoint's SmolVLM2 video processor would make it, done in C++
     (prospect_core.preprocess_frame). split_frames=True uses the image processor's tiles instead."""

@@ -43,7 +43,7 @@ from prospect_core.config import (
 )
 from prospect_core.context_strategies import ContextStrategyFactory
 from prospect_core.engine import Engine
-from prospect_core.frames import FramePreprocessor
+from prospect_core.frames import FramePreprocessor, frame_change, thumbnail
 
 __all__ = ["NATIVE_STRATEGY_DEFAULTS", "TALK_POLICIES", "StreamRunner", "restart_context", "summary_ids"]
 
@@ -128,6 +128,7 @@ class StreamRunner:
         seed: int = DEFAULT_SEED,
         top_p: float = DEFAULT_TOP_P,
         weights: str = DEFAULT_WEIGHTS,
+        skip_threshold: float | None = None,
         *,
         config: RunnerConfig | None = None,
     ):
@@ -150,6 +151,7 @@ class StreamRunner:
                 seed=seed,
                 top_p=top_p,
                 weights=weights,
+                skip_threshold=skip_threshold,
             )
         elif not isinstance(config, RunnerConfig):
             raise TypeError(f"config expected a RunnerConfig or None, got {type(config).__name__}")
@@ -380,6 +382,7 @@ class StreamRunner:
         if knowledge:
             self._anchor_len += len(_text_ids(self.tokenizer, prompt.knowledge_turn(knowledge)))
         self._history: list[str] = []  # the conversation so far as text, for the stateless baseline
+        self._kept_thumbnail: torch.Tensor | None = None  # the last processed frame's, for skip_threshold
 
     def ensure_context(self) -> None:
         """Prefills the anchor (system prompt, task knowledge) if the cache is empty."""
@@ -549,7 +552,25 @@ class StreamRunner:
                 new_turns.append(inputs[next_input])
                 next_input += 1
             talk = self.talk_policy != "annotations" or i in talk_frames
-            yield self.add_frame(frame, i, t, new_turns, talk, where=f"video_data['frames'][{i}]")
+            where = f"video_data['frames'][{i}]"
+            if self.config.skip_threshold is None:
+                yield self.add_frame(frame, i, t, new_turns, talk, where=where)
+                continue
+            # A turn, or an annotated reply, at this frame needs the frame: only quiet frames are skipped.
+            thumb = thumbnail(frame, where)
+            if (
+                not new_turns
+                and not (self.talk_policy == "annotations" and talk)
+                and self._kept_thumbnail is not None
+                and frame_change(thumb, self._kept_thumbnail) < self.config.skip_threshold
+            ):
+                n, p = self.cache.length, self.cache.next_position
+                yield FrameRecord(i, t, n, cache_len_peak=n, max_position=p, cache_len_after=n, skipped=True)
+                continue
+            self._kept_thumbnail = thumb
+            rec = self.add_frame(frame, i, t, new_turns, talk, where=where)
+            rec.skipped = False
+            yield rec
 
     def run_inference_on_video(self, video_data: dict) -> dict[str, Any]:
         """Runs the whole video; returns predictions, per-frame records, summaries and totals, as plain dicts

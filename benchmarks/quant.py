@@ -1,0 +1,420 @@
+"""Issue 18's CPU figures: quantized decoder weights against fp32 and llama.cpp, the products alone against
+the bandwidth probe, the streaming step against transformers, fairness under a competing process, and
+frame skipping on vtest.avi. Every comparison runs in rounds, its sides in turn, so the machine's drift
+falls on all of them; each figure is given as [min, median, max] over the rounds."""
+
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+FORMATS = ("dense", "int8", "gguf")
+QUESTION = "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n"
+VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+
+
+def spread(values):
+    """[min, median, max] of the rounds' figures."""
+    return [min(values), statistics.median(values), max(values)]
+
+
+def decoder_bytes(cfg, fmt):
+    """Bytes one decode step reads: every decoder matrix and lm_head in the format's bytes per weight
+    (Q4_1 20 / 32, Q8_0 34 / 32, fp32 4); lm_head is Q8_0 in both quantized formats."""
+    t = cfg["text_config"]
+    H, I, D = t["hidden_size"], t["intermediate_size"], t["head_dim"]
+    layers = t["num_hidden_layers"] * (
+        H * D * (2 * t["num_attention_heads"] + 2 * t["num_key_value_heads"]) + 3 * H * I
+    )
+    head = t["vocab_size"] * H
+    per = {"dense": (4, 4), "int8": (34 / 32, 34 / 32), "gguf": (20 / 32, 34 / 32)}[fmt]
+    return layers * per[0] + head * per[1]
+
+
+# ---- the products alone -------------------------------------------------------------------------------
+def bench_matvec(cfg, bw, iters):
+    """Each format's product over all the decoder's rows at once (larger than the L3 cache, as a decode step
+    reads them) and over lm_head: GB/s and the fraction of the probe's bandwidth."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    from prospect_core import _C
+
+    t = cfg["text_config"]
+    H, I, L = t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"]
+    shapes = {
+        "decoder rows x 576 (q|k|v, o, gate|up)": (
+            L * (t["head_dim"] * (t["num_attention_heads"] + 2 * t["num_key_value_heads"]) + H + 2 * I),
+            H,
+        ),
+        "decoder rows x 1536 (down)": (L * H, I),
+        "lm_head": (t["vocab_size"], H),
+    }
+    rng = np.random.default_rng(0)
+    rows_out = []
+    for name, (rows, cols) in shapes.items():
+        w = rng.standard_normal((rows, cols), dtype=np.float32)
+        for kind, qtype, per_weight in (
+            ("f32", None, 4.0),
+            ("q8_0", GGMLQuantizationType.Q8_0, 34 / 32),
+            ("q4_1", GGMLQuantizationType.Q4_1, 20 / 32),
+        ):
+            data = torch.from_numpy(w) if qtype is None else torch.from_numpy(quantize(w, qtype))
+            s = _C._time_matvec(data, kind, cols, iters)
+            gbs = rows * cols * per_weight / s / 1e9
+            rows_out.append(
+                {
+                    "matrix": name,
+                    "rows": rows,
+                    "cols": cols,
+                    "format": kind,
+                    "us": s * 1e6,
+                    "gb_per_s": gbs,
+                    "fraction_of_probe": gbs / bw,
+                }
+            )
+            del data
+    return rows_out
+
+
+# ---- decode -------------------------------------------------------------------------------------------
+def bench_decode(path, gguf_file, rounds, repeats, new_tokens, threads):
+    """ms per decoded token for each weight format and llama.cpp on the same GGUF, in rounds."""
+    import prospect_core
+    from llama_cpp_ref import bench_llama_cpp
+
+    ids = torch.arange(60, 76).unsqueeze(0)
+    models = {f: prospect_core.load_model(path, weights=f) for f in FORMATS}
+
+    def ours(m):
+        run = lambda: m.greedy_generate(m.embed_tokens(ids), m.make_cache(64), new_tokens, [])  # noqa: E731
+        run()
+        return statistics.median(run().decode_ms / new_tokens for _ in range(repeats))
+
+    per = {f: [] for f in FORMATS + ("llama_cpp",)}
+    ref = None
+    for r in range(rounds):
+        order = list(FORMATS) + ["llama_cpp"]
+        for f in order if r % 2 == 0 else order[::-1]:
+            if f == "llama_cpp":
+                ref = bench_llama_cpp(gguf_file, threads, repeats, new_tokens=new_tokens)
+                if "skipped" in ref:
+                    continue
+                per[f].append(ref["llama_cpp_ms_per_token"])
+            else:
+                per[f].append(ours(models[f]))
+    out = {f: spread(v) for f, v in per.items() if v}
+    out["llama_cpp_info"] = {k: v for k, v in (ref or {}).items() if k != "llama_cpp_ms_per_token"}
+    return out
+
+
+def llama_greedy(gguf_file, ids, new_tokens, threads):
+    """llama.cpp's greedy tokens and last-prompt-position logits on the same prompt ids."""
+    try:
+        import llama_cpp
+        from llama_cpp import Llama
+    except ImportError:
+        return None, None
+    llm = Llama(
+        model_path=str(gguf_file),
+        n_ctx=len(ids) + new_tokens + 8,
+        n_threads=threads,
+        n_batch=len(ids),
+        verbose=False,
+        logits_all=False,
+    )
+    llm.eval(ids)
+    vocab = llm.n_vocab()
+    logits = lambda: np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,)).copy()  # noqa: E731
+    first, out = logits(), []
+    for _ in range(new_tokens):
+        tok = int(np.argmax(logits()))
+        out.append(tok)
+        if tok == 2:  # <|im_end|>, SmolLM2's end of turn
+            break
+        llm.eval([tok])
+    return out, first
+
+
+def agreement(a, b):
+    """Tokens equal from the start."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def bench_parity(path, gguf_file, threads, new_tokens=32):
+    """Logit error and greedy agreement of each format against fp32, and of each against llama.cpp on the
+    same file. Ours end a reply with <end_of_utterance>, llama.cpp with <|im_end|> (the preset gave
+    <|im_end|>'s row to <end_of_utterance>): both end tokens count as the same, and <|im_end|>'s logit is
+    left out of the comparison with llama.cpp."""
+    from transformers import AutoTokenizer
+
+    import prospect_core
+
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = tok(QUESTION, add_special_tokens=False, return_tensors="pt").input_ids
+    eou = tok.convert_tokens_to_ids("<end_of_utterance>")
+    ref_tokens, ref_logits = llama_greedy(gguf_file, ids[0].tolist(), new_tokens, threads)
+    out, dense_logits, dense_tokens = {}, None, None
+    for f in FORMATS:
+        m = prospect_core.load_model(path, weights=f)
+        logits = m.prefill(m.embed_tokens(ids), m.make_cache(128), "user")[0]
+        tokens = [
+            2 if t == eou else t
+            for t in m.greedy_generate(m.embed_tokens(ids), m.make_cache(128), new_tokens, [eou]).tokens
+        ] + [2]
+        if f == "dense":
+            dense_logits, dense_tokens = logits, tokens
+        row = {"reply": tok.decode([t for t in tokens if t != 2]), "tokens": len(tokens) - 1}
+        if f != "dense":
+            row["logit_rel_err_vs_fp32"] = float((logits - dense_logits).norm() / dense_logits.norm())
+            row["greedy_agree_vs_fp32"] = agreement(tokens, dense_tokens)
+        if ref_tokens is not None:
+            v = ref_logits.shape[0]
+            keep = torch.ones(v, dtype=torch.bool)
+            keep[2] = False
+            a, b = logits[:v][keep], torch.from_numpy(ref_logits)[keep]
+            row["logit_rel_err_vs_llama_cpp"] = float((a - b).norm() / b.norm())
+            row["greedy_agree_vs_llama_cpp"] = agreement(tokens, ref_tokens)
+        out[f] = row
+    if ref_tokens is not None:
+        out["llama_cpp"] = {"reply": tok.decode([t for t in ref_tokens if t != 2]), "tokens": len(ref_tokens)}
+    return out
+
+
+# ---- contention ---------------------------------------------------------------------------------------
+class Competitor:
+    """One CPU-bound process (a Python busy loop) for as long as the with-block lasts."""
+
+    def __enter__(self):
+        self.p = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self.p.kill()
+        self.p.wait()
+
+
+def stream_step_ms(model, pre, clips, ids, eou):
+    """Median ms per streaming step (preprocess, vision, prefill, talk decision) over the clips, the first
+    frame of each pass left out (it warms up)."""
+    cache = model.make_cache(4096)
+    ms = []
+    for f, i in zip(clips, ids):
+        t0 = time.perf_counter()
+        pv = pre(f)[0]
+        model.greedy_generate(model.joint_embed(i, pv), cache, 0, [], silence=(eou, 1.0), span_kind="frame")
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ms[1:])
+
+
+def frames_and_ids(path, n):
+    from transformers import AutoProcessor
+
+    import prospect_core as core
+    from prospect_core import prompt
+    from prospect_core.frames import FramePreprocessor
+
+    proc = AutoProcessor.from_pretrained(path)
+    cfg = prospect_core_config(path)
+    v = cfg["vision_config"]
+    seq = (v["image_size"] // v["patch_size"]) ** 2 // cfg["scale_factor"] ** 2  # tokens per image
+    clips = [f for _, f in zip(range(n), (f for _, f in core.VideoReader(VIDEO, 2.0)))]
+    tok = proc.tokenizer
+    ids = [
+        tok(
+            prompt.frame_turn((i + 1) / 2.0, seq) + prompt.ASSISTANT_PROMPT,
+            add_special_tokens=False,
+            return_tensors="pt",
+        ).input_ids
+        for i in range(n)
+    ]
+    return FramePreprocessor(proc), clips, ids, tok.convert_tokens_to_ids(prompt.EOU)
+
+
+def prospect_core_config(path):
+    import json
+
+    return json.loads((path / "config.json").read_text())
+
+
+@torch.no_grad()
+def bench_contention(path, rounds, frames, new_tokens):
+    """The streaming step (int8 weights) and decode (dense and gguf) alone and beside one busy process,
+    in rounds; the ratio contended / quiet of each round's pair."""
+    import prospect_core
+
+    pre, clips, ids, eou = frames_and_ids(path, frames)
+    m8 = prospect_core.load_model(path, weights="int8")
+    decoders = {f: prospect_core.load_model(path, weights=f) for f in ("dense", "gguf")}
+    text = torch.arange(60, 76).unsqueeze(0)
+
+    def decode_ms(m):
+        return m.greedy_generate(m.embed_tokens(text), m.make_cache(64), new_tokens, []).decode_ms / new_tokens
+
+    res = {"stream_int8": {"quiet": [], "busy": []}, **{f"decode_{f}": {"quiet": [], "busy": []} for f in decoders}}
+    for _ in range(rounds):
+        for busy in (False, True):
+            with Competitor() if busy else _Nothing():
+                key = "busy" if busy else "quiet"
+                res["stream_int8"][key].append(stream_step_ms(m8, pre, clips, ids, eou))
+                for f, m in decoders.items():
+                    decode_ms(m)
+                    res[f"decode_{f}"][key].append(statistics.median(decode_ms(m) for _ in range(3)))
+    return {
+        k: {
+            "quiet_ms": spread(v["quiet"]),
+            "busy_ms": spread(v["busy"]),
+            "busy_over_quiet": spread([b / q for b, q in zip(v["busy"], v["quiet"])]),
+        }
+        for k, v in res.items()
+    }
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- streaming against transformers, and frame skipping -----------------------------------------------
+def bench_stream_vs_transformers(path, rounds, frames):
+    """Our streaming step (int8 weights) against transformers fp32 (its CPU default), in rounds."""
+    from streaming import bench_streaming
+
+    rows = [bench_streaming(path, VIDEO, frames=frames, repeats=1, weights="int8") for _ in range(rounds)]
+    return {
+        "prospect_int8_ms_per_frame": spread([r["prospect_ms_per_frame"] for r in rows]),
+        "transformers_fp32_ms_per_frame": spread([r["transformers_ms_per_frame"] for r in rows]),
+        "speedup": spread([r["transformers_ms_per_frame"] / r["prospect_ms_per_frame"] for r in rows]),
+        "prospect_vision_ms": spread([r["prospect_vision_ms"] for r in rows]),
+        "vision_gflop_per_frame": rows[0]["vision_gflop_per_frame"],
+    }
+
+
+def bench_frame_skip(path, frames, threshold):
+    """vtest.avi (a fixed camera) through the runner with and without skipping: frames skipped, time per
+    frame, and how the model's own decisions and replies differ on the frames both processed."""
+    from prospect_core.runners import StreamRunner
+
+    video = {"video_id": "vtest", "video_path": VIDEO, "fps": 2.0, "conversation": [], "max_frames": frames}
+    runs = {}
+    for name, skip in (("off", None), ("on", threshold)):
+        runner = StreamRunner(path, weights="int8", max_new_tokens=16, skip_threshold=skip)
+        t0 = time.perf_counter()
+        runs[name] = runner.run_inference_on_video(video)
+        runs[name]["seconds"] = time.perf_counter() - t0
+    off, on = runs["off"], runs["on"]
+    kept = [i for i, f in enumerate(on["frames"]) if not f.get("skipped")]
+    same_talk = sum(off["frames"][i]["talked"] == on["frames"][i]["talked"] for i in kept)
+    same_text = sum(off["frames"][i]["text"] == on["frames"][i]["text"] for i in kept)
+    probs = [(off["frames"][i]["silence_prob"], on["frames"][i]["silence_prob"]) for i in kept]
+    return {
+        "frames": frames,
+        "threshold": threshold,
+        "frames_skipped": on["totals"]["frames_skipped"],
+        "seconds_off": off["seconds"],
+        "seconds_on": on["seconds"],
+        "replies_off": off["totals"]["dialogues_generated"],
+        "replies_on": on["totals"]["dialogues_generated"],
+        "kept_frames_same_talk_decision": f"{same_talk}/{len(kept)}",
+        "kept_frames_same_text": f"{same_text}/{len(kept)}",
+        "kept_frames_max_silence_prob_diff": max(abs(a - b) for a, b in probs if a is not None and b is not None),
+        "replies_on_skipped_frames_off": sum(off["frames"][i]["talked"] for i in range(frames) if i not in kept),
+    }
+
+
+def bench(path, gguf_file, bw, quick=False, rounds=3):
+    threads = torch.get_num_threads()
+    cfg = prospect_core_config(path)
+    res = {"threads": threads, "rounds": rounds}
+    from prospect_core import _C
+
+    res["quant_kernel"] = _C.quant_kernel()
+    t0 = time.perf_counter()
+    res["matvec"] = bench_matvec(cfg, bw, 3 if quick else 20)
+    res["decode"] = bench_decode(path, gguf_file, rounds, 1 if quick else 5, 8 if quick else 32, threads)
+    res["decode_bytes_per_token"] = {f: decoder_bytes(cfg, f) for f in FORMATS}
+    res["decode_fraction_of_probe"] = {
+        f: decoder_bytes(cfg, f) / (res["decode"][f][1] / 1e3) / (bw * 1e9) for f in FORMATS
+    }
+    res["parity"] = bench_parity(path, gguf_file, threads, new_tokens=8 if quick else 32)
+    res["contention"] = bench_contention(path, rounds, 3 if quick else 5, 8 if quick else 32)
+    res["streaming"] = bench_stream_vs_transformers(path, rounds, 3 if quick else 6)
+    res["frame_skip"] = bench_frame_skip(path, 6 if quick else 30, 0.02)
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def _r(x, fmt="{:.2f}"):
+    return "–".join(fmt.format(v) for v in (x[0], x[2])) + f" (median {fmt.format(x[1])})"
+
+
+def markdown(res):
+    lines = [
+        f"## Quantized decoder, contention, frame skipping ({res['threads']} threads, kernel {res['quant_kernel']}, "
+        f"ranges over {res['rounds']} rounds)",
+        "",
+        "| decode, 256m-smollm2 | ms/token | MB/token | % of probe |",
+        "|---|---|---|---|",
+    ]
+    d = res["decode"]
+    for f in FORMATS:
+        lines.append(
+            f"| prospect {f} | {_r(d[f])} | {res['decode_bytes_per_token'][f] / 1e6:.0f} | "
+            f"{100 * res['decode_fraction_of_probe'][f]:.0f}% |"
+        )
+    if "llama_cpp" in d:
+        lines.append(
+            f"| llama.cpp {d['llama_cpp_info'].get('llama_cpp_version', '')} Q4_1 | {_r(d['llama_cpp'])} | "
+            f"{d['llama_cpp_info'].get('llama_cpp_bytes_per_token', 0) / 1e6:.0f} | |"
+        )
+    lines += ["", "| product alone | format | µs | GB/s | % of probe |", "|---|---|---|---|---|"]
+    for r in res["matvec"]:
+        lines.append(
+            f"| {r['matrix']} [{r['rows']} x {r['cols']}] | {r['format']} | {r['us']:.0f} | {r['gb_per_s']:.1f} | "
+            f"{100 * r['fraction_of_probe']:.0f}% |"
+        )
+    lines += [
+        "",
+        "| parity | logit rel. err vs fp32 | greedy agree vs fp32 | logit rel. err vs llama.cpp "
+        "| greedy agree vs llama.cpp |",
+        "|---|---|---|---|---|",
+    ]
+    for f in FORMATS:
+        p = res["parity"][f]
+        lines.append(
+            f"| {f} | {p.get('logit_rel_err_vs_fp32', 0):.4f} | {p.get('greedy_agree_vs_fp32', '–')} | "
+            f"{p.get('logit_rel_err_vs_llama_cpp', float('nan')):.4f} | {p.get('greedy_agree_vs_llama_cpp', '–')} |"
+        )
+    lines += ["", "| with one busy process | quiet ms | busy ms | busy / quiet |", "|---|---|---|---|"]
+    for k, v in res["contention"].items():
+        lines.append(
+            f"| {k} | {_r(v['quiet_ms'], '{:.1f}')} | {_r(v['busy_ms'], '{:.1f}')} | {_r(v['busy_over_quiet'])} |"
+        )
+    s = res["streaming"]
+    lines += [
+        "",
+        f"Streaming step, 256m 512 px: prospect int8 {_r(s['prospect_int8_ms_per_frame'], '{:.0f}')} ms/frame, "
+        f"transformers fp32 {_r(s['transformers_fp32_ms_per_frame'], '{:.0f}')}, speedup {_r(s['speedup'])}x.",
+        "",
+    ]
+    fs = res["frame_skip"]
+    lines.append(
+        f"Frame skipping on vtest.avi ({fs['frames']} frames, threshold {fs['threshold']}): {fs['frames_skipped']} "
+        f"skipped; {fs['seconds_off']:.0f} s -> {fs['seconds_on']:.0f} s; replies {fs['replies_off']} -> "
+        f"{fs['replies_on']}; on the kept frames the talk decision agreed on {fs['kept_frames_same_talk_decision']}, "
+        f"the text on {fs['kept_frames_same_text']}."
+    )
+    return "\n".join(lines) + "\n"
