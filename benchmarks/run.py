@@ -33,7 +33,8 @@ def model_dir(preset, root):
     import prospect_core
 
     d = Path(root) / preset
-    if not (d / "config.json").exists():
+    # A 256m-smollm2 folder made before weights="gguf" existed lacks the GGUF copy: make it again.
+    if not (d / "config.json").exists() or (preset == "256m-smollm2" and not (d / "model.gguf").exists()):
         prospect_core.make_model(d, preset)
     return d
 
