@@ -38,6 +38,16 @@ def median_ms_pair(fa, fb, repeats, warmup=1):
     return statistics.median(ta), statistics.median(tb)
 
 
+def common_prefix(a, b):
+    """How many leading tokens two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def unused_path(folder, stem, suffix=".json"):
     """folder/stem.suffix, or stem-2, stem-3, ... if taken: a second run the same day keeps the first's
     results (host and CPU name do not tell every machine apart)."""

@@ -60,6 +60,8 @@ if str(HERE) not in sys.path:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from common import common_prefix  # noqa: E402,F401 - also gpu.common_prefix, as the tests call it
+
 PRESET = "2.2b"
 DTYPE = "bfloat16"
 PROMPT_TOKENS = 16
@@ -123,16 +125,6 @@ def per_token_ms(t_n_ms, t_1_ms, n):
     if n < 2:
         raise ValueError(f"n expected >= 2 new tokens, got {n}")
     return (t_n_ms - t_1_ms) / (n - 1)
-
-
-def common_prefix(a, b):
-    """How many leading tokens two sequences share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _get(d, *keys):

@@ -11,6 +11,8 @@ import time
 import numpy as np
 import torch
 
+from common import common_prefix
+
 FORMATS = ("dense", "int8", "gguf")
 QUESTION = "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n"
 VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
@@ -36,8 +38,9 @@ def decoder_bytes(cfg, fmt):
 
 # ---- the products alone -------------------------------------------------------------------------------
 def bench_matvec(cfg, bw, iters):
-    """Each format's product over all the decoder's rows at once (larger than the L3 cache, as a decode step
-    reads them) and over lm_head: GB/s and the fraction of the probe's bandwidth."""
+    """Each format's product over all the decoder's rows at once (the rows of 576 columns are larger than an
+    L3 cache in every format, as a decode step reads them) and over lm_head: GB/s and the fraction of the
+    probe's bandwidth."""
     from gguf import GGMLQuantizationType
     from gguf.quants import quantize
 
@@ -139,16 +142,6 @@ def llama_greedy(gguf_file, ids, new_tokens, threads):
     return out, first
 
 
-def agreement(a, b):
-    """Tokens equal from the start."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 @torch.no_grad()
 def bench_parity(path, gguf_file, threads, new_tokens=32):
     """Logit error and greedy agreement of each format against fp32, and of each against llama.cpp on the
@@ -176,14 +169,14 @@ def bench_parity(path, gguf_file, threads, new_tokens=32):
         row = {"reply": tok.decode([t for t in tokens if t != 2]), "tokens": len(tokens) - 1}
         if f != "dense":
             row["logit_rel_err_vs_fp32"] = float((logits - dense_logits).norm() / dense_logits.norm())
-            row["greedy_agree_vs_fp32"] = agreement(tokens, dense_tokens)
+            row["greedy_agree_vs_fp32"] = common_prefix(tokens, dense_tokens)
         if ref_tokens is not None:
             v = ref_logits.shape[0]
             keep = torch.ones(v, dtype=torch.bool)
             keep[2] = False
             a, b = logits[:v][keep], torch.from_numpy(ref_logits)[keep]
             row["logit_rel_err_vs_llama_cpp"] = float((a - b).norm() / b.norm())
-            row["greedy_agree_vs_llama_cpp"] = agreement(tokens, ref_tokens)
+            row["greedy_agree_vs_llama_cpp"] = common_prefix(tokens, ref_tokens)
         out[f] = row
     if ref_tokens is not None:
         out["llama_cpp"] = {"reply": tok.decode([t for t in ref_tokens if t != 2]), "tokens": len(ref_tokens)}
@@ -363,6 +356,7 @@ def _r(x, fmt="{:.2f}"):
 
 def markdown(res):
     lines = [
+        "",
         f"## Quantized decoder, contention, frame skipping ({res['threads']} threads, kernel {res['quant_kernel']}, "
         f"ranges over {res['rounds']} rounds)",
         "",
@@ -380,11 +374,19 @@ def markdown(res):
             f"| llama.cpp {d['llama_cpp_info'].get('llama_cpp_version', '')} Q4_1 | {_r(d['llama_cpp'])} | "
             f"{d['llama_cpp_info'].get('llama_cpp_bytes_per_token', 0) / 1e6:.0f} | |"
         )
-    lines += ["", "| product alone | format | µs | GB/s | % of probe |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Products alone: a matrix smaller than the L3 cache partly stays in it from one product to the next, "
+        "so only matrices well over it (MB column) measure memory alone.",
+        "",
+        "| product alone | format | MB | µs | GB/s | % of probe |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in res["matvec"]:
+        mb = r["gb_per_s"] * r["us"] / 1e3
         lines.append(
-            f"| {r['matrix']} [{r['rows']} x {r['cols']}] | {r['format']} | {r['us']:.0f} | {r['gb_per_s']:.1f} | "
-            f"{100 * r['fraction_of_probe']:.0f}% |"
+            f"| {r['matrix']} [{r['rows']} x {r['cols']}] | {r['format']} | {mb:.0f} | {r['us']:.0f} | "
+            f"{r['gb_per_s']:.1f} | {100 * r['fraction_of_probe']:.0f}% |"
         )
     lines += [
         "",
