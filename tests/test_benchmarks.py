@@ -49,7 +49,7 @@ def test_harness_quick_smoke(tmp_path):
     """The whole harness on the tiny preset with one repetition."""
     r = run_quick("run.py", tmp_path, "--parts", "decode,streaming,surgery,long_stream", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    (js,) = [p for p in tmp_path.glob("*-quick-*.json")]
+    (js,) = tmp_path.glob("*-quick-decode-streaming-surgery-long_stream.json")  # beside it: its surgery part
     res = json.loads(js.read_text())
     assert res["memory_bandwidth_gbs"] > 0 and res["matmul_gflops"] > 0
     (dec,) = res["decode"]
@@ -77,8 +77,9 @@ def test_quant_harness_quick_smoke(tmp_path):
     assert {r["format"] for r in q["matvec"]} == {"f32", "q8_0", "q4_1"} and all(r["gb_per_s"] > 0 for r in q["matvec"])
     assert q["parity"]["gguf"]["greedy_agree_vs_fp32"] >= 4 and "Paris" in q["parity"]["gguf"]["reply"]
     assert q["contention"]["decode_gguf"]["busy_ms"][1] > 0
-    fs = q["frame_skip"]
-    assert 0 < fs["frames_skipped"] < fs["frames"]  # vtest.avi's fixed camera: most frames change little
+    low, high = q["frame_skip"]  # thresholds 0.01 and 0.02
+    assert 0 < high["frames_skipped"] < high["frames"]  # vtest.avi's fixed camera: most frames change little
+    assert low["frames_skipped"] <= high["frames_skipped"]
     assert "## Quantized decoder" in js.with_suffix(".md").read_text()
 
 
