@@ -23,7 +23,6 @@ struct Matrix {
         : data(std::move(groups)), quant(q), cols(columns), rows_(rows) {}
 
     int64_t rows() const { return rows_; }
-    int64_t nbytes() const { return data.numel() * data.element_size(); }
 
 private:
     int64_t rows_ = 0;

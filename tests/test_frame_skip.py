@@ -78,3 +78,16 @@ def test_cli_flags_reach_the_runner_config():
     assert (c.weights, c.skip_threshold) == ("int8", 0.02)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--model", "m", "--video", "v.avi", "--weights", "int4"])
+
+
+def test_live_add_frame_skips_too(tiny_model):
+    """The server's sessions feed frames one at a time through add_frame: the same rule applies there."""
+    runner = small_runner(tiny_model, skip_threshold=0.02)
+    runner.ensure_context()
+    frame = still_video(2)["frames"][0]
+    first = runner.add_frame(frame, 0, 0.5)
+    n = runner.cache.length
+    second = runner.add_frame(frame.copy(), 1, 1.0)
+    assert (first.skipped, second.skipped) == (False, True) and runner.cache.length == n
+    third = runner.add_frame(frame, 2, 1.5, turns=[{"role": "user", "time": 1.5, "content": "Hi"}])
+    assert third.skipped is False and runner.cache.length > n

@@ -400,9 +400,25 @@ class StreamRunner:
         where: str = "frame",
     ) -> FrameRecord:
         """One frame at time t (seconds), after the system/user turns placed before it. talk=False only
-        watches; otherwise the talk policy decides. Returns the frame's record."""
+        watches; otherwise the talk policy decides. With skip_threshold set, a frame nearly the last kept one
+        and bringing no turn goes no further (its record says skipped). Returns the frame's record."""
         check_time("t", t)
+        turns = list(turns)
+        if self.config.skip_threshold is not None:
+            # A turn, or an annotated reply, at this frame needs the frame: only quiet frames are skipped.
+            thumb = thumbnail(frame, where)
+            if (
+                not turns
+                and not (self.talk_policy == "annotations" and talk)
+                and self._kept_thumbnail is not None
+                and frame_change(thumb, self._kept_thumbnail) < self.config.skip_threshold
+            ):
+                n, p = self.cache.length, self.cache.next_position
+                return FrameRecord(frame_index, t, n, cache_len_peak=n, max_position=p, cache_len_after=n, skipped=True)
+            self._kept_thumbnail = thumb
         rec = FrameRecord(frame_index=frame_index, time=t, cache_len_before=self.cache.length)
+        if self.config.skip_threshold is not None:
+            rec.skipped = False
         pixel_values, mask, rows, cols = self.preprocess(frame, where)
         frame_ids = self._ids(prompt.frame_turn(t, self.backend.image_seq_len, rows, cols))[0]
         prompt_ids = self._prompt_ids if talk else self._empty
@@ -552,25 +568,7 @@ class StreamRunner:
                 new_turns.append(inputs[next_input])
                 next_input += 1
             talk = self.talk_policy != "annotations" or i in talk_frames
-            where = f"video_data['frames'][{i}]"
-            if self.config.skip_threshold is None:
-                yield self.add_frame(frame, i, t, new_turns, talk, where=where)
-                continue
-            # A turn, or an annotated reply, at this frame needs the frame: only quiet frames are skipped.
-            thumb = thumbnail(frame, where)
-            if (
-                not new_turns
-                and not (self.talk_policy == "annotations" and talk)
-                and self._kept_thumbnail is not None
-                and frame_change(thumb, self._kept_thumbnail) < self.config.skip_threshold
-            ):
-                n, p = self.cache.length, self.cache.next_position
-                yield FrameRecord(i, t, n, cache_len_peak=n, max_position=p, cache_len_after=n, skipped=True)
-                continue
-            self._kept_thumbnail = thumb
-            rec = self.add_frame(frame, i, t, new_turns, talk, where=where)
-            rec.skipped = False
-            yield rec
+            yield self.add_frame(frame, i, t, new_turns, talk, where=f"video_data['frames'][{i}]")
 
     def run_inference_on_video(self, video_data: dict) -> dict[str, Any]:
         """Runs the whole video; returns predictions, per-frame records, summaries and totals, as plain dicts
