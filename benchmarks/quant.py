@@ -296,6 +296,48 @@ def bench_stream_vs_transformers(path, rounds, frames):
     }
 
 
+@torch.no_grad()
+def bench_vision(path, rounds, frames, fp32_roof):
+    """The vision tower alone on vtest.avi frames, fp32 against int8 products (weights="int8"), in rounds:
+    ms per frame, GOP/s against the run's fp32 roof, and how far int8's features are from fp32's."""
+    import prospect_core
+    from streaming import vision_flops
+
+    pre, clips, _, _ = frames_and_ids(path, frames)
+    pvs = [pre(f)[0] for f in clips]
+    models = {f: prospect_core.load_model(path, weights=f) for f in ("dense", "int8")}
+    ms = {f: [] for f in models}
+    for _ in range(rounds):
+        for f, m in models.items():
+            m.image_features(pvs[0])
+            t0 = time.perf_counter()
+            for pv in pvs:
+                m.image_features(pv)
+            ms[f].append((time.perf_counter() - t0) * 1e3 / len(pvs))
+    errs, cos = [], []
+    for pv in pvs:
+        a, b = models["dense"].image_features(pv), models["int8"].image_features(pv)
+        errs.append(((b - a).norm() / a.norm()).item())
+        cos.append(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0).item())
+    gflop = vision_flops(models["dense"].config) / 1e9
+    return {
+        "ms": {f: spread(v) for f, v in ms.items()},
+        "speedup": spread([d / q for d, q in zip(ms["dense"], ms["int8"])]),
+        "gop_per_s": {f: gflop / (v[1] / 1e3) for f, v in ((f, spread(v)) for f, v in ms.items())},
+        "fp32_roof_gflop_per_s": fp32_roof,
+        "gflop_per_frame": gflop,
+        "int8_weight_max": _int8_weight_max(),
+        "feature_rel_err": spread(errs),
+        "feature_cosine_min": min(cos),
+    }
+
+
+def _int8_weight_max():
+    from prospect_core import _C
+
+    return _C._int8_gemm_weight_max()
+
+
 def bench_frame_skip(path, frames, thresholds):
     """vtest.avi (a fixed camera) through the runner without skipping, then at each threshold: frames skipped,
     time, and how the model's own decisions and replies differ on the frames both processed."""
@@ -337,7 +379,7 @@ def _skip_row(off, on, frames, threshold):
     }
 
 
-def bench(path, gguf_file, bw, quick=False, rounds=3):
+def bench(path, gguf_file, bw, roof, quick=False, rounds=3):
     threads = torch.get_num_threads()
     cfg = prospect_core_config(path)
     res = {"threads": threads, "rounds": rounds}
@@ -353,6 +395,7 @@ def bench(path, gguf_file, bw, quick=False, rounds=3):
     }
     res["parity"] = bench_parity(path, gguf_file, threads, new_tokens=8 if quick else 32)
     res["contention"] = bench_contention(path, rounds, 3 if quick else 5, 8 if quick else 32)
+    res["vision"] = bench_vision(path, rounds, 2 if quick else 4, roof)
     res["streaming"] = bench_stream_vs_transformers(path, rounds, 3 if quick else 6)
     res["frame_skip"] = bench_frame_skip(path, 6 if quick else 30, (0.01, 0.02))
     res["seconds"] = time.perf_counter() - t0
@@ -414,6 +457,16 @@ def markdown(res):
         lines.append(
             f"| {k} | {_r(v['quiet_ms'], '{:.1f}')} | {_r(v['busy_ms'], '{:.1f}')} | {_r(v['busy_over_quiet'])} |"
         )
+    v = res["vision"]
+    lines += [
+        "",
+        f"Vision tower alone, 512 px ({v['gflop_per_frame']:.1f} GFLOP a frame): fp32 {_r(v['ms']['dense'], '{:.0f}')} "
+        f"ms/frame, int8 products {_r(v['ms']['int8'], '{:.0f}')}, speedup {_r(v['speedup'])}x; at the medians "
+        f"{v['gop_per_s']['dense']:.0f} and {v['gop_per_s']['int8']:.0f} GOP/s against the fp32 matmul roof of "
+        f"{v['fp32_roof_gflop_per_s']:.0f}. int8 features against fp32: relative error "
+        f"{_r(v['feature_rel_err'], '{:.4f}')}, cosine at least {v['feature_cosine_min']:.5f} "
+        f"(weights to |q| <= {v['int8_weight_max']}).",
+    ]
     s = res["streaming"]
     lines += [
         "",

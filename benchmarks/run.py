@@ -191,7 +191,7 @@ def main():
         import quant
 
         path = model_dir("256m-smollm2", a.models)
-        res["quant"] = quant.bench(path, path / "model.gguf", bw, quick=a.quick, rounds=1 if a.quick else 3)
+        res["quant"] = quant.bench(path, path / "model.gguf", bw, roof, quick=a.quick, rounds=1 if a.quick else 3)
         print(quant.markdown(res["quant"]))
 
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2))

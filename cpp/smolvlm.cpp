@@ -2,6 +2,7 @@
 
 #include "decode_step.h"
 #include "gelu.h"
+#include "int8_gemm.h"
 #include "joint_embed.h"
 #include "matvec.h"
 #include "model_loader.h"
@@ -74,8 +75,10 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
     // fp32: biases and residual adds folded into the products' passes. Other dtypes keep transformers'
     // roundings (product + bias rounded, then the residual add), so bf16 stays equal to it.
     const bool fp32 = rows.scalar_type() == at::kFloat;
-    const auto add_linear = [&](const at::Tensor& in, const at::Tensor& w, const at::Tensor& b) {
-        if (fp32) {
+    const auto add_linear = [&](const at::Tensor& in, const at::Tensor& w, const at::Tensor& b, const Int8Gemm& q) {
+        if (q.defined()) {
+            int8_gemm_add(in, q, rows);
+        } else if (fp32) {
             rows.addmm_(in, w.t()).add_(b);
         } else {
             rows.add_(at::addmm(b, in, w.t()));
@@ -83,18 +86,19 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
     };
     for (const auto& l : weights_.vision_layers) {
         auto r = at::layer_norm(rows, {D}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
-        auto qkv = at::addmm(l.qkv_b, r, l.qkv_w.t()).view({N, S, 3, heads, hd}).permute({2, 0, 3, 1, 4});
+        auto qkv = l.qkv_q.defined() ? int8_gemm(r, l.qkv_q) : at::addmm(l.qkv_b, r, l.qkv_w.t());
+        qkv = qkv.view({N, S, 3, heads, hd}).permute({2, 0, 3, 1, 4});
         auto a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0, false, scale);
-        add_linear(a.transpose(1, 2).reshape({N * S, D}), l.o_w, l.o_b);
+        add_linear(a.transpose(1, 2).reshape({N * S, D}), l.o_w, l.o_b, l.o_q);
         r = at::layer_norm(rows, {D}, l.ln2_w, l.ln2_b, v.layer_norm_eps);
         at::Tensor mid;  // [N*S, I]
         if (fp32 && rows.is_cpu() && l.fc1_b.is_contiguous()) {
-            mid = at::mm(r, l.fc1_w.t());
+            mid = l.fc1_q.defined() ? int8_gemm(r, l.fc1_q) : at::mm(r, l.fc1_w.t());
             bias_gelu_tanh(mid.data_ptr<float>(), l.fc1_b.data_ptr<float>(), mid.size(0), mid.size(1));
         } else {
             mid = at::gelu(at::addmm(l.fc1_b, r, l.fc1_w.t()), "tanh");
         }
-        add_linear(mid, l.fc2_w, l.fc2_b);
+        add_linear(mid, l.fc2_w, l.fc2_b, l.fc2_q);
     }
     return at::layer_norm(x, {v.hidden_size}, weights_.post_ln_w, weights_.post_ln_b, v.layer_norm_eps);
 }

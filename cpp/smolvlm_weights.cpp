@@ -177,7 +177,20 @@ void take_gguf(const std::string& dir, const ModelConfig& cfg, SmolVLMWeights& o
     }
 }
 
+// The vision products in int8, packed for one frame's patches; the dense weights go.
+void pack_vision(SmolVLMWeights& out, const ModelConfig& cfg) {
+    const int64_t patches = cfg.patches_per_side() * cfg.patches_per_side();
+    for (auto& l : out.vision_layers) {
+        l.qkv_q = pack_int8_gemm(l.qkv_w, l.qkv_b, patches);
+        l.o_q = pack_int8_gemm(l.o_w, l.o_b, patches);
+        l.fc1_q = pack_int8_gemm(l.fc1_w, at::Tensor(), patches);  // its bias goes in with the GELU
+        l.fc2_q = pack_int8_gemm(l.fc2_w, l.fc2_b, patches);
+        l.qkv_w = l.o_w = l.fc1_w = l.fc2_w = at::Tensor();
+    }
+}
+
 void requantize(SmolVLMWeights& out, const std::string& dir, const ModelConfig& cfg, WeightFormat format) {
+    pack_vision(out, cfg);
     if (format == WeightFormat::Gguf) {
         take_gguf(dir, cfg, out);
         return;
@@ -195,14 +208,17 @@ int64_t SmolVLMWeights::nbytes() const {
     std::vector<const at::Tensor*> all = {&patch_w,   &patch_b,     &pos_emb, &post_ln_w,
                                           &post_ln_b, &connector_w, &embed,   &final_norm};
     if (!lm_head.data.is_same(embed)) all.push_back(&lm_head.data);
-    for (const auto& l : vision_layers)
+    int64_t bytes = 0;
+    for (const auto& l : vision_layers) {
         for (const auto* x : {&l.ln1_w, &l.ln1_b, &l.qkv_w, &l.qkv_b, &l.o_w, &l.o_b, &l.ln2_w, &l.ln2_b, &l.fc1_w,
                               &l.fc1_b, &l.fc2_w, &l.fc2_b})
-            all.push_back(x);
+            if (x->defined()) all.push_back(x);
+        for (const auto* g : {&l.qkv_q, &l.o_q, &l.fc1_q, &l.fc2_q})
+            if (g->defined()) bytes += g->nbytes();
+    }
     for (const auto& l : text_layers)
         for (const auto* x : {&l.input_norm, &l.qkv.data, &l.o.data, &l.post_norm, &l.gate_up.data, &l.down.data})
             all.push_back(x);
-    int64_t bytes = 0;
     for (const auto* x : all) bytes += x->numel() * x->element_size();
     return bytes;
 }

@@ -3,6 +3,7 @@
 // load so a layer reads fewer, larger matrices.
 #pragma once
 
+#include "int8_gemm.h"
 #include "matrix.h"
 #include "model_config.h"
 
@@ -15,6 +16,8 @@ namespace prospect {
 
 struct VisionLayer {
     at::Tensor ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;  // q|k|v fused
+    // Quantized formats: the four products in int8 (int8_gemm.h), their dense weights released.
+    Int8Gemm qkv_q, o_q, fc1_q, fc2_q;
 };
 
 struct TextLayer {
@@ -22,11 +25,13 @@ struct TextLayer {
     Matrix qkv, o, gate_up, down;  // q|k|v and gate|up fused
 };
 
-// How the decoder's matrices (and lm_head) are held. The vision tower, embeddings and norms stay dense.
+// How the products' weights are held. Quantized formats differ in the decoder's matrices (and lm_head);
+// both run the vision tower's four products per layer in int8 (int8_gemm.h). Embeddings, norms, the patch
+// embedding and the connector stay dense.
 enum class WeightFormat : uint8_t {
     Dense,  // as the checkpoint stores them, cast to the model's dtype
-    Int8,   // quantized at load into Q8_0 blocks (int8, one fp16 scale per 32 weights)
-    Gguf,   // the blocks of the checkpoint's model.gguf as stored (Q4_1, Q8_0, ...): no dequantizing
+    Int8,   // decoder quantized at load into Q8_0 blocks (int8, one fp16 scale per 32 weights)
+    Gguf,   // decoder from the checkpoint's model.gguf, blocks as stored (Q4_1, Q8_0, ...): no dequantizing
 };
 
 struct SmolVLMWeights {

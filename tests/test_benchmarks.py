@@ -77,6 +77,8 @@ def test_quant_harness_quick_smoke(tmp_path):
     assert {r["format"] for r in q["matvec"]} == {"f32", "q8_0", "q4_1"} and all(r["gb_per_s"] > 0 for r in q["matvec"])
     assert q["parity"]["gguf"]["greedy_agree_vs_fp32"] >= 4 and "Paris" in q["parity"]["gguf"]["reply"]
     assert q["contention"]["decode_gguf"]["busy_ms"][1] > 0
+    v = q["vision"]
+    assert v["ms"]["int8"][1] > 0 and 0 < v["feature_rel_err"][2] < 0.2 and v["feature_cosine_min"] > 0.98
     low, high = q["frame_skip"]  # thresholds 0.01 and 0.02
     assert 0 < high["frames_skipped"] < high["frames"]  # vtest.avi's fixed camera: most frames change little
     assert low["frames_skipped"] <= high["frames_skipped"]

@@ -1,6 +1,7 @@
-"""Quantized decoder weights (weights="int8" and "gguf"): the formats against gguf-py's reference
-implementation, each kernel this CPU runs against the math written out, and the engine against its
-own fp32 path. The 256m-smollm2 checkpoint's GGUF blocks are tested in test_smollm2.py."""
+"""Quantized weights (weights="int8" and "gguf"): the decoder's formats against gguf-py's reference
+implementation, each kernel this CPU runs against the math written out, the vision tower's int8
+products against theirs, and the engine against its own fp32 path. The 256m-smollm2 checkpoint's GGUF
+blocks are tested in test_smollm2.py."""
 
 import numpy as np
 import pytest
@@ -104,8 +105,12 @@ def int8_pair(tiny_model):
 def test_int8_holds_fewer_bytes_and_says_so(int8_pair):
     dense, q = int8_pair
     assert (dense.weights, q.weights) == ("dense", "int8")
-    t = dense.config["text_config"]
-    # Every decoder matrix and lm_head at 34 bytes per 32 weights instead of 128; the rest unchanged.
+    t, v = dense.config["text_config"], dense.config["vision_config"]
+    # Every decoder matrix and lm_head at 34 bytes per 32 weights instead of 128; the vision products
+    # at one byte a weight and 4 per output row (its scale) instead of 4 a weight; the rest unchanged.
+    d, i = v["hidden_size"], v["intermediate_size"]
+    vision_weights = v["num_hidden_layers"] * (4 * d * d + 2 * d * i)
+    vision_rows = v["num_hidden_layers"] * (3 * d + d + i + d)
     matrices = (
         t["num_hidden_layers"]
         * (
@@ -116,7 +121,7 @@ def test_int8_holds_fewer_bytes_and_says_so(int8_pair):
     )
     assert dense.weight_bytes - q.weight_bytes == matrices * 4 - matrices * 34 // 32 - (
         0 if not dense.config.get("tie_word_embeddings") else t["vocab_size"] * t["hidden_size"] * 4
-    )
+    ) + (vision_weights * 3 - vision_rows * 4)
 
 
 @torch.no_grad()
@@ -142,6 +147,58 @@ def test_int8_decode_steps_equal_one_prefill(int8_pair):
     cache = q.make_cache(16)
     steps = torch.cat([q.prefill(q.embed_tokens(text[:, i : i + 1]), cache, "user") for i in range(6)])
     torch.testing.assert_close(steps, whole, rtol=1e-4, atol=1e-4)
+
+
+def int8_gemm_reference(x, w, bias):
+    """The vision tower's int8 product written out in float64: w per row (symmetric, max|w| / top, top 127
+    with VNNI and 63 without), x per row (symmetric, max|x| / 127), integer dots, then both scales."""
+    top = _C._int8_gemm_weight_max()
+    sw = (w.abs().amax(1) / top).clamp_min(1e-12)
+    qw = torch.round(w / sw[:, None]).clamp(-top, top)
+    sx = x.abs().amax(1, keepdim=True) / 127
+    qx = torch.floor(x * (1 / sx) + 0.5)
+    dots = qx.double() @ qw.double().T
+    return (dots * sx.double() * sw.double() + (0 if bias is None else bias.double())).float()
+
+
+@pytest.mark.parametrize("rows,cols,out,bias", [(1024, 64, 192, True), (37, 128, 40, False), (3, 96, 256, True)])
+def test_int8_gemm_is_the_math_written_out(rows, cols, out, bias):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, cols, generator=g) * 2 + 0.3  # off-centre: the zero point matters
+    w = torch.randn(out, cols, generator=g) * 0.05
+    b = torch.randn(out, generator=g) if bias else None
+    got = _C._int8_gemm(x, w, b)
+    want = int8_gemm_reference(x, w, b)
+    # One quantization step apart where x * (1/s) + zero lands on a tie that fp32 rounds the other way.
+    assert ((got - want).norm() / want.norm()).item() < 1e-4
+    exact = torch.nn.functional.linear(x, w, b)
+    assert 0 < ((got - exact).norm() / exact.norm()).item() < 0.03  # quantized, and close
+
+
+def test_int8_gemm_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"expected fp32 \[M, 64\] input on the CPU, got Float \[4, 32\]"):
+        _C._int8_gemm(torch.randn(4, 32), torch.randn(8, 64))
+    with pytest.raises(ValueError, match="expected an fp32 \\[out, in\\] weight on the CPU, got Double"):
+        _C._int8_gemm(torch.randn(4, 64), torch.randn(8, 64, dtype=torch.float64))
+
+
+@torch.no_grad()
+def test_int8_vision_tower_near_fp32(int8_pair):
+    """weights="int8" runs the vision tower's products in int8: features close to fp32's, for one image
+    and for a batch whose second image is padded (rows the packing did not plan for)."""
+    dense, q = int8_pair
+    v = dense.config["vision_config"]
+    size = v["image_size"]
+    pv = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    mask = torch.ones(2, size, size, dtype=torch.bool)
+    mask[1, :, size // 2 :] = False
+    for args in ((pv[:1],), (pv, mask)):
+        fd, fq = dense.image_features(*args), q.image_features(*args)
+        assert fq.shape == fd.shape
+        err = ((fq - fd).norm() / fd.norm()).item()
+        assert 0 < err < 0.05, err  # int8, and close
+        cos = torch.nn.functional.cosine_similarity(fq.flatten(1), fd.flatten(1), dim=1)
+        assert cos.min().item() > 0.998
 
 
 def test_weights_argument_is_checked(tiny_model):

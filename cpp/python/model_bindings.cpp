@@ -5,6 +5,7 @@
 
 #include "cuda_graph_decode.h"
 #include "generate.h"
+#include "int8_gemm.h"
 #include "matvec.h"
 #include "model_loader.h"
 #include "quant_kernels.h"
@@ -227,6 +228,14 @@ void bind_model(py::module_& m) {
             return linear(x, matrix(blocks, type, cols));
         },
         py::arg("x"), py::arg("blocks"), py::arg("type"), py::arg("cols"));
+    m.def(
+        "_int8_gemm",
+        [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
+            return int8_gemm(x, pack_int8_gemm(w, bias.value_or(at::Tensor()), x.dim() == 2 ? x.size(0) : 1));
+        },
+        py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
+        "Tests: x [M, in] times w [out, in] (+ bias) through the vision tower's int8 products.");
+    m.def("_int8_gemm_weight_max", &int8_gemm_weight_max, "Tests: the largest |int8 weight| the products use here.");
     m.def(
         "_time_matvec",
         [matrix](const at::Tensor& w, const std::string& type, int64_t cols, int64_t iters) {

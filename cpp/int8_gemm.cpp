@@ -1,0 +1,149 @@
+#include "int8_gemm.h"
+
+#include "simd.h"
+#include "thread_pool.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace prospect {
+
+namespace {
+
+// Looked up once: libtorch registers its operators when it loads.
+const c10::OperatorHandle* prepack_op() {
+    static const auto op = c10::Dispatcher::singleton().findSchema({"onednn::qlinear_prepack", ""});
+    return op ? &*op : nullptr;
+}
+
+const c10::OperatorHandle* pointwise_op() {
+    static const auto op = c10::Dispatcher::singleton().findSchema({"onednn::qlinear_pointwise", ""});
+    return op ? &*op : nullptr;
+}
+
+// Row by row: s = max|x| / 127 and q = round(x / s) + 128, int8 stored as uint8 with zero point 128.
+PROSPECT_SIMD_INLINE void quantize_rows_body(const float* x, uint8_t* q, float* s, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; ++r, x += n, q += n) {
+        float top = 0.0f;
+        for (int64_t i = 0; i < n; ++i) top = std::max(top, std::abs(x[i]));
+        s[r] = top > 0.0f ? top / 127.0f : 1.0f;
+        const float inv = 1.0f / s[r];
+        for (int64_t i = 0; i < n; ++i) {  // v + 128.5 >= 0.5, so truncation rounds
+            const float v = std::clamp(x[i] * inv + 128.5f, 0.0f, 255.0f);
+            q[i] = static_cast<uint8_t>(static_cast<int32_t>(v));
+        }
+    }
+}
+
+// out = y * s[row] + b, or out += that.
+PROSPECT_SIMD_INLINE void finish_rows_body(const float* y, const float* s, const float* b, float* out, int64_t rows,
+                                           int64_t n, bool add) {
+    for (int64_t r = 0; r < rows; ++r, y += n, out += n) {
+        const float sr = s[r];
+        if (add) {
+            for (int64_t i = 0; i < n; ++i) out[i] += y[i] * sr + (b ? b[i] : 0.0f);
+        } else {
+            for (int64_t i = 0; i < n; ++i) out[i] = y[i] * sr + (b ? b[i] : 0.0f);
+        }
+    }
+}
+
+const auto quantize_rows = simd_dispatch<quantize_rows_body>();
+const auto finish_rows = simd_dispatch<finish_rows_body>();
+
+// x w^T + bias into `out` ([M, out] fp32, contiguous), added to it if `add`.
+void run(const at::Tensor& x_in, const Int8Gemm& g, float* out, bool add) {
+    const auto x = x_in.contiguous();
+    const int64_t M = x.size(0), K = g.in, N = g.out;
+    const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K, 1));
+    auto q = at::empty({M, K}, x.options().dtype(at::kByte));
+    std::vector<float> s(M);
+    const float* px = x.data_ptr<float>();
+    uint8_t* pq = q.data_ptr<uint8_t>();
+    pool_for(M, grain, [&](int64_t b, int64_t e) { quantize_rows(px + b * K, pq + b * K, s.data() + b, e - b, K); });
+
+    // Scale 1 and zero point 128 for the whole tensor; each row's own scale is applied after.
+    std::vector<c10::IValue> stack{q,
+                                   1.0,
+                                   int64_t{128},
+                                   g.packed,
+                                   g.scale,
+                                   g.zero,
+                                   c10::IValue(),
+                                   1.0,
+                                   int64_t{0},
+                                   at::kFloat,
+                                   std::string("none"),
+                                   c10::List<std::optional<at::Scalar>>(),
+                                   std::string("")};
+    pointwise_op()->callBoxed(&stack);
+    const auto y = stack.at(0).toTensor().contiguous();
+    const float* py = y.data_ptr<float>();
+    const float* pb = g.bias.defined() ? g.bias.data_ptr<float>() : nullptr;
+    const int64_t out_grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(N, 1));
+    pool_for(M, out_grain,
+             [&](int64_t b, int64_t e) { finish_rows(py + b * N, s.data() + b, pb, out + b * N, e - b, N, add); });
+}
+
+void check_input(const at::Tensor& x, const Int8Gemm& g) {
+    TORCH_CHECK_VALUE(g.defined(), "int8 products: the weight is not packed");
+    TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == g.in && x.scalar_type() == at::kFloat && x.is_cpu(),
+                      "int8 products expected fp32 [M, ", g.in, "] input on the CPU, got ", x.scalar_type(), " ",
+                      x.sizes(), " on ", x.device());
+}
+
+}  // namespace
+
+bool int8_gemm_available() { return prepack_op() && pointwise_op(); }
+
+int int8_gemm_weight_max() {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    static const bool vnni = __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni");
+    return vnni ? 127 : 63;
+#else
+    return 127;
+#endif
+}
+
+Int8Gemm pack_int8_gemm(const at::Tensor& w, const at::Tensor& bias, int64_t rows) {
+    TORCH_CHECK_VALUE(int8_gemm_available(), "int8 products need ATen's oneDNN operators (onednn::qlinear_*), ",
+                      "which this libtorch lacks");
+    TORCH_CHECK_VALUE(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_cpu(),
+                      "int8 products expected an fp32 [out, in] weight on the CPU, got ", w.scalar_type(), " ",
+                      w.sizes(), " on ", w.device());
+    Int8Gemm g;
+    g.out = w.size(0);
+    g.in = w.size(1);
+    const int top = int8_gemm_weight_max();
+    g.scale = (w.abs().amax(1) / static_cast<double>(top)).clamp_min(1e-12).contiguous();
+    auto q = at::round(w / g.scale.unsqueeze(1)).clamp_(-top, top).to(at::kChar).contiguous();
+    g.zero = at::zeros({g.out}, at::TensorOptions().dtype(at::kLong));
+    if (bias.defined()) g.bias = bias.to(at::kFloat).contiguous();
+    std::vector<c10::IValue> stack{q, c10::IValue(std::vector<int64_t>{std::max<int64_t>(rows, 1), g.in})};
+    prepack_op()->callBoxed(&stack);
+    g.packed = stack.at(0).toTensor();
+    return g;
+}
+
+at::Tensor int8_gemm(const at::Tensor& x, const Int8Gemm& g) {
+    check_input(x, g);
+    auto out = at::empty({x.size(0), g.out}, x.options());
+    run(x, g, out.data_ptr<float>(), false);
+    return out;
+}
+
+void int8_gemm_add(const at::Tensor& x, const Int8Gemm& g, at::Tensor& into) {
+    check_input(x, g);
+    TORCH_CHECK_VALUE(into.dim() == 2 && into.size(0) == x.size(0) && into.size(1) == g.out &&
+                          into.scalar_type() == at::kFloat && into.is_contiguous(),
+                      "int8 products expected a contiguous fp32 [", x.size(0), ", ", g.out, "] output, got ",
+                      into.scalar_type(), " ", into.sizes());
+    run(x, g, into.data_ptr<float>(), true);
+}
+
+}  // namespace prospect
