@@ -185,8 +185,9 @@ def _model_flags(backend: bool = True) -> argparse.ArgumentParser:
         "--weights",
         default=DEFAULT_WEIGHTS,
         choices=WEIGHT_FORMATS,
-        help="the decoder's matrices: dense (as stored), int8 (Q8_0 made at load) or gguf (the folder's "
-        "model.gguf blocks); the quantized ones run fp32 on the CPU",
+        help="how the weights are held: dense (as stored), int8 (decoder in Q8_0 made at load) or gguf (decoder "
+        "from the folder's model.gguf blocks); both quantized ones run the vision tower's products in int8, "
+        "with fp32 activations, on the CPU",
     )
     if backend:
         p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS)
