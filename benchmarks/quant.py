@@ -13,7 +13,7 @@ import torch
 
 from common import common_prefix
 
-FORMATS = ("dense", "int8", "gguf")
+FORMATS = ("dense", "bf16", "int8", "gguf")
 QUESTION = "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n"
 VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
@@ -25,14 +25,14 @@ def spread(values):
 
 def decoder_bytes(cfg, fmt):
     """Bytes one decode step reads: every decoder matrix and lm_head in the format's bytes per weight
-    (Q4_1 20 / 32, Q8_0 34 / 32, fp32 4); lm_head is Q8_0 in both quantized formats."""
+    (Q4_1 20 / 32, Q8_0 34 / 32, bf16 2, fp32 4); lm_head is Q8_0 in both quantized formats."""
     t = cfg["text_config"]
     H, I, D = t["hidden_size"], t["intermediate_size"], t["head_dim"]
     layers = t["num_hidden_layers"] * (
         H * D * (2 * t["num_attention_heads"] + 2 * t["num_key_value_heads"]) + 3 * H * I
     )
     head = t["vocab_size"] * H
-    per = {"dense": (4, 4), "int8": (34 / 32, 34 / 32), "gguf": (20 / 32, 34 / 32)}[fmt]
+    per = {"dense": (4, 4), "bf16": (2, 2), "int8": (34 / 32, 34 / 32), "gguf": (20 / 32, 34 / 32)}[fmt]
     return layers * per[0] + head * per[1]
 
 
@@ -62,10 +62,13 @@ def bench_matvec(cfg, bw, iters):
         w = rng.standard_normal((rows, cols), dtype=np.float32)
         for kind, qtype, per_weight in (
             ("f32", None, 4.0),
+            ("bf16", None, 2.0),
             ("q8_0", GGMLQuantizationType.Q8_0, 34 / 32),
             ("q4_1", GGMLQuantizationType.Q4_1, 20 / 32),
         ):
             data = torch.from_numpy(w) if qtype is None else torch.from_numpy(quantize(w, qtype))
+            if kind == "bf16":
+                data = data.bfloat16()
             s = _C._time_matvec(data, kind, cols, iters)
             gbs = rows * cols * per_weight / s / 1e9
             rows_out.append(

@@ -11,7 +11,8 @@
 namespace prospect {
 
 struct Matrix {
-    // dense: [rows, cols] floating; quantized: uint8 [ceil(rows / 8), group bytes] (quant_kernels.h)
+    // dense: [rows, cols] floating (bf16 with fp32 activations: weights="bf16"); quantized: uint8 [ceil(rows / 8),
+    // group bytes] (quant_kernels.h)
     at::Tensor data;
     std::optional<QuantType> quant;  // unset: dense
     int64_t cols = 0;

@@ -190,6 +190,10 @@ void pack_vision(SmolVLMWeights& out, const ModelConfig& cfg) {
 }
 
 void requantize(SmolVLMWeights& out, const std::string& dir, const ModelConfig& cfg, WeightFormat format) {
+    if (format == WeightFormat::Bf16) {
+        for (auto* m : decoder_matrices(out)) *m = Matrix(m->data.to(at::kBFloat16).contiguous());
+        return;
+    }
     pack_vision(out, cfg);
     if (format == WeightFormat::Gguf) {
         take_gguf(dir, cfg, out);
@@ -227,21 +231,22 @@ const char* weight_format_name(WeightFormat f) {
     switch (f) {
         case WeightFormat::Int8: return "int8";
         case WeightFormat::Gguf: return "gguf";
+        case WeightFormat::Bf16: return "bf16";
         default: return "dense";
     }
 }
 
 WeightFormat weight_format_from_name(const std::string& name) {
-    for (auto f : {WeightFormat::Dense, WeightFormat::Int8, WeightFormat::Gguf})
+    for (auto f : {WeightFormat::Dense, WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Gguf})
         if (name == weight_format_name(f)) return f;
-    TORCH_CHECK_VALUE(false, "weights expected 'dense', 'int8' or 'gguf', got '", name, "'");
+    TORCH_CHECK_VALUE(false, "weights expected 'dense', 'bf16', 'int8' or 'gguf', got '", name, "'");
 }
 
 SmolVLMWeights load_smolvlm_weights(const std::string& dir, const ModelConfig& cfg, at::ScalarType dtype,
                                     at::Device device, WeightFormat format) {
     TORCH_CHECK_VALUE(format == WeightFormat::Dense || (dtype == at::kFloat && device.is_cpu()), "weights='",
-                      weight_format_name(format),
-                      "' expected dtype float32 on cpu (quantized decoders run there), got ", dtype, " on ", device);
+                      weight_format_name(format), "' expected dtype float32 on cpu (its products run there), got ",
+                      dtype, " on ", device);
     auto w = load_weights(dir, dtype, device);
     SmolVLMWeights out;
     take_vision(w, cfg, out);

@@ -25,11 +25,12 @@ struct TextLayer {
     Matrix qkv, o, gate_up, down;  // q|k|v and gate|up fused
 };
 
-// How the products' weights are held. Quantized formats differ in the decoder's matrices (and lm_head);
-// both run the vision tower's four products per layer in int8 (int8_gemm.h). Embeddings, norms, the patch
-// embedding and the connector stay dense.
+// How the products' weights are held. The non-dense formats run fp32 activations on the CPU and differ in
+// the decoder's matrices (and lm_head); the quantized ones also run the vision tower's four products per
+// layer in int8 (int8_gemm.h). Embeddings, norms, the patch embedding and the connector stay dense.
 enum class WeightFormat : uint8_t {
     Dense,  // as the checkpoint stores them, cast to the model's dtype
+    Bf16,   // decoder stored in bf16, widened in the products: exact for a bf16 checkpoint, half the bytes
     Int8,   // decoder quantized at load into Q8_0 blocks (int8, one fp16 scale per 32 weights)
     Gguf,   // decoder from the checkpoint's model.gguf, blocks as stored (Q4_1, Q8_0, ...): no dequantizing
 };
@@ -53,7 +54,7 @@ struct SmolVLMWeights {
 SmolVLMWeights load_smolvlm_weights(const std::string& dir, const ModelConfig& cfg, at::ScalarType dtype,
                                     at::Device device, WeightFormat format = WeightFormat::Dense);
 
-// The name of a WeightFormat ("dense", "int8", "gguf") and back; the latter throws ValueError naming them.
+// The name of a WeightFormat ("dense", "bf16", "int8", "gguf") and back; the latter throws ValueError naming them.
 const char* weight_format_name(WeightFormat f);
 WeightFormat weight_format_from_name(const std::string& name);
 

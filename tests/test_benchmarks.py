@@ -68,8 +68,8 @@ def test_quant_harness_quick_smoke(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (js,) = tmp_path.glob("*-quick-quant.json")
     q = json.loads(js.read_text())["quant"]
-    assert set(q["decode"]) >= {"dense", "int8", "gguf"} and all(
-        q["decode"][f][1] > 0 for f in ("dense", "int8", "gguf")
+    assert set(q["decode"]) >= {"dense", "bf16", "int8", "gguf"} and all(
+        q["decode"][f][1] > 0 for f in ("dense", "bf16", "int8", "gguf")
     )
     assert (
         q["decode_bytes_per_token"]["gguf"] < q["decode_bytes_per_token"]["int8"] < q["decode_bytes_per_token"]["dense"]

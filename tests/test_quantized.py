@@ -202,7 +202,7 @@ def test_int8_vision_tower_near_fp32(int8_pair):
 
 
 def test_weights_argument_is_checked(tiny_model):
-    with pytest.raises(ValueError, match="weights expected 'dense', 'int8' or 'gguf', got 'int4'"):
+    with pytest.raises(ValueError, match="weights expected 'dense', 'bf16', 'int8' or 'gguf', got 'int4'"):
         prospect_core.load_model(tiny_model, weights="int4")
     with pytest.raises(TypeError, match="weights expected"):
         _C.SmolVLM(str(tiny_model), "float32", "cpu", 8)
@@ -210,7 +210,7 @@ def test_weights_argument_is_checked(tiny_model):
         prospect_core.load_model(tiny_model, dtype="bfloat16", weights="int8")
     with pytest.raises(FileNotFoundError, match="model.gguf"):
         prospect_core.load_model(tiny_model, weights="gguf")
-    with pytest.raises(ValueError, match="weights expected one of dense, int8, gguf"):
+    with pytest.raises(ValueError, match="weights expected one of dense, bf16, int8, gguf"):
         RunnerConfig(weights="q4")
     from prospect_core.backends import make_backend
 
@@ -218,8 +218,77 @@ def test_weights_argument_is_checked(tiny_model):
         make_backend("hf", tiny_model, weights="int8")
 
 
-def test_runner_streams_on_int8_weights(tiny_model):
-    runner = small_runner(tiny_model, weights="int8", talk_policy="every_frame")
-    assert runner.engine.backend.model.weights == "int8"
+@pytest.mark.parametrize("weights", ["int8", "bf16"])
+def test_runner_streams_on_stored_formats(tiny_model, weights):
+    runner = small_runner(tiny_model, weights=weights, talk_policy="every_frame")
+    assert runner.engine.backend.model.weights == weights
     out = runner.run_inference_on_video(video(6))
     assert len(out["predictions"]) > 0
+
+
+@pytest.mark.parametrize("rows,n", [(7, 40), (130, 17), (64, 576), (5, 3)])
+def test_bf16_rows_give_their_fp32_values_products(rows, n):
+    """The decode step's bf16 product widens each weight exactly: it equals the fp32 product of the same
+    values to float rounding, for any width (the 16-wide body and the tail) and row count."""
+    g = torch.Generator().manual_seed(rows * n)
+    w = torch.randn(rows, n, generator=g).bfloat16()
+    x = torch.randn(n, generator=g)
+    got = _C._matvec(w, x)
+    torch.testing.assert_close(got, (w.double() @ x.double()).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, _C._matvec(w.float(), x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tiny_model, tmp_path_factory):
+    """The tiny checkpoint saved in bf16, as SmolVLM2's weights are released."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("tiny_bf16")
+    for f in tiny_model.iterdir():
+        if f.suffix == ".safetensors":
+            save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in load_file(f).items()}, out / f.name)
+        elif f.is_file():
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@torch.no_grad()
+def test_bf16_weights_give_fp32s_results_on_a_bf16_checkpoint(bf16_checkpoint):
+    """weights="bf16" keeps the decoder in bf16 and widens it as it reads: on a bf16 checkpoint the values
+    are the ones fp32 holds, so logits after a prefill and after each decode step are fp32's to float
+    rounding (the products sum in another order), and greedy decoding gives fp32's tokens, from half the
+    decoder bytes."""
+    dense = prospect_core.load_model(bf16_checkpoint)
+    half = prospect_core.load_model(bf16_checkpoint, weights="bf16")
+    assert half.weights == "bf16"
+    t = dense.config["text_config"]
+    matrices = t["num_hidden_layers"] * (
+        t["hidden_size"] * t["head_dim"] * (2 * t["num_attention_heads"] + 2 * t["num_key_value_heads"])
+        + 3 * t["hidden_size"] * t["intermediate_size"]
+    )
+    head = t["vocab_size"] * t["hidden_size"]
+    tied = bool(dense.config.get("tie_word_embeddings"))
+    # Layers at 2 bytes a weight; lm_head too, as a copy of the embeddings when they are tied.
+    assert dense.weight_bytes - half.weight_bytes == matrices * 2 + (-head * 2 if tied else head * 2)
+    text = torch.randint(40, 200, (1, 9), generator=torch.Generator().manual_seed(3))
+    caches = {m: m.make_cache(64) for m in (dense, half)}
+    for ids in (text, *(torch.tensor([[t]]) for t in (50, 51, 52))):  # a prefill, then one token at a time
+        got, want = (m.prefill(m.embed_tokens(ids), caches[m], "user") for m in (half, dense))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    a = dense.greedy_generate(dense.embed_tokens(text), dense.make_cache(64), 24, []).tokens
+    assert half.greedy_generate(half.embed_tokens(text), half.make_cache(64), 24, []).tokens == a
+
+
+@torch.no_grad()
+def test_bf16_weights_round_an_fp32_checkpoint(int8_pair, tiny_model):
+    """On an fp32 checkpoint, weights="bf16" rounds the decoder's weights: near fp32, not equal to it."""
+    dense, _ = int8_pair
+    half = prospect_core.load_model(tiny_model, weights="bf16")
+    text = torch.randint(40, 200, (1, 12), generator=torch.Generator().manual_seed(4))
+    ld = dense.prefill(dense.embed_tokens(text), dense.make_cache(64), "user")
+    lh = half.prefill(half.embed_tokens(text), half.make_cache(64), "user")
+    assert 0 < ((lh - ld).norm() / ld.norm()).item() < 0.01
+    with pytest.raises(ValueError, match="weights='bf16' expected dtype float32 on cpu"):
+        prospect_core.load_model(tiny_model, dtype="bfloat16", weights="bf16")

@@ -229,6 +229,20 @@ void bind_model(py::module_& m) {
         },
         py::arg("x"), py::arg("blocks"), py::arg("type"), py::arg("cols"));
     m.def(
+        "_matvec",
+        [](const at::Tensor& w, const at::Tensor& x) {
+            TORCH_CHECK_VALUE(w.dim() == 2 && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16) &&
+                                  w.is_cpu() && x.dim() == 1 && x.scalar_type() == at::kFloat && x.size(0) == w.size(1),
+                              "_matvec expected w fp32/bf16 [rows, n] and x fp32 [n] on the CPU, got ", w.sizes(),
+                              " and ", x.sizes());
+            const Matrix mat(w.contiguous());
+            const auto xc = x.contiguous();
+            auto y = at::empty({w.size(0)});
+            matvec(mat, xc.data_ptr<float>(), y.data_ptr<float>());
+            return y;
+        },
+        py::arg("w"), py::arg("x"), "Tests: the decode step's product of a dense matrix (fp32 or bf16) and x.");
+    m.def(
         "_int8_gemm",
         [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
             return int8_gemm(x, pack_int8_gemm(w, bias.value_or(at::Tensor()), x.dim() == 2 ? x.size(0) : 1));
@@ -239,9 +253,11 @@ void bind_model(py::module_& m) {
     m.def(
         "_time_matvec",
         [matrix](const at::Tensor& w, const std::string& type, int64_t cols, int64_t iters) {
-            const Matrix mat = type == "f32" ? Matrix(w.contiguous()) : matrix(w, type, cols);
-            TORCH_CHECK_VALUE(mat.quant || (w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_cpu()),
-                              "w expected fp32 [rows, cols] on the CPU for type 'f32'");
+            const bool dense = type == "f32" || type == "bf16";
+            const Matrix mat = dense ? Matrix(w.contiguous()) : matrix(w, type, cols);
+            const auto want = type == "bf16" ? at::kBFloat16 : at::kFloat;
+            TORCH_CHECK_VALUE(mat.quant || (w.dim() == 2 && w.scalar_type() == want && w.is_cpu()), "w expected ", want,
+                              " [rows, cols] on the CPU for type '", type, "'");
             auto x = at::randn({mat.cols});
             auto y = at::empty({mat.rows()});
             py::gil_scoped_release nogil;
@@ -252,7 +268,8 @@ void bind_model(py::module_& m) {
                    std::max<int64_t>(iters, 1);
         },
         py::arg("w"), py::arg("type"), py::arg("cols"), py::arg("iters"),
-        "Benchmarks: seconds per product of w with one fp32 vector ('f32': dense w; else ggml blocks, packed once).");
+        "Benchmarks: seconds per product of w with one fp32 vector ('f32', 'bf16': dense w; else ggml blocks, packed "
+        "once).");
     m.def(
         "quant_kernel", [] { return std::string(quant_kernel_name()); },
         "The kernel quantized products run on this CPU: 'avx512_vnni', 'avx2' or 'generic'.");

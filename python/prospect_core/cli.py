@@ -185,9 +185,9 @@ def _model_flags(backend: bool = True) -> argparse.ArgumentParser:
         "--weights",
         default=DEFAULT_WEIGHTS,
         choices=WEIGHT_FORMATS,
-        help="how the weights are held: dense (as stored), int8 (decoder in Q8_0 made at load) or gguf (decoder "
-        "from the folder's model.gguf blocks); both quantized ones run the vision tower's products in int8, "
-        "with fp32 activations, on the CPU",
+        help="how the weights are held: dense (as stored), bf16 (decoder in bf16, widened as read), int8 "
+        "(decoder in Q8_0 made at load) or gguf (decoder from the folder's model.gguf blocks); all but dense "
+        "run fp32 on the CPU, and int8 and gguf run the vision tower's products in int8",
     )
     if backend:
         p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS)

@@ -84,9 +84,10 @@ def rope_theta(text_config) -> float:
 
 def load_model(path, dtype: str = "float32", device: str = "cpu", weights: str = "dense") -> core.SmolVLM:
     """Loads a Hugging Face SmolVLM2 folder into the C++ engine; weights are cast once, here. dtype: a name
-    in DTYPES. weights: "dense" (as stored), "int8" (the decoder quantized to Q8_0 at load) or "gguf" (the
-    decoder's blocks from the folder's model.gguf, as stored); both quantized ones also run the vision
-    tower's products in int8 (oneDNN), and need float32 on the CPU."""
+    in DTYPES. weights: "dense" (as stored), "bf16" (the decoder kept in bf16, widened as read), "int8" (the
+    decoder quantized to Q8_0 at load) or "gguf" (the decoder's blocks from the folder's model.gguf, as
+    stored); all but "dense" need float32 on the CPU, and "int8" and "gguf" also run the vision tower's
+    products in int8 (oneDNN)."""
     torch_dtype = torch_dtype_of(dtype)
     if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
         raise ValueError(f"device expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
