@@ -74,7 +74,9 @@ def test_quant_harness_quick_smoke(tmp_path):
     assert (
         q["decode_bytes_per_token"]["gguf"] < q["decode_bytes_per_token"]["int8"] < q["decode_bytes_per_token"]["dense"]
     )
-    assert {r["format"] for r in q["matvec"]} == {"f32", "q8_0", "q4_1"} and all(r["gb_per_s"] > 0 for r in q["matvec"])
+    assert {r["format"] for r in q["matvec"]} == {"f32", "bf16", "q8_0", "q4_1"} and all(
+        r["gb_per_s"] > 0 for r in q["matvec"]
+    )
     assert q["parity"]["gguf"]["greedy_agree_vs_fp32"] >= 4 and "Paris" in q["parity"]["gguf"]["reply"]
     assert q["contention"]["decode_gguf"]["busy_ms"][1] > 0
     v = q["vision"]
