@@ -304,6 +304,7 @@ def bench_vision(path, rounds, frames, fp32_roof):
     """The vision tower alone on vtest.avi frames, fp32 against int8 products (weights="int8"), in rounds:
     ms per frame, GOP/s against the run's fp32 roof, and how far int8's features are from fp32's."""
     import prospect_core
+    from prospect_core import _C
     from streaming import vision_flops
 
     pre, clips, _, _ = frames_and_ids(path, frames)
@@ -329,16 +330,10 @@ def bench_vision(path, rounds, frames, fp32_roof):
         "gop_per_s": {f: gflop / (v[1] / 1e3) for f, v in ((f, spread(v)) for f, v in ms.items())},
         "fp32_roof_gflop_per_s": fp32_roof,
         "gflop_per_frame": gflop,
-        "int8_weight_max": _int8_weight_max(),
+        "int8_weight_max": _C._int8_gemm_weight_max(),
         "feature_rel_err": spread(errs),
         "feature_cosine_min": min(cos),
     }
-
-
-def _int8_weight_max():
-    from prospect_core import _C
-
-    return _C._int8_gemm_weight_max()
 
 
 def bench_frame_skip(path, frames, thresholds):

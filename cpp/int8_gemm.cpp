@@ -102,8 +102,10 @@ bool int8_gemm_available() { return prepack_op() && pointwise_op(); }
 
 int int8_gemm_weight_max() {
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    static const bool vnni = __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni");
+    static const bool vnni = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni");
+    }();
     return vnni ? 127 : 63;
 #else
     return 127;

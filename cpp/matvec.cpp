@@ -20,21 +20,6 @@ namespace {
 // R rows at once: R independent weight streams keep the memory system busier than one (a
 // micro-benchmark here: 1 row 9.6 GB/s, 4 rows 18 GB/s on one core). Each stream also asks for the
 // line 512 bytes ahead: the 256m decoder's products, 2 threads, 20.2 -> 22.9 GB/s on the Intel Xeon.
-// Eight weights as floats: fp32 as stored, bf16 (raw uint16) widened to fp32 exactly, so a bf16 row
-// gives the same sums as the fp32 row holding the same values.
-PROSPECT_SIMD_INLINE Vec8f load8w(const float* p) { return load8(p); }
-PROSPECT_SIMD_INLINE Vec8f load8w(const uint16_t* p) {
-    typedef uint16_t Vec8h __attribute__((vector_size(16), aligned(2)));
-    Vec8h h;
-    std::memcpy(&h, p, sizeof h);
-    return std::bit_cast<Vec8f>(__builtin_convertvector(h, Vec8i) << 16);
-}
-PROSPECT_SIMD_INLINE float load1w(const float* p) { return *p; }
-PROSPECT_SIMD_INLINE float load1w(const uint16_t* p) { return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16); }
-
-// R rows at once: R independent weight streams keep the memory system busier than one (a
-// micro-benchmark here: 1 row 9.6 GB/s, 4 rows 18 GB/s on one core). Each stream also asks for the
-// line 512 bytes ahead: the 256m decoder's products, 2 threads, 20.2 -> 22.9 GB/s on the Intel Xeon.
 template <int R>
 PROSPECT_SIMD_INLINE void rows_block(const float* w, const float* x, float* y, int64_t n) {
     Vec8f s[R][2] = {};

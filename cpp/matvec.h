@@ -17,7 +17,7 @@ at::Tensor linear(const at::Tensor& x, const Matrix& w);
 // y[rows] = w[rows, n] x[n], fp32, spread over ATen's threads.
 void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t n);
 
-// The same for a Matrix: dense fp32, dense bf16 (the same sums as fp32 holding those values) or quantized.
+// The same for a Matrix: dense fp32, dense bf16 (widened exactly; summed in another order) or quantized.
 void matvec(const Matrix& w, const float* x, float* y);
 
 // ggml's blocks of a [rows, cols] matrix, uint8 [rows, cols / 32 * block bytes] -> a Matrix (the rows'
