@@ -86,6 +86,46 @@ def bench_matvec(cfg, bw, iters):
     return rows_out
 
 
+def bench_prefill_products(cfg, roof, iters, tokens=84):
+    """A prefill's products (a frame's 84 tokens) on one layer's largest matrices, in each format: GOP/s
+    and the fraction of the run's fp32 matmul roof."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    from prospect_core import _C
+
+    t = cfg["text_config"]
+    H, I = t["hidden_size"], t["intermediate_size"]
+    rng = np.random.default_rng(1)
+    out = []
+    for name, (rows, cols) in {"gate|up": (2 * I, H), "down": (H, I)}.items():
+        w = rng.standard_normal((rows, cols), dtype=np.float32)
+        for kind, qtype in (
+            ("f32", None),
+            ("bf16", None),
+            ("q8_0", GGMLQuantizationType.Q8_0),
+            ("q4_1", GGMLQuantizationType.Q4_1),
+        ):
+            data = torch.from_numpy(w) if qtype is None else torch.from_numpy(quantize(w, qtype))
+            if kind == "bf16":
+                data = data.bfloat16()
+            s = _C._time_matvec(data, kind, cols, iters, tokens)
+            gops = 2 * rows * cols * tokens / s / 1e9
+            out.append(
+                {
+                    "matrix": name,
+                    "rows": rows,
+                    "cols": cols,
+                    "tokens": tokens,
+                    "format": kind,
+                    "us": s * 1e6,
+                    "gop_per_s": gops,
+                    "fraction_of_fp32_roof": gops / roof,
+                }
+            )
+    return out
+
+
 # ---- decode -------------------------------------------------------------------------------------------
 def bench_decode(path, gguf_file, rounds, repeats, new_tokens, threads):
     """ms per decoded token for each weight format and llama.cpp on the same GGUF, in rounds."""
@@ -300,6 +340,34 @@ def bench_stream_vs_transformers(path, rounds, frames):
 
 
 @torch.no_grad()
+def bench_steps(path, rounds, frames):
+    """The streaming step (preprocess, vision, prefill, talk decision; median over the frames after the
+    first) in the three ways to run it: fp32, weights="int8", and dtype="bfloat16" (the engine in bf16,
+    through ATen's oneDNN products), in rounds."""
+    import prospect_core
+
+    pre, clips, ids, eou = frames_and_ids(path, frames)
+    models = {
+        "fp32": prospect_core.load_model(path),
+        "int8": prospect_core.load_model(path, weights="int8"),
+        "bf16_dtype": prospect_core.load_model(path, dtype="bfloat16"),
+    }
+    text = torch.arange(60, 76).unsqueeze(0)
+    ms = {k: [] for k in models}
+    decode = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            ms[k].append(stream_step_ms(m, pre, clips, ids, eou))
+            r = m.greedy_generate(m.embed_tokens(text), m.make_cache(64), 32, [])
+            decode[k].append(r.decode_ms / 32)
+    return {
+        "ms_per_step": {k: spread(v) for k, v in ms.items()},
+        "speedup_vs_fp32": {k: spread([f / x for f, x in zip(ms["fp32"], v)]) for k, v in ms.items() if k != "fp32"},
+        "decode_ms_per_token": {k: spread(v) for k, v in decode.items()},
+    }
+
+
+@torch.no_grad()
 def bench_vision(path, rounds, frames, fp32_roof):
     """The vision tower alone on vtest.avi frames, fp32 against int8 products (weights="int8"), in rounds:
     ms per frame, GOP/s against the run's fp32 roof, and how far int8's features are from fp32's."""
@@ -385,7 +453,9 @@ def bench(path, gguf_file, bw, roof, quick=False, rounds=3):
 
     res["quant_kernel"] = _C.quant_kernel()
     t0 = time.perf_counter()
+    res["cpu_has_bf16_dot"] = _C._cpu_has_bf16_dot()
     res["matvec"] = bench_matvec(cfg, bw, 3 if quick else 20)
+    res["prefill_products"] = bench_prefill_products(cfg, roof, 3 if quick else 30)
     res["decode"] = bench_decode(path, gguf_file, rounds, 1 if quick else 5, 8 if quick else 32, threads)
     res["decode_bytes_per_token"] = {f: decoder_bytes(cfg, f) for f in FORMATS}
     res["decode_fraction_of_probe"] = {
@@ -395,6 +465,7 @@ def bench(path, gguf_file, bw, roof, quick=False, rounds=3):
     res["contention"] = bench_contention(path, rounds, 3 if quick else 5, 8 if quick else 32)
     res["vision"] = bench_vision(path, rounds, 2 if quick else 4, roof)
     res["streaming"] = bench_stream_vs_transformers(path, rounds, 3 if quick else 6)
+    res["steps"] = bench_steps(path, rounds, 3 if quick else 6)
     res["frame_skip"] = bench_frame_skip(path, 6 if quick else 30, (0.01, 0.02))
     res["seconds"] = time.perf_counter() - t0
     return res
@@ -440,6 +511,18 @@ def markdown(res):
         )
     lines += [
         "",
+        "A prefill's products alone (84 tokens, one layer's matrices):",
+        "",
+        "| prefill product | format | µs | GOP/s | % of fp32 roof |",
+        "|---|---|---|---|---|",
+    ]
+    for r in res.get("prefill_products", []):
+        lines.append(
+            f"| {r['matrix']} [{r['rows']} x {r['cols']}] | {r['format']} | {r['us']:.0f} | {r['gop_per_s']:.0f} | "
+            f"{100 * r['fraction_of_fp32_roof']:.0f}% |"
+        )
+    lines += [
+        "",
         "| parity | logit rel. err vs fp32 | greedy agree vs fp32 | logit rel. err vs llama.cpp "
         "| greedy agree vs llama.cpp |",
         "|---|---|---|---|---|",
@@ -463,15 +546,28 @@ def markdown(res):
         f"{v['gop_per_s']['dense']:.0f} and {v['gop_per_s']['int8']:.0f} GOP/s against the fp32 matmul roof of "
         f"{v['fp32_roof_gflop_per_s']:.0f}. int8 features against fp32: relative error "
         f"{_r(v['feature_rel_err'], '{:.4f}')}, cosine at least {v['feature_cosine_min']:.5f} "
-        f"(weights to |q| <= {v['int8_weight_max']}).",
+        f"(weights to |q| <= {v['int8_weight_max']}; attention in "
+        f"{'bf16' if res.get('cpu_has_bf16_dot') else 'fp32'} on this CPU).",
     ]
     s = res["streaming"]
     lines += [
         "",
         f"Streaming step, 256m 512 px: prospect int8 {_r(s['prospect_int8_ms_per_frame'], '{:.0f}')} ms/frame, "
-        f"transformers fp32 {_r(s['transformers_fp32_ms_per_frame'], '{:.0f}')}, speedup {_r(s['speedup'])}x.",
+        f"transformers fp32 {_r(s['transformers_fp32_ms_per_frame'], '{:.0f}')}, speedup {_r(s['speedup'])}x "
+        "(each pass's frames in all, the first included, interleaved with transformers).",
         "",
     ]
+    if "steps" in res:
+        st = res["steps"]["ms_per_step"]
+        sp = res["steps"]["speedup_vs_fp32"]
+        lines += [
+            f"Streaming step alone (median over a pass's frames after the first): fp32 {_r(st['fp32'], '{:.0f}')} ms, "
+            f"int8 {_r(st['int8'], '{:.0f}')} ({_r(sp['int8'])}x), dtype bfloat16 {_r(st['bf16_dtype'], '{:.0f}')} "
+            f"({_r(sp['bf16_dtype'])}x). Decode in the same rounds, ms/token: "
+            + ", ".join(f"{k} {_r(v)}" for k, v in res["steps"]["decode_ms_per_token"].items())
+            + ".",
+            "",
+        ]
     for fs in res["frame_skip"]:
         lines.append(
             f"Frame skipping on vtest.avi ({fs['frames']} frames, threshold {fs['threshold']}): "

@@ -1,9 +1,9 @@
 #include "int8_gemm.h"
 
 #include "simd.h"
-#include "thread_pool.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
@@ -59,12 +59,15 @@ const auto finish_rows = simd_dispatch<finish_rows_body>();
 void run(const at::Tensor& x_in, const Int8Gemm& g, float* out, bool add) {
     const auto x = x_in.contiguous();
     const int64_t M = x.size(0), K = g.in, N = g.out;
+    // The passes around oneDNN's GEMM run on ATen's threads: oneDNN has just woken them, and a second
+    // pool would share the cores with them while they spin.
     const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K, 1));
     auto q = at::empty({M, K}, x.options().dtype(at::kByte));
     std::vector<float> s(M);
     const float* px = x.data_ptr<float>();
     uint8_t* pq = q.data_ptr<uint8_t>();
-    pool_for(M, grain, [&](int64_t b, int64_t e) { quantize_rows(px + b * K, pq + b * K, s.data() + b, e - b, K); });
+    at::parallel_for(0, M, grain,
+                     [&](int64_t b, int64_t e) { quantize_rows(px + b * K, pq + b * K, s.data() + b, e - b, K); });
 
     // Scale 1 and zero point 128 for the whole tensor; each row's own scale is applied after.
     std::vector<c10::IValue> stack{q,
@@ -85,8 +88,9 @@ void run(const at::Tensor& x_in, const Int8Gemm& g, float* out, bool add) {
     const float* py = y.data_ptr<float>();
     const float* pb = g.bias.defined() ? g.bias.data_ptr<float>() : nullptr;
     const int64_t out_grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(N, 1));
-    pool_for(M, out_grain,
-             [&](int64_t b, int64_t e) { finish_rows(py + b * N, s.data() + b, pb, out + b * N, e - b, N, add); });
+    at::parallel_for(0, M, out_grain, [&](int64_t b, int64_t e) {
+        finish_rows(py + b * N, s.data() + b, pb, out + b * N, e - b, N, add);
+    });
 }
 
 void check_input(const at::Tensor& x, const Int8Gemm& g) {

@@ -1,5 +1,7 @@
 #include "quant_kernels.h"
 
+#include "simd.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -186,6 +188,33 @@ void quant_unpack_group(QuantType t, const uint8_t* group, int64_t rows, int64_t
     }
 }
 
+namespace {
+
+// Blocks of 32 activations -> int8 (d = max|x| / 127), ties to even as rint: adding and taking away
+// 1.5 * 2^23 rounds |v| <= 127 that way, and unlike rint it vectorizes.
+PROSPECT_SIMD_INLINE void quantize_blocks_body(const float* x, int64_t blocks, int8_t* q, float* d, float* s,
+                                               int32_t* sum) {
+    constexpr float kRound = 12582912.0f;
+    for (int64_t b = 0; b < blocks; ++b, x += kQuantBlock, q += kQuantBlock) {
+        float amax = 0;
+        for (int j = 0; j < kQuantBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float scale = amax / 127.0f, inv = scale > 0 ? 1.0f / scale : 0.0f;
+        int32_t total = 0;
+        for (int j = 0; j < kQuantBlock; ++j) {
+            const auto v = static_cast<int32_t>((x[j] * inv + kRound) - kRound);
+            q[j] = static_cast<int8_t>(v);
+            total += v;
+        }
+        d[b] = scale;
+        s[b] = scale * static_cast<float>(total);
+        sum[b] = total;
+    }
+}
+
+const auto quantize_blocks = simd_dispatch<quantize_blocks_body>();
+
+}  // namespace
+
 void QuantActs::quantize(const float* x, int64_t n_in, int64_t tokens_in) {
     n = n_in;
     tokens = tokens_in;
@@ -193,19 +222,8 @@ void QuantActs::quantize(const float* x, int64_t n_in, int64_t tokens_in) {
     q.resize(static_cast<size_t>(n * tokens));
     d.resize(static_cast<size_t>(blocks));
     s.resize(static_cast<size_t>(blocks));
-    for (int64_t b = 0; b < blocks; ++b, x += kQuantBlock) {
-        float amax = 0;
-        for (int j = 0; j < kQuantBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
-        const float scale = amax / 127.0f, inv = scale > 0 ? 1.0f / scale : 0.0f;
-        int8_t* out = q.data() + b * kQuantBlock;
-        int32_t sum = 0;
-        for (int j = 0; j < kQuantBlock; ++j) {
-            out[j] = static_cast<int8_t>(std::nearbyint(x[j] * inv));
-            sum += out[j];
-        }
-        d[b] = scale;
-        s[b] = scale * static_cast<float>(sum);
-    }
+    sum.resize(static_cast<size_t>(blocks));
+    quantize_blocks(x, blocks, q.data(), d.data(), s.data(), sum.data());
 }
 
 void quantize_row_q8_0(const float* w, int64_t n, uint8_t* out) {

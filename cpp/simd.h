@@ -3,6 +3,7 @@
 // target_clones("arch=haswell") dispatches on the CPU model, so other AVX2 CPUs got the baseline.
 #pragma once
 
+#include <bit>
 #include <cstdint>
 #include <cstring>
 
@@ -27,6 +28,25 @@ PROSPECT_SIMD_INLINE float sum8(Vec8f v) {
     float s = 0;
     for (int j = 0; j < 8; ++j) s += v[j];
     return s;
+}
+
+// exp(t) for t <= 0 .. 88: t = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor
+// polynomial (relative error < 2e-7 there), 2^n built in the exponent bits.
+PROSPECT_SIMD_INLINE Vec8f exp8(Vec8f t) {
+    t = t < -87.0f ? -87.0f : t;
+    t = t > 88.0f ? 88.0f : t;
+    const Vec8f shifter = Vec8f{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+    const Vec8f f = t * 1.44269504f + shifter;
+    const Vec8f n = f - shifter;
+    const Vec8f r = t - n * 0.693145752f - n * 1.42860677e-6f;  // ln2 split in two for an exact product
+    Vec8f p = r * (1.0f / 720) + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const Vec8i bits = ((std::bit_cast<Vec8i>(f) - 0x4B400000) + 127) << 23;
+    return p * std::bit_cast<Vec8f>(bits);
 }
 
 inline bool cpu_has_avx2_fma() {

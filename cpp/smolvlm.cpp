@@ -1,5 +1,6 @@
 #include "smolvlm.h"
 
+#include "bf16_attention.h"
 #include "decode_step.h"
 #include "gelu.h"
 #include "int8_gemm.h"
@@ -84,12 +85,20 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
             rows.add_(at::addmm(b, in, w.t()));
         }
     };
+    // The int8 tower is approximate already; on CPUs that multiply bf16, its attention runs in bf16 too.
+    const bool attention_bf16 = !weights_.vision_layers.empty() && weights_.vision_layers[0].qkv_q.defined() &&
+                                rows.is_cpu() && cpu_has_bf16_dot();
     for (const auto& l : weights_.vision_layers) {
         auto r = at::layer_norm(rows, {D}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
         auto qkv = l.qkv_q.defined() ? int8_gemm(r, l.qkv_q) : at::addmm(l.qkv_b, r, l.qkv_w.t());
         qkv = qkv.view({N, S, 3, heads, hd}).permute({2, 0, 3, 1, 4});
-        auto a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0, false, scale);
-        add_linear(a.transpose(1, 2).reshape({N * S, D}), l.o_w, l.o_b, l.o_q);
+        at::Tensor a;  // [N, S, heads, hd]
+        if (attention_bf16) {
+            a = bf16_attention(qkv[0], qkv[1], qkv[2], mask, scale);
+        } else {
+            a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0, false, scale).transpose(1, 2);
+        }
+        add_linear(a.reshape({N * S, D}), l.o_w, l.o_b, l.o_q);
         r = at::layer_norm(rows, {D}, l.ln2_w, l.ln2_b, v.layer_norm_eps);
         at::Tensor mid;  // [N*S, I]
         if (fp32 && rows.is_cpu() && l.fc1_b.is_contiguous()) {

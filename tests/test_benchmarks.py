@@ -77,6 +77,10 @@ def test_quant_harness_quick_smoke(tmp_path):
     assert {r["format"] for r in q["matvec"]} == {"f32", "bf16", "q8_0", "q4_1"} and all(
         r["gb_per_s"] > 0 for r in q["matvec"]
     )
+    pre = q["prefill_products"]
+    assert {r["format"] for r in pre} == {"f32", "bf16", "q8_0", "q4_1"} and all(r["gop_per_s"] > 0 for r in pre)
+    assert isinstance(q["cpu_has_bf16_dot"], bool)
+    assert all(q["steps"]["ms_per_step"][k][1] > 0 for k in ("fp32", "int8", "bf16_dtype"))
     assert q["parity"]["gguf"]["greedy_agree_vs_fp32"] >= 4 and "Paris" in q["parity"]["gguf"]["reply"]
     assert q["contention"]["decode_gguf"]["busy_ms"][1] > 0
     v = q["vision"]

@@ -68,7 +68,9 @@ def test_dequantize_is_gguf_reference(kind):
 
 @pytest.mark.parametrize("kernel", kernels_here(), indirect=True)
 @pytest.mark.parametrize("kind", ["q8_0", "q4_1"])
-@pytest.mark.parametrize("rows,cols,tokens", [(7, 32, 1), (64, 576, 1), (13, 1536, 5), (960, 576, 3)])
+@pytest.mark.parametrize(
+    "rows,cols,tokens", [(7, 32, 1), (64, 576, 1), (13, 1536, 5), (960, 576, 3), (40, 576, 13), (9, 64, 84)]
+)
 def test_each_kernel_computes_the_product(kernel, kind, rows, cols, tokens):
     qtype = GGMLQuantizationType.Q8_0 if kind == "q8_0" else GGMLQuantizationType.Q4_1
     w = np.random.default_rng(rows).standard_normal((rows, cols)).astype(np.float32)
@@ -78,6 +80,25 @@ def test_each_kernel_computes_the_product(kernel, kind, rows, cols, tokens):
     want = quantized_activations(x.numpy()).astype(np.float64) @ dequantize(blocks, qtype).T.astype(np.float64)
     assert got.shape == (tokens, rows)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.skipif("avx512_vnni" not in kernels_here(), reason="this CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("kind", ["q8_0", "q4_1"])
+def test_vnni_prefill_tiles_give_avx2s_exact_results(kind):
+    """VNNI's prefill passes take 8 or 4 tokens at a time, with Q8_0's weights made unsigned; the integer
+    dots and the float steps after them are AVX2's, so every token count gives the same bits."""
+    qtype = GGMLQuantizationType.Q8_0 if kind == "q8_0" else GGMLQuantizationType.Q4_1
+    w = np.random.default_rng(3).standard_normal((70, 576)).astype(np.float32)
+    blocks = torch.from_numpy(quantize(w, qtype).copy())
+    x = torch.randn(29, 576) * torch.linspace(0.1, 4, 576)
+    x[3] = 0  # an all-zero token: scale 0
+    for tokens in (1, 2, 4, 7, 8, 12, 13, 29):
+        got = {}
+        for k in ("avx2", "avx512_vnni"):
+            _C._force_quant_kernel(k)
+            got[k] = _C._quant_linear(x[:tokens], blocks, kind, 576)
+        _C._force_quant_kernel("")
+        assert torch.equal(got["avx2"], got["avx512_vnni"]), tokens
 
 
 def test_kernel_is_named():
@@ -180,6 +201,44 @@ def test_int8_gemm_arguments_are_checked():
         _C._int8_gemm(torch.randn(4, 32), torch.randn(8, 64))
     with pytest.raises(ValueError, match="expected an fp32 \\[out, in\\] weight on the CPU, got Double"):
         _C._int8_gemm(torch.randn(4, 64), torch.randn(8, 64, dtype=torch.float64))
+
+
+def attention_reference(q, k, v, key_mask, scale):
+    """The attention in float64, [N, S, heads, hd]."""
+    scores = (q.double() @ k.double().transpose(-1, -2)) * scale
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask, float("-inf"))
+    return (scores.softmax(-1) @ v.double()).transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    "n,heads,s,hd,masked", [(1, 4, 264, 32, False), (2, 3, 257, 16, True), (1, 2, 7, 8, False), (2, 2, 40, 8, True)]
+)
+def test_bf16_attention_is_attention(n, heads, s, hd, masked):
+    """The int8 tower's attention on bf16 CPUs: blocks of 256 queries (264 and 257 leave a short last
+    block), rows of keys that are and are not whole vectors of 8, padded keys masked, the result fp32
+    [N, S, heads, hd]; within bf16's rounding of fp32's."""
+    g = torch.Generator().manual_seed(s)
+    q, k, v = (torch.randn(n, heads, s, hd, generator=g) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.ones(n, 1, 1, s, dtype=torch.bool)
+        mask[1, ..., s // 3 :] = False
+    scale = hd**-0.5
+    got = _C._bf16_attention(q, k, v, mask, scale)
+    assert got.dtype == torch.float32 and got.shape == (n, s, heads, hd)
+    want = attention_reference(q, k, v, mask, scale)
+    err = ((got.double() - want).norm() / want.norm()).item()
+    assert 0 < err < 0.02, err  # rounded to bf16, and close
+    if masked:  # a padded key changes nothing: perturbing it leaves the result as it was
+        v2 = v.clone()
+        v2[1, :, s - 1] += 100
+        assert torch.equal(_C._bf16_attention(q, k, v2, mask, scale), got)
+
+
+def test_bf16_attention_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"expected q, k, v of one shape \[N, heads, S, hd\]"):
+        _C._bf16_attention(torch.randn(1, 2, 8, 4), torch.randn(1, 2, 9, 4), torch.randn(1, 2, 8, 4), None, 0.5)
 
 
 @torch.no_grad()

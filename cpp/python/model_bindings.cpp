@@ -3,6 +3,7 @@
 
 #include <chrono>
 
+#include "bf16_attention.h"
 #include "cuda_graph_decode.h"
 #include "generate.h"
 #include "int8_gemm.h"
@@ -249,27 +250,44 @@ void bind_model(py::module_& m) {
         },
         py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
         "Tests: x [M, in] times w [out, in] (+ bias) through the vision tower's int8 products.");
+    m.def(
+        "_bf16_attention",
+        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& key_mask,
+           double scale) { return bf16_attention(q, k, v, key_mask, scale); },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("key_mask") = py::none(), py::arg("scale"),
+        "Tests: the int8 vision tower's attention in bf16 (q, k, v fp32 [N, heads, S, hd]) -> fp32 [N, S, heads, hd].");
+    m.def("_cpu_has_bf16_dot", &cpu_has_bf16_dot,
+          "Whether this CPU multiplies bf16 in hardware; the int8 vision tower's attention then runs in bf16.");
     m.def("_int8_gemm_weight_max", &int8_gemm_weight_max, "Tests: the largest |int8 weight| the products use here.");
     m.def(
         "_time_matvec",
-        [matrix](const at::Tensor& w, const std::string& type, int64_t cols, int64_t iters) {
+        [matrix](const at::Tensor& w, const std::string& type, int64_t cols, int64_t iters, int64_t tokens) {
             const bool dense = type == "f32" || type == "bf16";
             const Matrix mat = dense ? Matrix(w.contiguous()) : matrix(w, type, cols);
             const auto want = type == "bf16" ? at::kBFloat16 : at::kFloat;
             TORCH_CHECK_VALUE(mat.quant || (w.dim() == 2 && w.scalar_type() == want && w.is_cpu()), "w expected ", want,
                               " [rows, cols] on the CPU for type '", type, "'");
-            auto x = at::randn({mat.cols});
+            TORCH_CHECK_VALUE(tokens >= 1, "tokens expected >= 1, got ", tokens);
+            auto x = at::randn({tokens, mat.cols});
             auto y = at::empty({mat.rows()});
             py::gil_scoped_release nogil;
-            matvec(mat, x.data_ptr<float>(), y.data_ptr<float>());  // warm
+            // One token: the decode step's matvec; more: a prefill's product.
+            const auto once = [&] {
+                if (tokens == 1) {
+                    matvec(mat, x.data_ptr<float>(), y.data_ptr<float>());
+                } else {
+                    linear(x, mat);
+                }
+            };
+            once();  // warm
             const auto t0 = std::chrono::steady_clock::now();
-            for (int64_t i = 0; i < iters; ++i) matvec(mat, x.data_ptr<float>(), y.data_ptr<float>());
+            for (int64_t i = 0; i < iters; ++i) once();
             return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
                    std::max<int64_t>(iters, 1);
         },
-        py::arg("w"), py::arg("type"), py::arg("cols"), py::arg("iters"),
-        "Benchmarks: seconds per product of w with one fp32 vector ('f32', 'bf16': dense w; else ggml blocks, packed "
-        "once).");
+        py::arg("w"), py::arg("type"), py::arg("cols"), py::arg("iters"), py::arg("tokens") = 1,
+        "Benchmarks: seconds per product of w with `tokens` fp32 rows ('f32', 'bf16': dense w; else ggml blocks, "
+        "packed once).");
     m.def(
         "quant_kernel", [] { return std::string(quant_kernel_name()); },
         "The kernel quantized products run on this CPU: 'avx512_vnni', 'avx2' or 'generic'.");

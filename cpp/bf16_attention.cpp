@@ -1,0 +1,129 @@
+#include "bf16_attention.h"
+
+#include "simd.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace prospect {
+
+namespace {
+
+typedef uint16_t Vec8h __attribute__((vector_size(16), aligned(2)));  // eight bf16
+typedef uint32_t Vec8u __attribute__((vector_size(32), aligned(4)));
+
+PROSPECT_SIMD_INLINE Vec8f widen8(const uint16_t* p) {
+    Vec8h h;
+    std::memcpy(&h, p, sizeof h);
+    return std::bit_cast<Vec8f>(__builtin_convertvector(h, Vec8u) << 16);
+}
+
+PROSPECT_SIMD_INLINE void narrow8(uint16_t* p, Vec8f v) {  // round to nearest even
+    const Vec8u b = std::bit_cast<Vec8u>(v);
+    const Vec8h h = __builtin_convertvector((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16, Vec8h);
+    std::memcpy(p, &h, sizeof h);
+}
+
+PROSPECT_SIMD_INLINE float widen1(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+PROSPECT_SIMD_INLINE uint16_t narrow1(float v) {
+    const uint32_t b = std::bit_cast<uint32_t>(v);
+    return static_cast<uint16_t>((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+
+// Rows of n bf16 scores -> their softmax, in place, worked in fp32: one pass for the maximum (each
+// row widened into `buf`), one for the exponentials and their sum, one to scale and round. ATen's
+// bf16 softmax takes about twice as long. Masked keys (-inf) get exactly 0.
+PROSPECT_SIMD_INLINE void softmax_rows_body(uint16_t* x, int64_t rows, int64_t n, float* buf) {
+    constexpr float kLow = -87.0f;  // exp8 clamps below this; such keys are masked or weigh < 1e-37
+    constexpr float kInf = std::numeric_limits<float>::infinity();
+    const int64_t n8 = n / 8 * 8;
+    for (int64_t r = 0; r < rows; ++r, x += n) {
+        Vec8f top = Vec8f{} - kInf;
+        for (int64_t i = 0; i < n8; i += 8) {
+            const Vec8f v = widen8(x + i);
+            store8(buf + i, v);
+            top = v > top ? v : top;
+        }
+        float m = -kInf;
+        for (int j = 0; j < 8; ++j) m = std::max(m, top[j]);
+        for (int64_t i = n8; i < n; ++i) m = std::max(m, buf[i] = widen1(x[i]));
+        if (m == -kInf) m = 0;  // every key masked: all zeros
+        Vec8f sum{};
+        for (int64_t i = 0; i < n8; i += 8) {
+            const Vec8f t = load8(buf + i) - m;
+            const Vec8f e = t < kLow ? Vec8f{} : exp8(t);
+            store8(buf + i, e);
+            sum += e;
+        }
+        float total = sum8(sum);
+        for (int64_t i = n8; i < n; ++i) total += buf[i] = buf[i] - m < kLow ? 0.0f : std::exp(buf[i] - m);
+        const float inv = total > 0 ? 1.0f / total : 0.0f;
+        for (int64_t i = 0; i < n8; i += 8) narrow8(x + i, load8(buf + i) * inv);
+        for (int64_t i = n8; i < n; ++i) x[i] = narrow1(buf[i] * inv);
+    }
+}
+
+const auto softmax_rows = simd_dispatch<softmax_rows_body>();
+
+// scores bf16 [..., n], contiguous -> softmax over the last dim, in place.
+void softmax_bf16_(at::Tensor& scores) {
+    const int64_t n = scores.size(-1), rows = scores.numel() / n;
+    auto* x = reinterpret_cast<uint16_t*>(scores.data_ptr<at::BFloat16>());
+    at::parallel_for(0, rows, std::max<int64_t>(1, 8192 / n), [&](int64_t r0, int64_t r1) {
+        std::vector<float> buf(static_cast<size_t>(n));
+        softmax_rows(x + r0 * n, r1 - r0, n, buf.data());
+    });
+}
+
+}  // namespace
+
+bool cpu_has_bf16_dot() {
+#if defined(__x86_64__)
+    static const bool has = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+    }();
+    return has;
+#else
+    return false;
+#endif
+}
+
+at::Tensor bf16_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const std::optional<at::Tensor>& key_mask, double scale) {
+    TORCH_CHECK_VALUE(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+                      "bf16_attention expected q, k, v of one shape [N, heads, S, hd], got ", q.sizes(), ", ",
+                      k.sizes(), ", ", v.sizes());
+    const int64_t N = q.size(0), heads = q.size(1), S = q.size(2), hd = q.size(3);
+    const auto qb = (q * scale).to(at::kBFloat16).reshape({N * heads, S, hd});
+    // [NH, hd, S], made contiguous once: bmm would otherwise copy it for every block of queries
+    const auto kt = k.to(at::kBFloat16).reshape({N * heads, S, hd}).transpose(1, 2).contiguous();
+    const auto vb = v.to(at::kBFloat16).reshape({N * heads, S, hd});
+    std::optional<at::Tensor> masked;  // [NH, 1, S]: true where a key is padding
+    if (key_mask) masked = key_mask->logical_not().expand({N, heads, 1, S}).reshape({N * heads, 1, S});
+    auto out = at::empty({N * heads, S, hd}, qb.options());
+    // 256 queries a block: 12 heads' scores are then 6 MiB of bf16 at 1,024 keys.
+    constexpr int64_t kBlock = 256;
+    for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
+        const int64_t n = std::min(kBlock, S - s0);
+        auto scores = at::bmm(qb.narrow(1, s0, n), kt);  // [NH, n, S]
+        if (masked) scores.masked_fill_(*masked, -std::numeric_limits<float>::infinity());
+        softmax_bf16_(scores);
+        auto o = out.narrow(1, s0, n);
+        at::bmm_out(o, scores, vb);
+    }
+    // [N, heads, S, hd] bf16 -> [N, S, heads, hd] fp32 in one pass.
+    auto result = at::empty({N, S, heads, hd}, q.options());
+    result.copy_(out.view({N, heads, S, hd}).transpose(1, 2));
+    return result;
+}
+
+}  // namespace prospect
