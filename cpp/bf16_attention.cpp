@@ -38,23 +38,23 @@ PROSPECT_SIMD_INLINE uint16_t narrow1(float v) {
     return static_cast<uint16_t>((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
 }
 
-// Rows of n bf16 scores -> their softmax, in place, worked in fp32: one pass for the maximum (each
+// Rows of n bf16 scores -> softmax(scale * scores), in place, worked in fp32: one pass for the maximum (each
 // row widened into `buf`), one for the exponentials and their sum, one to scale and round. ATen's
 // bf16 softmax takes about twice as long. Masked keys (-inf) get exactly 0.
-PROSPECT_SIMD_INLINE void softmax_rows_body(uint16_t* x, int64_t rows, int64_t n, float* buf) {
+PROSPECT_SIMD_INLINE void softmax_rows_body(uint16_t* x, int64_t rows, int64_t n, float scale, float* buf) {
     constexpr float kLow = -87.0f;  // exp8 clamps below this; such keys are masked or weigh < 1e-37
     constexpr float kInf = std::numeric_limits<float>::infinity();
     const int64_t n8 = n / 8 * 8;
     for (int64_t r = 0; r < rows; ++r, x += n) {
         Vec8f top = Vec8f{} - kInf;
         for (int64_t i = 0; i < n8; i += 8) {
-            const Vec8f v = widen8(x + i);
+            const Vec8f v = widen8(x + i) * scale;
             store8(buf + i, v);
             top = v > top ? v : top;
         }
         float m = -kInf;
         for (int j = 0; j < 8; ++j) m = std::max(m, top[j]);
-        for (int64_t i = n8; i < n; ++i) m = std::max(m, buf[i] = widen1(x[i]));
+        for (int64_t i = n8; i < n; ++i) m = std::max(m, buf[i] = widen1(x[i]) * scale);
         if (m == -kInf) m = 0;  // every key masked: all zeros
         Vec8f sum{};
         for (int64_t i = 0; i < n8; i += 8) {
@@ -72,16 +72,6 @@ PROSPECT_SIMD_INLINE void softmax_rows_body(uint16_t* x, int64_t rows, int64_t n
 }
 
 const auto softmax_rows = simd_dispatch<softmax_rows_body>();
-
-// scores bf16 [..., n], contiguous -> softmax over the last dim, in place.
-void softmax_bf16_(at::Tensor& scores) {
-    const int64_t n = scores.size(-1), rows = scores.numel() / n;
-    auto* x = reinterpret_cast<uint16_t*>(scores.data_ptr<at::BFloat16>());
-    at::parallel_for(0, rows, std::max<int64_t>(1, 8192 / n), [&](int64_t r0, int64_t r1) {
-        std::vector<float> buf(static_cast<size_t>(n));
-        softmax_rows(x + r0 * n, r1 - r0, n, buf.data());
-    });
-}
 
 }  // namespace
 
@@ -103,23 +93,31 @@ at::Tensor bf16_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
                       "bf16_attention expected q, k, v of one shape [N, heads, S, hd], got ", q.sizes(), ", ",
                       k.sizes(), ", ", v.sizes());
     const int64_t N = q.size(0), heads = q.size(1), S = q.size(2), hd = q.size(3);
-    const auto qb = (q * scale).to(at::kBFloat16).reshape({N * heads, S, hd});
-    // [NH, hd, S], made contiguous once: bmm would otherwise copy it for every block of queries
-    const auto kt = k.to(at::kBFloat16).reshape({N * heads, S, hd}).transpose(1, 2).contiguous();
-    const auto vb = v.to(at::kBFloat16).reshape({N * heads, S, hd});
-    std::optional<at::Tensor> masked;  // [NH, 1, S]: true where a key is padding
-    if (key_mask) masked = key_mask->logical_not().expand({N, heads, 1, S}).reshape({N * heads, 1, S});
-    auto out = at::empty({N * heads, S, hd}, qb.options());
-    // 256 queries a block: 12 heads' scores are then 6 MiB of bf16 at 1,024 keys.
+    const auto bf16 = q.options().dtype(at::kBFloat16);
+    // Each a single pass: bf16 copies, contiguous per head; k transposed, so every block reads it as is.
+    const auto qb = at::empty({N, heads, S, hd}, bf16).copy_(q).view({N * heads, S, hd});
+    const auto kt = at::empty({N, heads, hd, S}, bf16).copy_(k.transpose(-1, -2)).view({N * heads, hd, S});
+    const auto vb = at::empty({N, heads, S, hd}, bf16).copy_(v).view({N * heads, S, hd});
+    const auto padding = key_mask ? key_mask->logical_not().view({N, S}) : at::Tensor();  // true: padded key
+    auto out = at::empty({N * heads, S, hd}, bf16);
+    // One parallel region for the whole attention, a (head, block of 256 queries) per task, each
+    // product single-threaded inside it: with another busy process on the cores, every region's
+    // closing barrier waits for a descheduled thread, and a region per product made 12 a layer.
     constexpr int64_t kBlock = 256;
-    for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
-        const int64_t n = std::min(kBlock, S - s0);
-        auto scores = at::bmm(qb.narrow(1, s0, n), kt);  // [NH, n, S]
-        if (masked) scores.masked_fill_(*masked, -std::numeric_limits<float>::infinity());
-        softmax_bf16_(scores);
-        auto o = out.narrow(1, s0, n);
-        at::bmm_out(o, scores, vb);
-    }
+    const int64_t blocks = (S + kBlock - 1) / kBlock;
+    const auto inf = std::numeric_limits<float>::infinity();
+    at::parallel_for(0, N * heads * blocks, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<float> buf(static_cast<size_t>(S));
+        for (int64_t t = t0; t < t1; ++t) {
+            const int64_t h = t / blocks, s0 = t % blocks * kBlock, n = std::min(kBlock, S - s0);
+            auto scores = at::mm(qb[h].narrow(0, s0, n), kt[h]);  // [n, S]
+            if (padding.defined()) scores.masked_fill_(padding[h / heads].unsqueeze(0), -inf);
+            softmax_rows(reinterpret_cast<uint16_t*>(scores.data_ptr<at::BFloat16>()), n, S, static_cast<float>(scale),
+                         buf.data());
+            auto o = out[h].narrow(0, s0, n);
+            at::mm_out(o, scores, vb[h]);
+        }
+    });
     // [N, heads, S, hd] bf16 -> [N, S, heads, hd] fp32 in one pass.
     auto result = at::empty({N, S, heads, hd}, q.options());
     result.copy_(out.view({N, heads, S, hd}).transpose(1, 2));

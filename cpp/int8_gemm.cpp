@@ -1,9 +1,9 @@
 #include "int8_gemm.h"
 
 #include "simd.h"
+#include "thread_pool.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
@@ -53,43 +53,41 @@ PROSPECT_SIMD_INLINE void finish_rows_body(const float* y, const float* s, const
 }
 
 const auto quantize_rows = simd_dispatch<quantize_rows_body>();
+
+constexpr int64_t kRowBlock = 256;  // 4 blocks a 512 px frame
 const auto finish_rows = simd_dispatch<finish_rows_body>();
 
-// x w^T + bias into `out` ([M, out] fp32, contiguous), added to it if `add`.
+// x w^T + bias into `out` ([M, out] fp32, contiguous), added to it if `add`. Blocks of rows are claimed
+// by ATen's threads, each block quantized, multiplied (oneDNN, single-threaded inside the parallel
+// region) and finished by the thread that claimed it: one parallel region a product, not three, and the
+// block's rows stay in that core's cache between the steps.
 void run(const at::Tensor& x_in, const Int8Gemm& g, float* out, bool add) {
     const auto x = x_in.contiguous();
     const int64_t M = x.size(0), K = g.in, N = g.out;
-    // The passes around oneDNN's GEMM run on ATen's threads: oneDNN has just woken them, and a second
-    // pool would share the cores with them while they spin.
-    const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K, 1));
-    auto q = at::empty({M, K}, x.options().dtype(at::kByte));
-    std::vector<float> s(M);
     const float* px = x.data_ptr<float>();
-    uint8_t* pq = q.data_ptr<uint8_t>();
-    at::parallel_for(0, M, grain,
-                     [&](int64_t b, int64_t e) { quantize_rows(px + b * K, pq + b * K, s.data() + b, e - b, K); });
-
-    // Scale 1 and zero point 128 for the whole tensor; each row's own scale is applied after.
-    std::vector<c10::IValue> stack{q,
-                                   1.0,
-                                   int64_t{128},
-                                   g.packed,
-                                   g.scale,
-                                   g.zero,
-                                   c10::IValue(),
-                                   1.0,
-                                   int64_t{0},
-                                   at::kFloat,
-                                   std::string("none"),
-                                   c10::List<std::optional<at::Scalar>>(),
-                                   std::string("")};
-    pointwise_op()->callBoxed(&stack);
-    const auto y = stack.at(0).toTensor().contiguous();
-    const float* py = y.data_ptr<float>();
     const float* pb = g.bias.defined() ? g.bias.data_ptr<float>() : nullptr;
-    const int64_t out_grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(N, 1));
-    at::parallel_for(0, M, out_grain, [&](int64_t b, int64_t e) {
-        finish_rows(py + b * N, s.data() + b, pb, out + b * N, e - b, N, add);
+    aten_for(M, kRowBlock, [&](int64_t r0, int64_t r1) {
+        const int64_t rows = r1 - r0;
+        auto q = at::empty({rows, K}, x.options().dtype(at::kByte));
+        std::vector<float> s(rows);
+        quantize_rows(px + r0 * K, q.data_ptr<uint8_t>(), s.data(), rows, K);
+        // Scale 1 and zero point 128 for the whole block; each row's own scale is applied after.
+        std::vector<c10::IValue> stack{q,
+                                       1.0,
+                                       int64_t{128},
+                                       g.packed,
+                                       g.scale,
+                                       g.zero,
+                                       c10::IValue(),
+                                       1.0,
+                                       int64_t{0},
+                                       at::kFloat,
+                                       std::string("none"),
+                                       c10::List<std::optional<at::Scalar>>(),
+                                       std::string("")};
+        pointwise_op()->callBoxed(&stack);
+        const auto y = stack.at(0).toTensor().contiguous();
+        finish_rows(y.data_ptr<float>(), s.data(), pb, out + r0 * N, rows, N, add);
     });
 }
 

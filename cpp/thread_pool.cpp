@@ -146,6 +146,19 @@ void pool_run(int64_t n, int64_t grain, void (*call)(const void*, int64_t, int64
     if (!pool_for_threads(threads)->run(n, chunk, call, fn)) call(fn, 0, n);
 }
 
+void aten_run(int64_t n, int64_t chunk, void (*call)(const void*, int64_t, int64_t), const void* fn) {
+    const int threads = at::get_num_threads();
+    chunk = std::max<int64_t>(chunk, 1);
+    if (threads <= 1 || n <= chunk || at::in_parallel_region()) {
+        call(fn, 0, n);
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+        for (int64_t b; (b = next.fetch_add(chunk)) < n;) call(fn, b, std::min(n, b + chunk));
+    });
+}
+
 }  // namespace detail
 
 }  // namespace prospect

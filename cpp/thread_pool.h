@@ -11,6 +11,7 @@ namespace prospect {
 
 namespace detail {
 void pool_run(int64_t n, int64_t chunk, void (*call)(const void*, int64_t, int64_t), const void* fn);
+void aten_run(int64_t n, int64_t chunk, void (*call)(const void*, int64_t, int64_t), const void* fn);
 }  // namespace detail
 
 // fn(begin, end) over [0, n) in chunks of at least `grain`, on the calling thread and the pool's
@@ -21,6 +22,18 @@ void pool_for(int64_t n, int64_t grain, const F& fn) {
     if (n <= 0) return;
     detail::pool_run(
         n, grain, [](const void* f, int64_t b, int64_t e) { (*static_cast<const F*>(f))(b, e); }, &fn);
+}
+
+// fn(begin, end) over [0, n) in chunks of `chunk`, claimed one by one by ATen's (OpenMP) threads: for
+// work between ATen ops of many rows (prefills, the vision tower), whose threads those ops have just
+// woken and which would otherwise spin beside a second pool's. Claimed, not split in halves up front:
+// with another process on the cores, a thread that loses its core holds up one chunk, not half the
+// work. Inside a parallel region it runs on the calling thread.
+template <class F>
+void aten_for(int64_t n, int64_t chunk, const F& fn) {
+    if (n <= 0) return;
+    detail::aten_run(
+        n, chunk, [](const void* f, int64_t b, int64_t e) { (*static_cast<const F*>(f))(b, e); }, &fn);
 }
 
 }  // namespace prospect
