@@ -1,9 +1,9 @@
 #include "bf16_attention.h"
 
 #include "simd.h"
+#include "thread_pool.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <bit>
@@ -93,6 +93,10 @@ at::Tensor bf16_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
                       "bf16_attention expected q, k, v of one shape [N, heads, S, hd], got ", q.sizes(), ", ",
                       k.sizes(), ", ", v.sizes());
     const int64_t N = q.size(0), heads = q.size(1), S = q.size(2), hd = q.size(3);
+    TORCH_CHECK_VALUE(
+        !key_mask || (key_mask->scalar_type() == at::kBool && key_mask->sizes() == at::IntArrayRef{N, 1, 1, S}),
+        "bf16_attention expected key_mask bool [", N, ", 1, 1, ", S, "] (true: a key to attend to), got ",
+        key_mask ? key_mask->scalar_type() : at::kBool, " ", key_mask ? key_mask->sizes() : at::IntArrayRef{});
     const auto bf16 = q.options().dtype(at::kBFloat16);
     // Each a single pass: bf16 copies, contiguous per head; k transposed, so every block reads it as is.
     const auto qb = at::empty({N, heads, S, hd}, bf16).copy_(q).view({N * heads, S, hd});
@@ -100,13 +104,13 @@ at::Tensor bf16_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
     const auto vb = at::empty({N, heads, S, hd}, bf16).copy_(v).view({N * heads, S, hd});
     const auto padding = key_mask ? key_mask->logical_not().view({N, S}) : at::Tensor();  // true: padded key
     auto out = at::empty({N * heads, S, hd}, bf16);
-    // One parallel region for the whole attention, a (head, block of 256 queries) per task, each
-    // product single-threaded inside it: with another busy process on the cores, every region's
-    // closing barrier waits for a descheduled thread, and a region per product made 12 a layer.
+    // One parallel region for the whole attention, a (head, block of 256 queries) per task, claimed one
+    // by one, each product single-threaded inside it: with another busy process on the cores, every
+    // region's closing barrier waits for a descheduled thread, and a region per product made 12 a layer.
     constexpr int64_t kBlock = 256;
     const int64_t blocks = (S + kBlock - 1) / kBlock;
     const auto inf = std::numeric_limits<float>::infinity();
-    at::parallel_for(0, N * heads * blocks, 1, [&](int64_t t0, int64_t t1) {
+    aten_for(N * heads * blocks, 1, [&](int64_t t0, int64_t t1) {
         std::vector<float> buf(static_cast<size_t>(S));
         for (int64_t t = t0; t < t1; ++t) {
             const int64_t h = t / blocks, s0 = t % blocks * kBlock, n = std::min(kBlock, S - s0);

@@ -4,6 +4,7 @@
 #include "thread_pool.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
@@ -54,7 +55,12 @@ PROSPECT_SIMD_INLINE void finish_rows_body(const float* y, const float* s, const
 
 const auto quantize_rows = simd_dispatch<quantize_rows_body>();
 
-constexpr int64_t kRowBlock = 256;  // 4 blocks a 512 px frame
+// Rows a block: at most 256 (4 blocks a 512 px frame), at least 32, and two blocks a thread where
+// there are rows enough, so a machine with more cores than a frame has blocks still uses them.
+int64_t row_block(int64_t M) {
+    const int64_t threads = std::max(1, at::get_num_threads());
+    return std::clamp<int64_t>((M + 2 * threads - 1) / (2 * threads), 32, 256);
+}
 const auto finish_rows = simd_dispatch<finish_rows_body>();
 
 // x w^T + bias into `out` ([M, out] fp32, contiguous), added to it if `add`. Blocks of rows are claimed
@@ -66,7 +72,7 @@ void run(const at::Tensor& x_in, const Int8Gemm& g, float* out, bool add) {
     const int64_t M = x.size(0), K = g.in, N = g.out;
     const float* px = x.data_ptr<float>();
     const float* pb = g.bias.defined() ? g.bias.data_ptr<float>() : nullptr;
-    aten_for(M, kRowBlock, [&](int64_t r0, int64_t r1) {
+    aten_for(M, row_block(M), [&](int64_t r0, int64_t r1) {
         const int64_t rows = r1 - r0;
         auto q = at::empty({rows, K}, x.options().dtype(at::kByte));
         std::vector<float> s(rows);

@@ -190,8 +190,9 @@ void quant_unpack_group(QuantType t, const uint8_t* group, int64_t rows, int64_t
 
 namespace {
 
-// Blocks of 32 activations -> int8 (d = max|x| / 127), ties to even as rint: adding and taking away
-// 1.5 * 2^23 rounds |v| <= 127 that way, and unlike rint it vectorizes.
+// Blocks of 32 activations -> int8 (d = max|x| / 127), to nearest: adding and taking away 1.5 * 2^23
+// rounds |v| <= 127 that way, and unlike rint it vectorizes. Where the add fuses with the multiply
+// (FMA), the exact product is rounded, so a product within an ulp of a half may round the other way.
 PROSPECT_SIMD_INLINE void quantize_blocks_body(const float* x, int64_t blocks, int8_t* q, float* d, float* s,
                                                int32_t* sum) {
     constexpr float kRound = 12582912.0f;

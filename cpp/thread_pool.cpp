@@ -1,6 +1,7 @@
 #include "thread_pool.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
 #include <atomic>
@@ -154,7 +155,9 @@ void aten_run(int64_t n, int64_t chunk, void (*call)(const void*, int64_t, int64
         return;
     }
     std::atomic<int64_t> next{0};
+    const at::ThreadLocalState state;  // OpenMP's workers do not inherit it: InferenceMode, grad mode
     at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+        const at::ThreadLocalStateGuard guard(state);
         for (int64_t b; (b = next.fetch_add(chunk)) < n;) call(fn, b, std::min(n, b + chunk));
     });
 }

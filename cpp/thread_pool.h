@@ -28,7 +28,8 @@ void pool_for(int64_t n, int64_t grain, const F& fn) {
 // work between ATen ops of many rows (prefills, the vision tower), whose threads those ops have just
 // woken and which would otherwise spin beside a second pool's. Claimed, not split in halves up front:
 // with another process on the cores, a thread that loses its core holds up one chunk, not half the
-// work. Inside a parallel region it runs on the calling thread.
+// work. The workers run with the caller's thread-local state (InferenceMode, grad mode). Inside a
+// parallel region it runs on the calling thread.
 template <class F>
 void aten_for(int64_t n, int64_t chunk, const F& fn) {
     if (n <= 0) return;

@@ -237,8 +237,28 @@ def test_bf16_attention_is_attention(n, heads, s, hd, masked):
 
 
 def test_bf16_attention_arguments_are_checked():
+    q = torch.randn(2, 2, 8, 4)
     with pytest.raises(ValueError, match=r"expected q, k, v of one shape \[N, heads, S, hd\]"):
-        _C._bf16_attention(torch.randn(1, 2, 8, 4), torch.randn(1, 2, 9, 4), torch.randn(1, 2, 8, 4), None, 0.5)
+        _C._bf16_attention(q, torch.randn(2, 2, 9, 4), q, None, 0.5)
+    with pytest.raises(ValueError, match=r"expected key_mask bool \[2, 1, 1, 8\] .* got Float"):
+        _C._bf16_attention(q, q, q, torch.ones(2, 1, 1, 8), 0.5)
+    with pytest.raises(ValueError, match=r"expected key_mask bool \[2, 1, 1, 8\] .* got Bool \[1, 1, 1, 8\]"):
+        _C._bf16_attention(q, q, q, torch.ones(1, 1, 1, 8, dtype=torch.bool), 0.5)
+
+
+def test_bf16_attention_and_int8_tower_under_inference_mode(int8_pair):
+    """Under torch.inference_mode() (whose thread-local state aten_for hands to ATen's workers) the bf16
+    attention and the int8 tower give what they give under no_grad."""
+    q, k, v = (torch.randn(1, 3, 600, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    want = _C._bf16_attention(q, k, v, None, 0.25)
+    dense, quantized = int8_pair
+    size = dense.config["vision_config"]["image_size"]
+    pv = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        features = quantized.image_features(pv)
+    with torch.inference_mode():
+        assert torch.equal(_C._bf16_attention(q, k, v, None, 0.25), want)
+        assert torch.equal(quantized.image_features(pv), features)
 
 
 @torch.no_grad()
