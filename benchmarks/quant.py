@@ -37,13 +37,25 @@ def decoder_bytes(cfg, fmt):
 
 
 # ---- the products alone -------------------------------------------------------------------------------
+PRODUCT_FORMATS = {"f32": 4.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_1": 20 / 32}  # bytes per weight
+
+
+def product_data(w, kind):
+    """fp32 rows w in a product format, as _C._time_matvec takes them: dense (f32, bf16) or ggml blocks."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    if kind in ("f32", "bf16"):
+        data = torch.from_numpy(w)
+        return data.bfloat16() if kind == "bf16" else data
+    qtype = {"q8_0": GGMLQuantizationType.Q8_0, "q4_1": GGMLQuantizationType.Q4_1}[kind]
+    return torch.from_numpy(quantize(w, qtype))
+
+
 def bench_matvec(cfg, bw, iters):
     """Each format's product over all the decoder's rows at once (the rows of 576 columns are larger than an
     L3 cache in every format, as a decode step reads them) and over lm_head: GB/s and the fraction of the
     probe's bandwidth."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import quantize
-
     from prospect_core import _C
 
     t = cfg["text_config"]
@@ -60,15 +72,8 @@ def bench_matvec(cfg, bw, iters):
     rows_out = []
     for name, (rows, cols) in shapes.items():
         w = rng.standard_normal((rows, cols), dtype=np.float32)
-        for kind, qtype, per_weight in (
-            ("f32", None, 4.0),
-            ("bf16", None, 2.0),
-            ("q8_0", GGMLQuantizationType.Q8_0, 34 / 32),
-            ("q4_1", GGMLQuantizationType.Q4_1, 20 / 32),
-        ):
-            data = torch.from_numpy(w) if qtype is None else torch.from_numpy(quantize(w, qtype))
-            if kind == "bf16":
-                data = data.bfloat16()
+        for kind, per_weight in PRODUCT_FORMATS.items():
+            data = product_data(w, kind)
             s = _C._time_matvec(data, kind, cols, iters)
             gbs = rows * cols * per_weight / s / 1e9
             rows_out.append(
@@ -89,9 +94,6 @@ def bench_matvec(cfg, bw, iters):
 def bench_prefill_products(cfg, roof, iters, tokens=84):
     """A prefill's products (a frame's 84 tokens) on one layer's largest matrices, in each format: GOP/s
     and the fraction of the run's fp32 matmul roof."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import quantize
-
     from prospect_core import _C
 
     t = cfg["text_config"]
@@ -100,16 +102,8 @@ def bench_prefill_products(cfg, roof, iters, tokens=84):
     out = []
     for name, (rows, cols) in {"gate|up": (2 * I, H), "down": (H, I)}.items():
         w = rng.standard_normal((rows, cols), dtype=np.float32)
-        for kind, qtype in (
-            ("f32", None),
-            ("bf16", None),
-            ("q8_0", GGMLQuantizationType.Q8_0),
-            ("q4_1", GGMLQuantizationType.Q4_1),
-        ):
-            data = torch.from_numpy(w) if qtype is None else torch.from_numpy(quantize(w, qtype))
-            if kind == "bf16":
-                data = data.bfloat16()
-            s = _C._time_matvec(data, kind, cols, iters, tokens)
+        for kind in PRODUCT_FORMATS:
+            s = _C._time_matvec(product_data(w, kind), kind, cols, iters, tokens)
             gops = 2 * rows * cols * tokens / s / 1e9
             out.append(
                 {
@@ -226,6 +220,13 @@ def bench_parity(path, gguf_file, threads, new_tokens=32):
     return out
 
 
+def decode_ms_per_token(model, new_tokens):
+    """One greedy decode of new_tokens after a 16-token prompt: ms per decoded token."""
+    text = torch.arange(60, 76).unsqueeze(0)
+    r = model.greedy_generate(model.embed_tokens(text), model.make_cache(64), new_tokens, [])
+    return r.decode_ms / new_tokens
+
+
 # ---- contention ---------------------------------------------------------------------------------------
 class Competitor:
     """One CPU-bound process (a Python busy loop) for as long as the with-block lasts."""
@@ -292,11 +293,6 @@ def bench_contention(path, rounds, frames, new_tokens):
     pre, clips, ids, eou = frames_and_ids(path, frames)
     m8 = prospect_core.load_model(path, weights="int8")
     decoders = {f: prospect_core.load_model(path, weights=f) for f in ("dense", "gguf")}
-    text = torch.arange(60, 76).unsqueeze(0)
-
-    def decode_ms(m):
-        return m.greedy_generate(m.embed_tokens(text), m.make_cache(64), new_tokens, []).decode_ms / new_tokens
-
     res = {"stream_int8": {"quiet": [], "busy": []}, **{f"decode_{f}": {"quiet": [], "busy": []} for f in decoders}}
     for _ in range(rounds):
         for busy in (False, True):
@@ -304,8 +300,10 @@ def bench_contention(path, rounds, frames, new_tokens):
                 key = "busy" if busy else "quiet"
                 res["stream_int8"][key].append(stream_step_ms(m8, pre, clips, ids, eou))
                 for f, m in decoders.items():
-                    decode_ms(m)
-                    res[f"decode_{f}"][key].append(statistics.median(decode_ms(m) for _ in range(3)))
+                    decode_ms_per_token(m, new_tokens)
+                    res[f"decode_{f}"][key].append(
+                        statistics.median(decode_ms_per_token(m, new_tokens) for _ in range(3))
+                    )
     return {
         k: {
             "quiet_ms": spread(v["quiet"]),
@@ -352,14 +350,12 @@ def bench_steps(path, rounds, frames):
         "int8": prospect_core.load_model(path, weights="int8"),
         "bf16_dtype": prospect_core.load_model(path, dtype="bfloat16"),
     }
-    text = torch.arange(60, 76).unsqueeze(0)
     ms = {k: [] for k in models}
     decode = {k: [] for k in models}
     for _ in range(rounds):
         for k, m in models.items():
             ms[k].append(stream_step_ms(m, pre, clips, ids, eou))
-            r = m.greedy_generate(m.embed_tokens(text), m.make_cache(64), 32, [])
-            decode[k].append(r.decode_ms / 32)
+            decode[k].append(decode_ms_per_token(m, 32))
     return {
         "ms_per_step": {k: spread(v) for k, v in ms.items()},
         "speedup_vs_fp32": {k: spread([f / x for f, x in zip(ms["fp32"], v)]) for k, v in ms.items() if k != "fp32"},

@@ -31,8 +31,6 @@ PROSPECT_SIMD_INLINE void narrow8(uint16_t* p, Vec8f v) {  // round to nearest e
     std::memcpy(p, &h, sizeof h);
 }
 
-PROSPECT_SIMD_INLINE float widen1(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
-
 PROSPECT_SIMD_INLINE uint16_t narrow1(float v) {
     const uint32_t b = std::bit_cast<uint32_t>(v);
     return static_cast<uint16_t>((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
@@ -54,7 +52,7 @@ PROSPECT_SIMD_INLINE void softmax_rows_body(uint16_t* x, int64_t rows, int64_t n
         }
         float m = -kInf;
         for (int j = 0; j < 8; ++j) m = std::max(m, top[j]);
-        for (int64_t i = n8; i < n; ++i) m = std::max(m, buf[i] = widen1(x[i]) * scale);
+        for (int64_t i = n8; i < n; ++i) m = std::max(m, buf[i] = bf16_to_float(x[i]) * scale);
         if (m == -kInf) m = 0;  // every key masked: all zeros
         Vec8f sum{};
         for (int64_t i = 0; i < n8; i += 8) {
@@ -111,7 +109,8 @@ at::Tensor bf16_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
     const int64_t blocks = (S + kBlock - 1) / kBlock;
     const auto inf = std::numeric_limits<float>::infinity();
     aten_for(N * heads * blocks, 1, [&](int64_t t0, int64_t t1) {
-        std::vector<float> buf(static_cast<size_t>(S));
+        thread_local std::vector<float> buf;  // one row of weights, kept from frame to frame
+        buf.resize(static_cast<size_t>(S));
         for (int64_t t = t0; t < t1; ++t) {
             const int64_t h = t / blocks, s0 = t % blocks * kBlock, n = std::min(kBlock, S - s0);
             auto scores = at::mm(qb[h].narrow(0, s0, n), kt[h]);  // [n, S]

@@ -54,6 +54,7 @@ PROSPECT_SIMD_INLINE void finish_rows_body(const float* y, const float* s, const
 }
 
 const auto quantize_rows = simd_dispatch<quantize_rows_body>();
+const auto finish_rows = simd_dispatch<finish_rows_body>();
 
 // Rows a block: at most 256 (4 blocks a 512 px frame), at least 32, and two blocks a thread where
 // there are rows enough, so a machine with more cores than a frame has blocks still uses them.
@@ -61,7 +62,6 @@ int64_t row_block(int64_t M) {
     const int64_t threads = std::max(1, at::get_num_threads());
     return std::clamp<int64_t>((M + 2 * threads - 1) / (2 * threads), 32, 256);
 }
-const auto finish_rows = simd_dispatch<finish_rows_body>();
 
 // x w^T + bias into `out` ([M, out] fp32, contiguous), added to it if `add`. Blocks of rows are claimed
 // by ATen's threads, each block quantized, multiplied (oneDNN, single-threaded inside the parallel

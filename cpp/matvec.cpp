@@ -48,8 +48,6 @@ PROSPECT_SIMD_INLINE void rows_dot_body(const float* w, const float* x, float* y
 
 const auto rows_dot = simd_dispatch<rows_dot_body>();
 
-float bf16_at(const uint16_t* p) { return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16); }
-
 // bf16 rows: one 32-byte load holds 16 weights, as 8 words of (even, odd) pairs. A bf16 is the top half
 // of its fp32, so `word << 16` is the even weights and `word & 0xFFFF0000` the odd ones: two ALU ops
 // per 16 weights, against x split once per product into its even (xe) and odd (xo) elements.
@@ -71,7 +69,7 @@ PROSPECT_SIMD_INLINE void rows_block_bf16(const uint16_t* w, const float* xe, co
     }
     for (int k = 0; k < R; ++k) {
         float acc = sum8(s[k][0] + s[k][1]);
-        for (int64_t j = i; j < n; ++j) acc += bf16_at(w + k * n + j) * x[j];
+        for (int64_t j = i; j < n; ++j) acc += bf16_to_float(w[k * n + j]) * x[j];
         y[k] = acc;
     }
 }

@@ -90,7 +90,7 @@ void dot_groups_generic(QuantType t, const uint8_t* w, int64_t groups, const Qua
                     int32_t dot = 0;
                     for (int64_t e = 0; e < kQuantBlock; ++e) dot += quant_at(t, blk, r, e) * xq[b * kQuantBlock + e];
                     acc += half_at(blk.base + blk.scale(r)) * x.d[k * nb + b] * static_cast<float>(dot);
-                    if (t == QuantType::Q4_1) acc += half_at(blk.base + blk.minimum(r)) * x.s[k * nb + b];
+                    if (t == QuantType::Q4_1) acc += half_at(blk.base + blk.minimum(r)) * x.offset(k * nb + b);
                 }
                 y[k * y_stride + g * kQuantRows + r] = acc;
             }
@@ -193,8 +193,7 @@ namespace {
 // Blocks of 32 activations -> int8 (d = max|x| / 127), to nearest: adding and taking away 1.5 * 2^23
 // rounds |v| <= 127 that way, and unlike rint it vectorizes. Where the add fuses with the multiply
 // (FMA), the exact product is rounded, so a product within an ulp of a half may round the other way.
-PROSPECT_SIMD_INLINE void quantize_blocks_body(const float* x, int64_t blocks, int8_t* q, float* d, float* s,
-                                               int32_t* sum) {
+PROSPECT_SIMD_INLINE void quantize_blocks_body(const float* x, int64_t blocks, int8_t* q, float* d, int32_t* sum) {
     constexpr float kRound = 12582912.0f;
     for (int64_t b = 0; b < blocks; ++b, x += kQuantBlock, q += kQuantBlock) {
         float amax = 0;
@@ -207,7 +206,6 @@ PROSPECT_SIMD_INLINE void quantize_blocks_body(const float* x, int64_t blocks, i
             total += v;
         }
         d[b] = scale;
-        s[b] = scale * static_cast<float>(total);
         sum[b] = total;
     }
 }
@@ -222,9 +220,8 @@ void QuantActs::quantize(const float* x, int64_t n_in, int64_t tokens_in) {
     const int64_t blocks = n / kQuantBlock * tokens;
     q.resize(static_cast<size_t>(n * tokens));
     d.resize(static_cast<size_t>(blocks));
-    s.resize(static_cast<size_t>(blocks));
     sum.resize(static_cast<size_t>(blocks));
-    quantize_blocks(x, blocks, q.data(), d.data(), s.data(), sum.data());
+    quantize_blocks(x, blocks, q.data(), d.data(), sum.data());
 }
 
 void quantize_row_q8_0(const float* w, int64_t n, uint8_t* out) {

@@ -37,15 +37,16 @@ void quantize_row_q8_0(const float* w, int64_t n, uint8_t* ggml);
 // Row r (0 to 7) of a group -> fp32 [n].
 void dequantize_group_row(QuantType t, const uint8_t* group, int64_t r, int64_t n, float* out);
 
-// `tokens` rows of n activations, each block of 32 as x ~ d * q; s = d * sum(q) is Q4_1's offset term,
-// and sum(q) itself corrects VNNI's unsigned Q8_0 weights.
+// `tokens` rows of n activations, each block of 32 as x ~ d * q. sum(q) gives Q4_1's offset term (d *
+// sum(q) times the block's minimum) and corrects VNNI's unsigned Q8_0 weights.
 struct QuantActs {
     std::vector<int8_t> q;     // [tokens, n]
-    std::vector<float> d, s;   // [tokens, n / 32]
+    std::vector<float> d;      // [tokens, n / 32]
     std::vector<int32_t> sum;  // [tokens, n / 32]
     int64_t n = 0, tokens = 0;
 
     void quantize(const float* x, int64_t n, int64_t tokens);
+    float offset(int64_t block) const { return d[block] * static_cast<float>(sum[block]); }  // d * sum(q)
 };
 
 // For `groups` consecutive groups at w: y[t * y_stride + r] = row r . token t of x, for the first `rows`

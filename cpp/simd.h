@@ -30,6 +30,9 @@ PROSPECT_SIMD_INLINE float sum8(Vec8f v) {
     return s;
 }
 
+// A bf16 (its bits) is the top half of the float it stands for.
+PROSPECT_SIMD_INLINE float bf16_to_float(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
 // exp(t) for t <= 0 .. 88: t = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor
 // polynomial (relative error < 2e-7 there), 2^n built in the exponent bits.
 PROSPECT_SIMD_INLINE Vec8f exp8(Vec8f t) {
