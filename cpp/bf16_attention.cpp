@@ -16,60 +16,62 @@ namespace prospect {
 
 namespace {
 
-typedef uint16_t Vec8h __attribute__((vector_size(16), aligned(2)));  // eight bf16
-typedef uint32_t Vec8u __attribute__((vector_size(32), aligned(4)));
-
-PROSPECT_SIMD_INLINE Vec8f widen8(const uint16_t* p) {
-    Vec8h h;
+// W bf16 (as their bits) widened to the W floats they stand for, for V of W floats.
+template <class V>
+PROSPECT_SIMD_INLINE V widen(const uint16_t* p) {
+    using U = decltype(V{} < V{});  // W ints
+    typedef uint16_t H __attribute__((vector_size(sizeof(V) / 2), aligned(2)));
+    H h;
     std::memcpy(&h, p, sizeof h);
-    return std::bit_cast<Vec8f>(__builtin_convertvector(h, Vec8u) << 16);
+    return std::bit_cast<V>(__builtin_convertvector(h, U) << 16);
 }
 
-PROSPECT_SIMD_INLINE void narrow8(uint16_t* p, Vec8f v) {  // round to nearest even
-    const Vec8u b = std::bit_cast<Vec8u>(v);
-    const Vec8h h = __builtin_convertvector((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16, Vec8h);
-    std::memcpy(p, &h, sizeof h);
-}
+PROSPECT_SIMD_INLINE uint32_t round_bits(uint32_t b) { return b + 0x7FFFu + ((b >> 16) & 1u); }  // to nearest even
 
-PROSPECT_SIMD_INLINE uint16_t narrow1(float v) {
-    const uint32_t b = std::bit_cast<uint32_t>(v);
-    return static_cast<uint16_t>((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
-}
-
-// Rows of n bf16 scores -> softmax(scale * scores), in place, worked in fp32: one pass for the maximum (each
-// row widened into `buf`), one for the exponentials and their sum, one to scale and round. ATen's
-// bf16 softmax takes about twice as long. Masked keys (-inf) get exactly 0.
-PROSPECT_SIMD_INLINE void softmax_rows_body(uint16_t* x, int64_t rows, int64_t n, float scale, float* buf) {
-    constexpr float kLow = -87.0f;  // exp8 clamps below this; such keys are masked or weigh < 1e-37
+// Rows of n bf16 scores -> exp(scale * (score - the row's maximum)), rounded to bf16 in place; inv[r] gets
+// 1 / the sum of row r's rounded weights (0 for a row all masked), which the weighted sum is divided by
+// afterwards, as flash attention does: two passes over a row, both in L1, and no fp32 copy of it.
+// Masked keys (-inf) get exactly 0.
+template <class V>
+PROSPECT_SIMD_INLINE void exp_rows_body(uint16_t* x, int64_t rows, int64_t n, float scale, float* inv) {
+    using U = decltype(V{} < V{});
+    typedef uint16_t H __attribute__((vector_size(sizeof(V) / 2), aligned(2)));
+    constexpr int64_t W = sizeof(V) / sizeof(float);
+    constexpr float kLow = -87.0f;  // exp_approx clamps below this; such keys are masked or weigh < 1e-37
     constexpr float kInf = std::numeric_limits<float>::infinity();
-    const int64_t n8 = n / 8 * 8;
+    const int64_t nw = n / W * W;
     for (int64_t r = 0; r < rows; ++r, x += n) {
-        Vec8f top = Vec8f{} - kInf;
-        for (int64_t i = 0; i < n8; i += 8) {
-            const Vec8f v = widen8(x + i) * scale;
-            store8(buf + i, v);
+        V top = V{} - kInf;
+        for (int64_t i = 0; i < nw; i += W) {
+            const V v = widen<V>(x + i);
             top = v > top ? v : top;
         }
         float m = -kInf;
-        for (int j = 0; j < 8; ++j) m = std::max(m, top[j]);
-        for (int64_t i = n8; i < n; ++i) m = std::max(m, buf[i] = bf16_to_float(x[i]) * scale);
-        if (m == -kInf) m = 0;  // every key masked: all zeros
-        Vec8f sum{};
-        for (int64_t i = 0; i < n8; i += 8) {
-            const Vec8f t = load8(buf + i) - m;
-            const Vec8f e = t < kLow ? Vec8f{} : exp8(t);
-            store8(buf + i, e);
-            sum += e;
+        for (int j = 0; j < W; ++j) m = std::max(m, top[j]);
+        for (int64_t i = nw; i < n; ++i) m = std::max(m, bf16_to_float(x[i]));
+        const float shift = m == -kInf ? 0.0f : m * scale;  // scale > 0: the maximum of the scaled scores
+        V sum{};
+        for (int64_t i = 0; i < nw; i += W) {
+            const V t = widen<V>(x + i) * scale - shift;
+            const U b = std::bit_cast<U>(t < kLow ? V{} : exp_approx(t));
+            const U rounded = (b + 0x7FFF + ((b >> 16) & 1)) & ~0xFFFF;
+            sum += std::bit_cast<V>(rounded);
+            const H h = __builtin_convertvector(rounded >> 16, H);
+            std::memcpy(x + i, &h, sizeof h);
         }
-        float total = sum8(sum);
-        for (int64_t i = n8; i < n; ++i) total += buf[i] = buf[i] - m < kLow ? 0.0f : std::exp(buf[i] - m);
-        const float inv = total > 0 ? 1.0f / total : 0.0f;
-        for (int64_t i = 0; i < n8; i += 8) narrow8(x + i, load8(buf + i) * inv);
-        for (int64_t i = n8; i < n; ++i) x[i] = narrow1(buf[i] * inv);
+        float total = 0;
+        for (int j = 0; j < W; ++j) total += sum[j];
+        for (int64_t i = nw; i < n; ++i) {
+            const float t = bf16_to_float(x[i]) * scale - shift;
+            const uint32_t b = round_bits(std::bit_cast<uint32_t>(t < kLow ? 0.0f : std::exp(t)));
+            x[i] = static_cast<uint16_t>(b >> 16);
+            total += bf16_to_float(x[i]);
+        }
+        inv[r] = total > 0 ? 1.0f / total : 0.0f;
     }
 }
 
-const auto softmax_rows = simd_dispatch<softmax_rows_body>();
+const auto exp_rows = simd_dispatch_wide<exp_rows_body<Vec16f>, exp_rows_body<Vec8f>>();
 
 }  // namespace
 
@@ -101,29 +103,32 @@ at::Tensor bf16_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
     const auto kt = at::empty({N, heads, hd, S}, bf16).copy_(k.transpose(-1, -2)).view({N * heads, hd, S});
     const auto vb = at::empty({N, heads, S, hd}, bf16).copy_(v).view({N * heads, S, hd});
     const auto padding = key_mask ? key_mask->logical_not().view({N, S}) : at::Tensor();  // true: padded key
-    auto out = at::empty({N * heads, S, hd}, bf16);
     // One parallel region for the whole attention, a (head, block of 256 queries) per task, claimed one
     // by one, each product single-threaded inside it: with another busy process on the cores, every
     // region's closing barrier waits for a descheduled thread, and a region per product made 12 a layer.
     constexpr int64_t kBlock = 256;
     const int64_t blocks = (S + kBlock - 1) / kBlock;
     const auto inf = std::numeric_limits<float>::infinity();
+    auto result = at::empty({N, S, heads, hd}, q.options());
+    float* res = result.data_ptr<float>();
     aten_for(N * heads * blocks, 1, [&](int64_t t0, int64_t t1) {
-        thread_local std::vector<float> buf;  // one row of weights, kept from frame to frame
-        buf.resize(static_cast<size_t>(S));
+        thread_local std::vector<float> inv;  // 1 / each query's sum of weights, kept from frame to frame
+        inv.resize(static_cast<size_t>(kBlock));
         for (int64_t t = t0; t < t1; ++t) {
             const int64_t h = t / blocks, s0 = t % blocks * kBlock, n = std::min(kBlock, S - s0);
             auto scores = at::mm(qb[h].narrow(0, s0, n), kt[h]);  // [n, S]
             if (padding.defined()) scores.masked_fill_(padding[h / heads].unsqueeze(0), -inf);
-            softmax_rows(reinterpret_cast<uint16_t*>(scores.data_ptr<at::BFloat16>()), n, S, static_cast<float>(scale),
-                         buf.data());
-            auto o = out[h].narrow(0, s0, n);
-            at::mm_out(o, scores, vb[h]);
+            exp_rows(reinterpret_cast<uint16_t*>(scores.data_ptr<at::BFloat16>()), n, S, static_cast<float>(scale),
+                     inv.data());
+            const auto o = at::mm(scores, vb[h]);  // [n, hd] bf16, each row still to be divided by its sum
+            const auto* po = reinterpret_cast<const uint16_t*>(o.data_ptr<at::BFloat16>());
+            // Into [N, S, heads, hd] fp32, the layout the out projection reads.
+            float* dst = res + ((h / heads * S + s0) * heads + h % heads) * hd;
+            for (int64_t r = 0; r < n; ++r, po += hd, dst += heads * hd) {
+                for (int64_t j = 0; j < hd; ++j) dst[j] = bf16_to_float(po[j]) * inv[r];
+            }
         }
     });
-    // [N, heads, S, hd] bf16 -> [N, S, heads, hd] fp32 in one pass.
-    auto result = at::empty({N, S, heads, hd}, q.options());
-    result.copy_(out.view({N, heads, S, hd}).transpose(1, 2));
     return result;
 }
 

@@ -1,9 +1,9 @@
 // The vision tower's attention in bf16, for CPUs with bf16 dot products (AVX512_BF16, AMX). ATen's
 // fp32 flash attention is a third of a 512 px frame's time even after the products go int8, and its
 // bf16 variant is no faster on the CPU; its bf16 batched products (oneDNN) run at two to three times
-// fp32's rate. So: scores in bf16 by batched products, a bf16 softmax, the weighted sum in bf16, a
-// block of queries at a time to keep the scores in cache. The scores are rounded to bf16, as in
-// transformers' bf16 eager attention.
+// fp32's rate. So: scores in bf16 by batched products, their exponentials rounded to bf16, the weighted
+// sum in bf16 and divided by the weights' sum at the end, a block of queries at a time to keep the
+// scores in cache. The scores are rounded to bf16, as in transformers' bf16 eager attention.
 #pragma once
 
 #include <ATen/core/Tensor.h>

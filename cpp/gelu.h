@@ -11,4 +11,7 @@ namespace prospect {
 // x [rows, cols] (row-major) <- gelu_tanh(x + bias[cols]), fp32, spread over ATen's threads.
 void bias_gelu_tanh(float* x, const float* bias, int64_t rows, int64_t cols);
 
+// The same on the calling thread, for a block of rows inside a parallel region.
+void bias_gelu_tanh_rows(float* x, const float* bias, int64_t rows, int64_t cols);
+
 }  // namespace prospect

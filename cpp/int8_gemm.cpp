@@ -1,5 +1,6 @@
 #include "int8_gemm.h"
 
+#include "gelu.h"
 #include "simd.h"
 #include "thread_pool.h"
 
@@ -53,8 +54,10 @@ PROSPECT_SIMD_INLINE void finish_rows_body(const float* y, const float* s, const
     }
 }
 
-const auto quantize_rows = simd_dispatch<quantize_rows_body>();
-const auto finish_rows = simd_dispatch<finish_rows_body>();
+const auto quantize_rows = simd_dispatch_wide<quantize_rows_body, quantize_rows_body>();
+const auto finish_rows = simd_dispatch_wide<finish_rows_body, finish_rows_body>();
+
+enum class Finish { kStore, kAdd, kGelu };  // out = y, out += y, out = gelu_tanh(y), y = x w^T + bias
 
 // Rows a block: at most 256 (4 blocks a 512 px frame), at least 32, and two blocks a thread where
 // there are rows enough, so a machine with more cores than a frame has blocks still uses them.
@@ -63,11 +66,11 @@ int64_t row_block(int64_t M) {
     return std::clamp<int64_t>((M + 2 * threads - 1) / (2 * threads), 32, 256);
 }
 
-// x w^T + bias into `out` ([M, out] fp32, contiguous), added to it if `add`. Blocks of rows are claimed
+// x w^T + bias into `out` ([M, out] fp32, contiguous) as `finish` says. Blocks of rows are claimed
 // by ATen's threads, each block quantized, multiplied (oneDNN, single-threaded inside the parallel
 // region) and finished by the thread that claimed it: one parallel region a product, not three, and the
 // block's rows stay in that core's cache between the steps.
-void run(const at::Tensor& x_in, const Int8Gemm& g, float* out, bool add) {
+void run(const at::Tensor& x_in, const Int8Gemm& g, float* out, Finish finish) {
     const auto x = x_in.contiguous();
     const int64_t M = x.size(0), K = g.in, N = g.out;
     const float* px = x.data_ptr<float>();
@@ -93,7 +96,16 @@ void run(const at::Tensor& x_in, const Int8Gemm& g, float* out, bool add) {
                                        std::string("")};
         pointwise_op()->callBoxed(&stack);
         const auto y = stack.at(0).toTensor().contiguous();
-        finish_rows(y.data_ptr<float>(), s.data(), pb, out + r0 * N, rows, N, add);
+        const float* py = y.data_ptr<float>();
+        if (finish != Finish::kGelu) {
+            finish_rows(py, s.data(), pb, out + r0 * N, rows, N, finish == Finish::kAdd);
+            return;
+        }
+        for (int64_t r = 0; r < rows; ++r) {  // row by row: the GELU reads the row from L1
+            float* o = out + (r0 + r) * N;
+            finish_rows(py + r * N, &s[r], nullptr, o, 1, N, false);
+            bias_gelu_tanh_rows(o, pb, 1, N);
+        }
     });
 }
 
@@ -143,7 +155,15 @@ Int8Gemm pack_int8_gemm(const at::Tensor& w, const at::Tensor& bias, int64_t row
 at::Tensor int8_gemm(const at::Tensor& x, const Int8Gemm& g) {
     check_input(x, g);
     auto out = at::empty({x.size(0), g.out}, x.options());
-    run(x, g, out.data_ptr<float>(), false);
+    run(x, g, out.data_ptr<float>(), Finish::kStore);
+    return out;
+}
+
+at::Tensor int8_gemm_gelu(const at::Tensor& x, const Int8Gemm& g) {
+    check_input(x, g);
+    TORCH_CHECK_VALUE(g.bias.defined(), "int8_gemm_gelu expected a weight packed with its bias");
+    auto out = at::empty({x.size(0), g.out}, x.options());
+    run(x, g, out.data_ptr<float>(), Finish::kGelu);
     return out;
 }
 
@@ -153,7 +173,7 @@ void int8_gemm_add(const at::Tensor& x, const Int8Gemm& g, at::Tensor& into) {
                           into.scalar_type() == at::kFloat && into.is_contiguous(),
                       "int8 products expected a contiguous fp32 [", x.size(0), ", ", g.out, "] output, got ",
                       into.scalar_type(), " ", into.sizes());
-    run(x, g, into.data_ptr<float>(), true);
+    run(x, g, into.data_ptr<float>(), Finish::kAdd);
 }
 
 }  // namespace prospect

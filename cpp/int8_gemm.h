@@ -38,6 +38,10 @@ Int8Gemm pack_int8_gemm(const at::Tensor& w, const at::Tensor& bias, int64_t row
 
 // x fp32 [M, in] on the CPU -> x w^T + bias, fp32 [M, out].
 at::Tensor int8_gemm(const at::Tensor& x, const Int8Gemm& g);
+// x fp32 [M, in] on the CPU -> gelu_tanh(x w^T + bias), fp32 [M, out]: the GELU in the pass that scales
+// each row, while the row is in cache.
+at::Tensor int8_gemm_gelu(const at::Tensor& x, const Int8Gemm& g);
+
 // into [M, out] (fp32, contiguous) += x w^T + bias: a residual add in the same pass.
 void int8_gemm_add(const at::Tensor& x, const Int8Gemm& g, at::Tensor& into);
 

@@ -109,10 +109,14 @@ void dot_groups_generic(QuantType t, const uint8_t* w, int64_t groups, const Qua
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")
 #define PROSPECT_QK_NS avx512_vnni
 #define PROSPECT_QK_VNNI
+// GCC 12 takes the undefined upper lanes inside its AVX-512 intrinsics for uninitialized variables.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "quant_kernels_x86.inc"
+#pragma GCC diagnostic pop
 #undef PROSPECT_QK_NS
 #undef PROSPECT_QK_VNNI
 #pragma GCC pop_options
@@ -137,7 +141,7 @@ bool has_avx2() {
 }
 bool has_avx512_vnni() {
     return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512vnni");
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
 }
 #endif
 

@@ -1,5 +1,6 @@
 // The CPU kernels' SIMD: eight floats in a GCC/Clang vector, and one body compiled twice, for
-// AVX2 + FMA and for the baseline ISA, picked once by what the CPU runs. The CPU is asked directly:
+// AVX2 + FMA and for the baseline ISA, picked once by what the CPU runs. Bodies written for any
+// vector width also get sixteen floats on AVX-512. The CPU is asked directly:
 // target_clones("arch=haswell") dispatches on the CPU model, so other AVX2 CPUs got the baseline.
 #pragma once
 
@@ -12,6 +13,7 @@ namespace prospect {
 // Eight floats (or ints); element-wise + - * / and comparisons. aligned(4): loads need not be aligned.
 typedef float Vec8f __attribute__((vector_size(32), aligned(4)));
 typedef int32_t Vec8i __attribute__((vector_size(32), aligned(4)));
+typedef float Vec16f __attribute__((vector_size(64), aligned(4)));
 
 // Kernel bodies carry this, so they are inlined into (and built for) each ISA's copy.
 #define PROSPECT_SIMD_INLINE inline __attribute__((always_inline))
@@ -33,28 +35,36 @@ PROSPECT_SIMD_INLINE float sum8(Vec8f v) {
 // A bf16 (its bits) is the top half of the float it stands for.
 PROSPECT_SIMD_INLINE float bf16_to_float(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
 
-// exp(t) for t <= 0 .. 88: t = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor
-// polynomial (relative error < 2e-7 there), 2^n built in the exponent bits.
-PROSPECT_SIMD_INLINE Vec8f exp8(Vec8f t) {
+// exp(t) for t <= 0 .. 88, for a vector of any width: t = n ln2 + r with |r| <= ln2/2, exp(r) by its
+// degree-6 Taylor polynomial (relative error < 2e-7 there), 2^n built in the exponent bits.
+template <class V>
+PROSPECT_SIMD_INLINE V exp_approx(V t) {
+    using I = decltype(t < t);  // the ints of V's width
     t = t < -87.0f ? -87.0f : t;
     t = t > 88.0f ? 88.0f : t;
-    const Vec8f shifter = Vec8f{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
-    const Vec8f f = t * 1.44269504f + shifter;
-    const Vec8f n = f - shifter;
-    const Vec8f r = t - n * 0.693145752f - n * 1.42860677e-6f;  // ln2 split in two for an exact product
-    Vec8f p = r * (1.0f / 720) + 1.0f / 120;
+    const V shifter = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+    const V f = t * 1.44269504f + shifter;
+    const V n = f - shifter;
+    const V r = t - n * 0.693145752f - n * 1.42860677e-6f;  // ln2 split in two for an exact product
+    V p = r * (1.0f / 720) + 1.0f / 120;
     p = p * r + 1.0f / 24;
     p = p * r + 1.0f / 6;
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    const Vec8i bits = ((std::bit_cast<Vec8i>(f) - 0x4B400000) + 127) << 23;
-    return p * std::bit_cast<Vec8f>(bits);
+    const I bits = ((std::bit_cast<I>(f) - 0x4B400000) + 127) << 23;
+    return p * std::bit_cast<V>(bits);
 }
 
 inline bool cpu_has_avx2_fma() {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+inline bool cpu_has_avx512() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 
 // simd_dispatch<body>(): a pointer to `body` built for AVX2 + FMA if the CPU has them, else for the
@@ -66,12 +76,22 @@ struct SimdClones;
 template <class R, class... Args, R (*Body)(Args...)>
 struct SimdClones<Body> {
     __attribute__((target("avx2,fma"))) static R avx2(Args... args) { return Body(args...); }
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) static R avx512(Args... args) {
+        return Body(args...);
+    }
     static R base(Args... args) { return Body(args...); }
 };
 
 template <auto Body>
 auto simd_dispatch() {
     return cpu_has_avx2_fma() ? &SimdClones<Body>::avx2 : &SimdClones<Body>::base;
+}
+
+// simd_dispatch_wide<wide, body>(): `wide` (a body instantiated for Vec16f) built for AVX-512 where the
+// CPU has it, else simd_dispatch<body>() (the same body for Vec8f).
+template <auto Wide, auto Body>
+auto simd_dispatch_wide() {
+    return cpu_has_avx512() ? &SimdClones<Wide>::avx512 : simd_dispatch<Body>();
 }
 
 }  // namespace prospect

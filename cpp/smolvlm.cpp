@@ -101,8 +101,10 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
         add_linear(a.reshape({N * S, D}), l.o_w, l.o_b, l.o_q);
         r = at::layer_norm(rows, {D}, l.ln2_w, l.ln2_b, v.layer_norm_eps);
         at::Tensor mid;  // [N*S, I]
-        if (fp32 && rows.is_cpu() && l.fc1_b.is_contiguous()) {
-            mid = l.fc1_q.defined() ? int8_gemm(r, l.fc1_q) : at::mm(r, l.fc1_w.t());
+        if (l.fc1_q.defined()) {
+            mid = int8_gemm_gelu(r, l.fc1_q);
+        } else if (fp32 && rows.is_cpu() && l.fc1_b.is_contiguous()) {
+            mid = at::mm(r, l.fc1_w.t());
             bias_gelu_tanh(mid.data_ptr<float>(), l.fc1_b.data_ptr<float>(), mid.size(0), mid.size(1));
         } else {
             mid = at::gelu(at::addmm(l.fc1_b, r, l.fc1_w.t()), "tanh");

@@ -183,7 +183,7 @@ void pack_vision(SmolVLMWeights& out, const ModelConfig& cfg) {
     for (auto& l : out.vision_layers) {
         l.qkv_q = pack_int8_gemm(l.qkv_w, l.qkv_b, patches);
         l.o_q = pack_int8_gemm(l.o_w, l.o_b, patches);
-        l.fc1_q = pack_int8_gemm(l.fc1_w, at::Tensor(), patches);  // its bias goes in with the GELU
+        l.fc1_q = pack_int8_gemm(l.fc1_w, l.fc1_b, patches);
         l.fc2_q = pack_int8_gemm(l.fc2_w, l.fc2_b, patches);
         l.qkv_w = l.o_w = l.fc1_w = l.fc2_w = at::Tensor();
     }
