@@ -1,6 +1,7 @@
 #include "decode_step.h"
 
 #include "matvec.h"
+#include "row_ops.h"
 #include "simd.h"
 #include "thread_pool.h"
 
@@ -9,26 +10,7 @@
 
 namespace prospect {
 
-void rms_norm_row(const float* x, const float* w, float* out, int64_t n, float eps) {
-    double ss = 0;
-    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
-    const float r = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
-    for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
-}
-
 namespace {
-
-// Rotates each head's two halves (Hugging Face's rotate_half convention).
-void rope(float* v, int64_t heads, int64_t d, const float* cos, const float* sin) {
-    const int64_t h = d / 2;
-    for (int64_t k = 0; k < heads; ++k, v += d) {
-        for (int64_t i = 0; i < h; ++i) {
-            const float a = v[i], b = v[i + h];
-            v[i] = a * cos[i] - b * sin[i];
-            v[i + h] = b * cos[i + h] + a * sin[i + h];
-        }
-    }
-}
 
 PROSPECT_SIMD_INLINE float dot(const float* a, const float* b, int64_t n) {
     Vec8f s0 = {}, s1 = {};  // two accumulators: head_dim 64 is four iterations, each with two chains
@@ -90,8 +72,8 @@ void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, float*
     float* q = qkv;
     float* k = qkv + nq;
     const float* v = qkv + nq + nkv;
-    rope(q, s.heads, D, cos, sin);
-    rope(k, s.kv_heads, D, cos, sin);
+    rope_heads(q, s.heads, D, cos, sin);
+    rope_heads(k, s.kv_heads, D, cos, sin);
     float* K = kv;                              // [kv_heads, capacity, D]
     float* V = kv + s.kv_heads * capacity * D;  // the same for values
     for (int64_t g = 0; g < s.kv_heads; ++g) {
@@ -109,16 +91,13 @@ void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, float*
         }
     });
     matvec(*w.o, attn, proj);
-    for (int64_t i = 0; i < H; ++i) x[i] += proj[i];
+    add_into(x, proj, H);
 
     rms_norm_row(x, w.post_norm, h, H, s.eps);
     matvec(*w.gate_up, h, gu);
-    for (int64_t i = 0; i < I; ++i) {
-        const float g = gu[i];
-        gu[i] = g / (1.0f + std::exp(-g)) * gu[I + i];
-    }
+    silu_mul(gu, gu + I, gu, I);
     matvec(*w.down, gu, proj);
-    for (int64_t i = 0; i < H; ++i) x[i] += proj[i];
+    add_into(x, proj, H);
 }
 
 }  // namespace prospect

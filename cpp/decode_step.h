@@ -29,7 +29,4 @@ int64_t decode_scratch_size(const DecodeShape& s, int64_t keys);
 void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, float* kv, int64_t capacity, int64_t slot,
                   const float* cos, const float* sin, float* scratch);
 
-// out [n] = w * x / rms(x), as Llama's RMSNorm in fp32.
-void rms_norm_row(const float* x, const float* w, float* out, int64_t n, float eps);
-
 }  // namespace prospect

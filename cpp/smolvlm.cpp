@@ -8,6 +8,7 @@
 #include "matvec.h"
 #include "model_loader.h"
 #include "rope.h"
+#include "row_ops.h"
 #include "text_ops.h"
 #include "thread_pool.h"
 
@@ -16,23 +17,24 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace prospect {
 
 namespace {
 
-// A prefill's attention over the cache on the CPU (q [B, H, T, hd], k and v [B, G, S, hd], mask [T, S]).
-// ATen's flash attention hands each thread an equal share of (head, query block) tasks: 9 heads of one
-// block on 2 threads leave one thread waiting, and a thread that loses its core to another process holds
-// up the rest. Here the tasks are (KV group, block of queries), claimed one by one, each attention
-// single-threaded inside.
+// A prefill's attention over the cache on the CPU (q [B, H, T, hd], k and v [B, G, S, hd], mask [T, S])
+// -> [B, T, H, hd], the layout the out projection reads. ATen's flash attention hands each thread an
+// equal share of (head, query block) tasks: 9 heads of one block on 2 threads leave one thread waiting,
+// and a thread that loses its core to another process holds up the rest. Here the tasks are (KV group,
+// block of queries), claimed one by one, each attention single-threaded inside.
 at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                              double scale) {
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), G = k.size(1), rep = H / G;
     const int64_t threads = std::max(1, at::get_num_threads());
     const int64_t blocks = std::min(T, std::max<int64_t>((2 * threads + G - 1) / G, (T + 255) / 256));
     const int64_t rows = (T + blocks - 1) / blocks;
-    auto out = at::empty_like(q);
+    auto out = at::empty({B, T, H, q.size(3)}, q.options());
     aten_for(B * G * blocks, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
             const int64_t b = t / (G * blocks), g = t / blocks % G, s0 = t % blocks * rows;
@@ -42,7 +44,7 @@ at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at:
             const auto a = at::scaled_dot_product_attention(qs, k[b].narrow(0, g, 1).unsqueeze(0),
                                                             v[b].narrow(0, g, 1).unsqueeze(0), mask.narrow(0, s0, n),
                                                             0.0, false, scale, rep > 1);
-            out[b].narrow(0, g * rep, rep).narrow(1, s0, n).copy_(a[0]);
+            out[b].narrow(0, s0, n).narrow(1, g * rep, rep).copy_(a[0].transpose(0, 1));
         }
     });
     return out;
@@ -249,12 +251,59 @@ at::Tensor SmolVLM::text_block(const at::Tensor& x_in, int64_t layer, KVCache& c
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
     auto a = mask && q.is_cpu() ? prefill_attention(q, K, V, *mask, scale)
                                 : at::scaled_dot_product_attention(q, K, V, mask, 0.0, causal, scale,
-                                                                   t.num_key_value_heads != t.num_attention_heads);
-    auto x = x_in + prospect::linear(a.transpose(1, 2).reshape({B, T, nq}), l.o);
+                                                                   t.num_key_value_heads != t.num_attention_heads)
+                                      .transpose(1, 2);
+    auto x = x_in + prospect::linear(a.reshape({B, T, nq}), l.o);
     h = rms_norm(x, l.post_norm, t.rms_norm_eps);
     auto gu = prospect::linear(h, l.gate_up);  // [B, T, 2 I]
     const int64_t I = t.intermediate_size;
     return x + prospect::linear(at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I), l.down);
+}
+
+void SmolVLM::text_block_rows(at::Tensor& x, int64_t layer, KVCache& cache, const at::Tensor& cos,
+                              const at::Tensor& sin, const std::optional<at::Tensor>& mask, bool causal) const {
+    const auto& t = cfg_.text;
+    const auto& l = weights_.text_layers[layer];
+    const int64_t B = x.size(0), T = x.size(1), H = t.hidden_size, hd = t.head_dim, L0 = cache.length();
+    const int64_t heads = t.num_attention_heads, kv_heads = t.num_key_value_heads, I = t.intermediate_size;
+    const int64_t nq = heads * hd, nkv = kv_heads * hd, rows = B * T;
+    const auto eps = static_cast<float>(t.rms_norm_eps);
+    float* px = x.data_ptr<float>();
+    auto h = at::empty({B, T, H}, x.options());
+    float* ph = h.data_ptr<float>();
+    const auto norm = [&](const at::Tensor& w) {
+        for (int64_t r = 0; r < rows; ++r) rms_norm_row(px + r * H, w.data_ptr<float>(), ph + r * H, H, eps);
+    };
+
+    norm(l.input_norm);
+    auto qkv = prospect::linear(h, l.qkv);  // [B, T, nq + 2 nkv]
+    const float *pc = cos.data_ptr<float>(), *ps = sin.data_ptr<float>();  // [T, hd]
+    for (int64_t r = 0; r < rows; ++r) {
+        float* row = qkv.data_ptr<float>() + r * (nq + 2 * nkv);
+        const int64_t p = r % T;
+        rope_heads(row, heads, hd, pc + p * hd, ps + p * hd);
+        rope_heads(row + nq, kv_heads, hd, pc + p * hd, ps + p * hd);
+    }
+    auto q = qkv.narrow(-1, 0, nq).view({B, T, heads, hd}).transpose(1, 2);
+    auto k = qkv.narrow(-1, nq, nkv).view({B, T, kv_heads, hd}).transpose(1, 2);
+    auto v = qkv.narrow(-1, nq + nkv, nkv).view({B, T, kv_heads, hd}).transpose(1, 2);
+    cache.write(layer, k, v);
+    auto K = cache.key_buffer(layer).narrow(2, 0, L0 + T), V = cache.value_buffer(layer).narrow(2, 0, L0 + T);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    auto a = mask ? prefill_attention(q, K, V, *mask, scale)
+                  : at::scaled_dot_product_attention(q, K, V, std::nullopt, 0.0, causal, scale, kv_heads != heads)
+                        .transpose(1, 2)
+                        .contiguous();
+    add_into(px, prospect::linear(a.view({B, T, nq}), l.o).data_ptr<float>(), rows * H);
+
+    norm(l.post_norm);
+    auto gu = prospect::linear(h, l.gate_up);  // [B, T, 2 I]
+    auto act = at::empty({B, T, I}, x.options());
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* g = gu.data_ptr<float>() + r * 2 * I;
+        silu_mul(g, g + I, act.data_ptr<float>() + r * I, I);
+    }
+    add_into(px, prospect::linear(act, l.down).data_ptr<float>(), rows * H);
 }
 
 at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKind kind,
@@ -281,7 +330,14 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
         mask = at::arange(L0 + T, opts).unsqueeze(0).le(at::arange(L0, L0 + T, opts).unsqueeze(1));  // [T, L0+T]
     }
     try {
-        for (int64_t i = 0; i < t.num_hidden_layers; ++i) x = text_block(x, i, cache, cos, sin, mask, causal);
+        if (decode_loops_) {
+            auto owned = at::empty({B, T, t.hidden_size}, x.options());  // the residual stream, updated in place
+            std::memcpy(owned.data_ptr<float>(), x.contiguous().data_ptr<float>(), owned.nbytes());
+            x = owned;
+            for (int64_t i = 0; i < t.num_hidden_layers; ++i) text_block_rows(x, i, cache, cos, sin, mask, causal);
+        } else {
+            for (int64_t i = 0; i < t.num_hidden_layers; ++i) x = text_block(x, i, cache, cos, sin, mask, causal);
+        }
     } catch (...) {
         cache.discard_pending();
         throw;

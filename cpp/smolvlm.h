@@ -64,6 +64,10 @@ private:
     // One decoder layer over x [B, T, H]: writes its keys and values to the cache, returns the new x.
     at::Tensor text_block(const at::Tensor& x, int64_t layer, KVCache& cache, const at::Tensor& cos,
                           const at::Tensor& sin, const std::optional<at::Tensor>& mask, bool causal) const;
+    // The same on the CPU in fp32 (decode_loops_), x [B, T, H] contiguous and updated in place: only the
+    // products and the attention are parallel regions, the rest plain loops over rows (row_ops.h).
+    void text_block_rows(at::Tensor& x, int64_t layer, KVCache& cache, const at::Tensor& cos, const at::Tensor& sin,
+                         const std::optional<at::Tensor>& mask, bool causal) const;
 
     // The batch-1 fp32 CPU decode step in plain loops (decode_step.h), when the cache and weights allow.
     bool decode_step_applies(const KVCache& cache) const;
@@ -78,7 +82,7 @@ private:
     SmolVLMWeights weights_;
     int64_t weight_bytes_ = 0;
     at::Tensor inv_freq_;        // [head_dim / 2] fp32 on device
-    bool decode_loops_ = false;  // the weights suit decode_step's raw loops
+    bool decode_loops_ = false;  // the weights suit raw loops (decode_step, text_block_rows)
     CudaGraphsPtr graphs_ = make_cuda_graphs();
 };
 
