@@ -276,7 +276,7 @@ void SmolVLM::text_block_rows(at::Tensor& x, int64_t layer, KVCache& cache, cons
     };
 
     norm(l.input_norm);
-    auto qkv = prospect::linear(h, l.qkv);  // [B, T, nq + 2 nkv]
+    auto qkv = prospect::linear(h, l.qkv);                                 // [B, T, nq + 2 nkv]
     const float *pc = cos.data_ptr<float>(), *ps = sin.data_ptr<float>();  // [T, hd]
     for (int64_t r = 0; r < rows; ++r) {
         float* row = qkv.data_ptr<float>() + r * (nq + 2 * nkv);
