@@ -108,11 +108,10 @@ void quant_matmul(const Matrix& w, const float* x, float* y, int64_t tokens) {
     const auto part = [&](int64_t g0, int64_t g1) {
         quant_dot_groups(*w.quant, base + g0 * gb, g1 - g0, a, y + g0 * kQuantRows, rows, rows - g0 * kQuantRows);
     };
-    if (tokens > 1) {  // a prefill; an even number of groups a chunk, as VNNI's kernel takes them in pairs
-        aten_for(groups, std::max<int64_t>(2, groups / 32 + 1) / 2 * 2, part);
-    } else {  // chunks of at least 32 KiB: waking a thread costs more than streaming less
-        pool_for(groups, std::max<int64_t>(1, (1 << 15) / gb), part);
-    }
+    // A prefill: an even number of groups a chunk (VNNI's kernel takes them in pairs). A decode step:
+    // chunks of at least 32 KiB, as waking a thread costs more than streaming less.
+    pool_for(groups, tokens > 1 ? std::max<int64_t>(2, groups / 32 + 1) / 2 * 2 : std::max<int64_t>(1, (1 << 15) / gb),
+             part);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "smolvlm.h"
 
 #include "bf16_attention.h"
+#include "causal_attention.h"
 #include "decode_step.h"
 #include "gelu.h"
 #include "int8_gemm.h"
@@ -261,7 +262,7 @@ at::Tensor SmolVLM::text_block(const at::Tensor& x_in, int64_t layer, KVCache& c
 }
 
 void SmolVLM::text_block_rows(at::Tensor& x, int64_t layer, KVCache& cache, const at::Tensor& cos,
-                              const at::Tensor& sin, const std::optional<at::Tensor>& mask, bool causal) const {
+                              const at::Tensor& sin) const {
     const auto& t = cfg_.text;
     const auto& l = weights_.text_layers[layer];
     const int64_t B = x.size(0), T = x.size(1), H = t.hidden_size, hd = t.head_dim, L0 = cache.length();
@@ -284,16 +285,24 @@ void SmolVLM::text_block_rows(at::Tensor& x, int64_t layer, KVCache& cache, cons
         rope_heads(row, heads, hd, pc + p * hd, ps + p * hd);
         rope_heads(row + nq, kv_heads, hd, pc + p * hd, ps + p * hd);
     }
-    auto q = qkv.narrow(-1, 0, nq).view({B, T, heads, hd}).transpose(1, 2);
     auto k = qkv.narrow(-1, nq, nkv).view({B, T, kv_heads, hd}).transpose(1, 2);
     auto v = qkv.narrow(-1, nq + nkv, nkv).view({B, T, kv_heads, hd}).transpose(1, 2);
     cache.write(layer, k, v);
-    auto K = cache.key_buffer(layer).narrow(2, 0, L0 + T), V = cache.value_buffer(layer).narrow(2, 0, L0 + T);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-    auto a = mask ? prefill_attention(q, K, V, *mask, scale)
-                  : at::scaled_dot_product_attention(q, K, V, std::nullopt, 0.0, causal, scale, kv_heads != heads)
-                        .transpose(1, 2)
-                        .contiguous();
+    auto a = at::empty({B, T, nq}, x.options());
+    const CausalAttention shape{.tokens = T,
+                                .first = L0,
+                                .heads = heads,
+                                .kv_heads = kv_heads,
+                                .head_dim = hd,
+                                .capacity = cache.capacity(),
+                                .scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))};
+    const float *keys = cache.key_buffer(layer).data_ptr<float>(),
+                *values = cache.value_buffer(layer).data_ptr<float>();
+    const int64_t per_row = kv_heads * cache.capacity() * hd;  // one batch row of a layer's keys
+    for (int64_t b = 0; b < B; ++b) {
+        causal_attention(shape, qkv.data_ptr<float>() + b * T * (nq + 2 * nkv), nq + 2 * nkv, keys + b * per_row,
+                         values + b * per_row, a.data_ptr<float>() + b * T * nq);
+    }
     add_into(px, prospect::linear(a.view({B, T, nq}), l.o).data_ptr<float>(), rows * H);
 
     norm(l.post_norm);
@@ -330,11 +339,11 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
         mask = at::arange(L0 + T, opts).unsqueeze(0).le(at::arange(L0, L0 + T, opts).unsqueeze(1));  // [T, L0+T]
     }
     try {
-        if (decode_loops_) {
+        if (decode_loops_ && cache.storage().is_contiguous()) {
             auto owned = at::empty({B, T, t.hidden_size}, x.options());  // the residual stream, updated in place
             std::memcpy(owned.data_ptr<float>(), x.contiguous().data_ptr<float>(), owned.nbytes());
             x = owned;
-            for (int64_t i = 0; i < t.num_hidden_layers; ++i) text_block_rows(x, i, cache, cos, sin, mask, causal);
+            for (int64_t i = 0; i < t.num_hidden_layers; ++i) text_block_rows(x, i, cache, cos, sin);
         } else {
             for (int64_t i = 0; i < t.num_hidden_layers; ++i) x = text_block(x, i, cache, cos, sin, mask, causal);
         }

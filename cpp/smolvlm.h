@@ -64,10 +64,11 @@ private:
     // One decoder layer over x [B, T, H]: writes its keys and values to the cache, returns the new x.
     at::Tensor text_block(const at::Tensor& x, int64_t layer, KVCache& cache, const at::Tensor& cos,
                           const at::Tensor& sin, const std::optional<at::Tensor>& mask, bool causal) const;
-    // The same on the CPU in fp32 (decode_loops_), x [B, T, H] contiguous and updated in place: only the
-    // products and the attention are parallel regions, the rest plain loops over rows (row_ops.h).
-    void text_block_rows(at::Tensor& x, int64_t layer, KVCache& cache, const at::Tensor& cos, const at::Tensor& sin,
-                         const std::optional<at::Tensor>& mask, bool causal) const;
+    // The same on the CPU in fp32 (decode_loops_, a contiguous cache), x [B, T, H] contiguous and updated in
+    // place: the attention in plain loops on prospect's pool (causal_attention.h), the rest plain loops over
+    // rows (row_ops.h) between the products.
+    void text_block_rows(at::Tensor& x, int64_t layer, KVCache& cache, const at::Tensor& cos,
+                         const at::Tensor& sin) const;
 
     // The batch-1 fp32 CPU decode step in plain loops (decode_step.h), when the cache and weights allow.
     bool decode_step_applies(const KVCache& cache) const;

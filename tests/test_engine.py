@@ -241,3 +241,19 @@ def test_padded_images_and_padding_images(pair):
     assert rel(got.reshape(want.shape), want) < 1e-4
     padded = torch.cat([pv, torch.zeros_like(pv[:, :1])], 1)  # a third, all-zero image is padding
     assert ours.image_features(padded, torch.cat([mask, mask[:, :1]], 1)).shape[0] == 2
+
+
+@torch.no_grad()
+def test_batched_prefill_matches_one_row_at_a_time(tiny_model):
+    """The CPU prefill (row loops, attention per batch row of the cache): a batch of two in two chunks, the
+    second attending over the first, gives each row the logits a batch of one gives it."""
+    m = prospect_core.load_model(tiny_model)
+    hidden = m.config["text_config"]["hidden_size"]
+    g = torch.Generator().manual_seed(0)
+    chunks = [torch.randn(2, 7, hidden, generator=g), torch.randn(2, 5, hidden, generator=g)]
+    both = m.make_cache(32, batch=2)
+    got = [m.forward(e, both) for e in chunks]
+    for b in range(2):
+        one = m.make_cache(32)
+        for e, logits in zip(chunks, got):
+            assert torch.allclose(logits[b : b + 1], m.forward(e[b : b + 1], one), atol=1e-5)

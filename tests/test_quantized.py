@@ -236,6 +236,47 @@ def test_bf16_attention_is_attention(n, heads, s, hd, masked):
         assert torch.equal(_C._bf16_attention(q, k, v2, mask, scale), got)
 
 
+@pytest.mark.parametrize(
+    "tokens,first,heads,kv_heads,hd,capacity",
+    [
+        (84, 0, 9, 3, 64, 100),
+        (84, 420, 9, 3, 64, 600),
+        (7, 5, 4, 4, 12, 12),
+        (1, 30, 2, 1, 8, 40),
+        (13, 0, 6, 2, 20, 13),
+    ],
+)
+def test_causal_attention_is_attention(tokens, first, heads, kv_heads, hd, capacity):
+    """A prefill's attention in plain loops: query t sees keys 0..first+t (its own included), heads share
+    their KV head in groups, blocks of 4 queries (7 and 13 leave short ones), key counts and head sizes that
+    are and are not whole vectors; cache rows past first + tokens are ignored."""
+    g = torch.Generator().manual_seed(tokens + first)
+    q = torch.randn(tokens, heads, hd, generator=g)
+    k, v = (torch.randn(kv_heads, capacity, hd, generator=g) for _ in range(2))
+    scale = hd**-0.5
+    got = _C._causal_attention(q, k, v, first, scale)
+    keys = first + tokens
+    rep = heads // kv_heads
+    kk, vv = k[:, :keys].repeat_interleave(rep, 0), v[:, :keys].repeat_interleave(rep, 0)  # [heads, keys, hd]
+    seen = torch.arange(keys).unsqueeze(0) <= (first + torch.arange(tokens)).unsqueeze(1)  # [tokens, keys]
+    want = attention_reference(q.transpose(0, 1).unsqueeze(0), kk.unsqueeze(0), vv.unsqueeze(0), seen, scale)
+    assert got.shape == (tokens, heads * hd)
+    assert torch.allclose(got.double(), want[0].reshape(tokens, heads * hd), atol=2e-6, rtol=1e-5)
+    k2 = k.clone()
+    k2[:, keys:] = 1e6  # rows the cache has not filled change nothing
+    assert torch.equal(_C._causal_attention(q, k2, v, first, scale), got)
+
+
+def test_causal_attention_arguments_are_checked():
+    q, k = torch.randn(5, 4, 8), torch.randn(2, 10, 8)
+    with pytest.raises(
+        ValueError, match=r"first \+ T <= capacity, got \[5, 4, 8\], \[2, 10, 8\], \[2, 10, 8\], first 6"
+    ):
+        _C._causal_attention(q, k, k, 6, 0.5)
+    with pytest.raises(ValueError, match="heads a multiple of kv_heads"):
+        _C._causal_attention(torch.randn(5, 3, 8), k, k, 0, 0.5)
+
+
 def test_bf16_attention_arguments_are_checked():
     q = torch.randn(2, 2, 8, 4)
     with pytest.raises(ValueError, match=r"expected q, k, v of one shape \[N, heads, S, hd\]"):

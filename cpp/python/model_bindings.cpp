@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "bf16_attention.h"
+#include "causal_attention.h"
 #include "cuda_graph_decode.h"
 #include "generate.h"
 #include "int8_gemm.h"
@@ -256,6 +257,33 @@ void bind_model(py::module_& m) {
            double scale) { return bf16_attention(q, k, v, key_mask, scale); },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("key_mask") = py::none(), py::arg("scale"),
         "Tests: the int8 vision tower's attention in bf16 (q, k, v fp32 [N, heads, S, hd]) -> fp32 [N, S, heads, hd].");
+    m.def(
+        "_causal_attention",
+        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t first, double scale) {
+            TORCH_CHECK_VALUE(
+                q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(2) == k.size(2) &&
+                    q.size(1) % k.size(0) == 0 && first >= 0 && first + q.size(0) <= k.size(1),
+                "_causal_attention expected q [T, heads, D], k and v [kv_heads, capacity, D] with heads a "
+                "multiple of kv_heads and first + T <= capacity, got ",
+                q.sizes(), ", ", k.sizes(), ", ", v.sizes(), ", first ", first);
+            const auto qc = q.to(at::kFloat).contiguous(), kc = k.to(at::kFloat).contiguous(),
+                       vc = v.to(at::kFloat).contiguous();
+            auto out = at::empty({q.size(0), q.size(1) * q.size(2)}, qc.options());
+            const CausalAttention a{.tokens = q.size(0),
+                                    .first = first,
+                                    .heads = q.size(1),
+                                    .kv_heads = k.size(0),
+                                    .head_dim = q.size(2),
+                                    .capacity = k.size(1),
+                                    .scale = static_cast<float>(scale)};
+            py::gil_scoped_release release;
+            causal_attention(a, qc.data_ptr<float>(), q.size(1) * q.size(2), kc.data_ptr<float>(), vc.data_ptr<float>(),
+                             out.data_ptr<float>());
+            return out;
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("first"), py::arg("scale"),
+        "Tests: a prefill's attention in plain loops: query t of q [T, heads, D] over keys 0..first+t of k, v "
+        "[kv_heads, capacity, D] -> [T, heads * D].");
     m.def("_cpu_has_bf16_dot", &cpu_has_bf16_dot,
           "Whether this CPU multiplies bf16 in hardware; the int8 vision tower's attention then runs in bf16.");
     m.def("_int8_gemm_weight_max", &int8_gemm_weight_max, "Tests: the largest |int8 weight| the products use here.");

@@ -1,0 +1,24 @@
+// A prefill's attention on the CPU in plain loops on prospect's pool (thread_pool.h), fp32. With
+// another busy process on the cores, every OpenMP region of a prefill waits at its end for a thread
+// that lost its core; this attention, like the quantized products and the row loops around it, runs
+// no such region, so a prefill beside another process costs about its share of the CPU, not more.
+#pragma once
+
+#include <cstdint>
+
+namespace prospect {
+
+struct CausalAttention {
+    int64_t tokens;  // T new tokens
+    int64_t first;   // keys already cached before them: query t sees keys 0 .. first + t
+    int64_t heads, kv_heads, head_dim;
+    int64_t capacity;  // the cache's rows per KV head
+    float scale;
+};
+
+// q [T] rows of heads x head_dim floats, q_stride floats apart; K, V [kv_heads, capacity, head_dim] (one
+// batch row of the cache, the new tokens' keys and values already written); out [T, heads x head_dim].
+void causal_attention(const CausalAttention& a, const float* q, int64_t q_stride, const float* K, const float* V,
+                      float* out);
+
+}  // namespace prospect
