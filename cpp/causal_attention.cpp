@@ -26,15 +26,46 @@ PROSPECT_SIMD_INLINE void store(float* p, V v) {
     std::memcpy(p, &v, sizeof v);
 }
 
-// Queries q[0..n) (n <= kQueries) of one head against keys 0..keys[i] of its KV head. Kt: the keys
-// transposed, [head_dim, stride] with stride a whole number of vectors (zero past the last key); V rows
-// [keys, head_dim]; s: scratch [kQueries, stride]; out rows head_dim floats, out_stride apart.
+// out_i = sum_j p_i[j] V_j for the kQueries rows of p (stride apart, zero past each query's keys), over
+// keys 0..most: NV vectors of each output row in registers (a row kept in memory would chain every key's
+// add through a store and a load), the columns past NV vectors one by one. Rows i < n are stored, times
+// inv[i].
+template <class Vec, int NV>
+PROSPECT_SIMD_INLINE void weighted_sum(const float* p, int64_t stride, int64_t most, const float* Vr, int64_t D,
+                                       const float* inv, int64_t n, float* out, int64_t out_stride) {
+    constexpr int64_t W = sizeof(Vec) / sizeof(float);
+    Vec acc[kQueries][NV > 0 ? NV : 1] = {};
+    if constexpr (NV > 0) {
+        for (int64_t j = 0; j < most; ++j) {
+            Vec v[NV];
+            for (int c = 0; c < NV; ++c) v[c] = load<Vec>(Vr + j * D + c * W);
+            for (int64_t i = 0; i < kQueries; ++i) {
+                const float w = p[i * stride + j];
+                for (int c = 0; c < NV; ++c) acc[i][c] += w * v[c];
+            }
+        }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        float* o = out + i * out_stride;
+        for (int c = 0; c < NV; ++c) store(o + c * W, acc[i][c] * inv[i]);
+        for (int64_t c = NV * W; c < D; ++c) {
+            float sum = 0;
+            for (int64_t j = 0; j < most; ++j) sum += p[i * stride + j] * Vr[j * D + c];
+            o[c] = sum * inv[i];
+        }
+    }
+}
+
+// Queries q[0..n) (n <= kQueries; q has kQueries pointers) of one head against keys 0..keys[i] of its KV
+// head. Kt: the keys transposed, [head_dim, stride] with stride a whole number of vectors (zero past the
+// last key); V rows [keys, head_dim]; s: scratch [kQueries, stride]; out rows head_dim floats, out_stride
+// apart.
 template <class Vec>
 PROSPECT_SIMD_INLINE void attend_body(const float* const* q, const int64_t* keys, int64_t n, const float* Kt,
                                       int64_t stride, const float* Vr, int64_t D, float scale, float* s, float* out,
                                       int64_t out_stride) {
     constexpr int64_t W = sizeof(Vec) / sizeof(float);
-    const int64_t most = keys[n - 1];
+    const int64_t most = keys[kQueries - 1];
     // Scores: for each block of W keys, the head_dim products summed across Kt's rows, no horizontal sums.
     for (int64_t j = 0; j < most; j += W) {
         Vec acc[kQueries] = {};
@@ -42,9 +73,10 @@ PROSPECT_SIMD_INLINE void attend_body(const float* const* q, const int64_t* keys
             const Vec k = load<Vec>(Kt + d * stride + j);
             for (int64_t i = 0; i < kQueries; ++i) acc[i] += q[i][d] * k;
         }
-        for (int64_t i = 0; i < n; ++i) store(s + i * stride + j, acc[i] * scale);
+        for (int64_t i = 0; i < kQueries; ++i) store(s + i * stride + j, acc[i] * scale);
     }
-    for (int64_t i = 0; i < n; ++i) {
+    float inv[kQueries];
+    for (int64_t i = 0; i < kQueries; ++i) {
         float* p = s + i * stride;
         const int64_t m = keys[i];
         float top = -INFINITY;
@@ -57,17 +89,20 @@ PROSPECT_SIMD_INLINE void attend_body(const float* const* q, const int64_t* keys
             for (int64_t l = 0; l < W; ++l) sum += e[l];
         }
         for (; j < m; ++j) sum += (p[j] = std::exp(p[j] - top));
-        float* o = out + i * out_stride;
-        std::fill(o, o + D, 0.0f);
-        for (j = 0; j < m; ++j) {
-            const float w = p[j];
-            const float* v = Vr + j * D;
-            int64_t c = 0;
-            for (; c + W <= D; c += W) store(o + c, load<Vec>(o + c) + w * load<Vec>(v + c));
-            for (; c < D; ++c) o[c] += w * v[c];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t c = 0; c < D; ++c) o[c] *= inv;
+        std::fill(p + m, p + most, 0.0f);  // keys this query does not see weigh nothing
+        inv[i] = 1.0f / sum;
+    }
+    const int64_t vectors = D / W;
+    if (vectors >= 8) {
+        weighted_sum<Vec, 8>(s, stride, most, Vr, D, inv, n, out, out_stride);
+    } else if (vectors >= 4) {
+        weighted_sum<Vec, 4>(s, stride, most, Vr, D, inv, n, out, out_stride);
+    } else if (vectors >= 2) {
+        weighted_sum<Vec, 2>(s, stride, most, Vr, D, inv, n, out, out_stride);
+    } else if (vectors >= 1) {
+        weighted_sum<Vec, 1>(s, stride, most, Vr, D, inv, n, out, out_stride);
+    } else {
+        weighted_sum<Vec, 0>(s, stride, most, Vr, D, inv, n, out, out_stride);
     }
 }
 
