@@ -11,47 +11,13 @@
 #include "rope.h"
 #include "row_ops.h"
 #include "text_ops.h"
-#include "thread_pool.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 namespace prospect {
-
-namespace {
-
-// A prefill's attention over the cache on the CPU (q [B, H, T, hd], k and v [B, G, S, hd], mask [T, S])
-// -> [B, T, H, hd], the layout the out projection reads. ATen's flash attention hands each thread an
-// equal share of (head, query block) tasks: 9 heads of one block on 2 threads leave one thread waiting,
-// and a thread that loses its core to another process holds up the rest. Here the tasks are (KV group,
-// block of queries), claimed one by one, each attention single-threaded inside.
-at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                             double scale) {
-    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), G = k.size(1), rep = H / G;
-    const int64_t threads = std::max(1, at::get_num_threads());
-    const int64_t blocks = std::min(T, std::max<int64_t>((2 * threads + G - 1) / G, (T + 255) / 256));
-    const int64_t rows = (T + blocks - 1) / blocks;
-    auto out = at::empty({B, T, H, q.size(3)}, q.options());
-    aten_for(B * G * blocks, 1, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-            const int64_t b = t / (G * blocks), g = t / blocks % G, s0 = t % blocks * rows;
-            const int64_t n = std::min(rows, T - s0);
-            if (n <= 0) continue;
-            const auto qs = q[b].narrow(0, g * rep, rep).narrow(1, s0, n).unsqueeze(0);
-            const auto a = at::scaled_dot_product_attention(qs, k[b].narrow(0, g, 1).unsqueeze(0),
-                                                            v[b].narrow(0, g, 1).unsqueeze(0), mask.narrow(0, s0, n),
-                                                            0.0, false, scale, rep > 1);
-            out[b].narrow(0, s0, n).narrow(1, g * rep, rep).copy_(a[0].transpose(0, 1));
-        }
-    });
-    return out;
-}
-
-}  // namespace
 
 SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device, WeightFormat format)
     : dir_(dir), cfg_(load_model_config(dir)), dtype_(dtype), device_(device), format_(format) {
@@ -250,11 +216,9 @@ at::Tensor SmolVLM::text_block(const at::Tensor& x_in, int64_t layer, KVCache& c
     cache.write(layer, k, v);
     auto K = cache.key_buffer(layer).narrow(2, 0, L0 + T), V = cache.value_buffer(layer).narrow(2, 0, L0 + T);
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-    auto a = mask && q.is_cpu() ? prefill_attention(q, K, V, *mask, scale)
-                                : at::scaled_dot_product_attention(q, K, V, mask, 0.0, causal, scale,
-                                                                   t.num_key_value_heads != t.num_attention_heads)
-                                      .transpose(1, 2);
-    auto x = x_in + prospect::linear(a.reshape({B, T, nq}), l.o);
+    auto a = at::scaled_dot_product_attention(q, K, V, mask, 0.0, causal, scale,
+                                              t.num_key_value_heads != t.num_attention_heads);
+    auto x = x_in + prospect::linear(a.transpose(1, 2).reshape({B, T, nq}), l.o);
     h = rms_norm(x, l.post_norm, t.rms_norm_eps);
     auto gu = prospect::linear(h, l.gate_up);  // [B, T, 2 I]
     const int64_t I = t.intermediate_size;

@@ -1,4 +1,5 @@
-// parallel_for for the decode step's many short loops (about 150 a token). OpenMP's workers spin at
+// parallel_for for the decode step's many short loops (about 150 a token) and a prefill's products and
+// attention on the CPU. OpenMP's workers spin at
 // each barrier for milliseconds; with another busy process on the machine, a descheduled worker then
 // stalls every loop, and the spinning takes CPU from the process that would run. Here the work is
 // claimed chunk by chunk, so the caller finishes whatever no worker has taken, and idle workers
@@ -25,8 +26,9 @@ void pool_for(int64_t n, int64_t grain, const F& fn) {
 }
 
 // fn(begin, end) over [0, n) in chunks of `chunk`, claimed one by one by ATen's (OpenMP) threads: for
-// work between ATen ops of many rows (prefills, the vision tower), whose threads those ops have just
-// woken and which would otherwise spin beside a second pool's. Claimed, not split in halves up front:
+// work between ATen ops of many rows (the vision tower), whose threads those ops have just woken and
+// which would otherwise spin beside a second pool's. (A prefill runs no ATen op of many rows on the
+// CPU, so its work is on the pool.) Claimed, not split in halves up front:
 // with another process on the cores, a thread that loses its core holds up one chunk, not half the
 // work. The workers run with the caller's thread-local state (InferenceMode, grad mode). Inside a
 // parallel region it runs on the calling thread.
