@@ -1,9 +1,9 @@
 // parallel_for for the decode step's many short loops (about 150 a token) and a prefill's products and
-// attention on the CPU. OpenMP's workers spin at
-// each barrier for milliseconds; with another busy process on the machine, a descheduled worker then
-// stalls every loop, and the spinning takes CPU from the process that would run. Here the work is
-// claimed chunk by chunk, so the caller finishes whatever no worker has taken, and idle workers
-// spin briefly, then yield, then sleep. Correct with any number of workers awake, even none.
+// attention on the CPU. OpenMP's workers spin at each barrier for milliseconds; with another busy
+// process on the machine, a descheduled worker then stalls every loop, and the spinning takes CPU from
+// the process that would run. Here the work is claimed chunk by chunk, so the caller finishes whatever
+// no worker has taken, and idle workers spin briefly, then yield, then sleep. Correct with any number
+// of workers awake, even none.
 #pragma once
 
 #include <cstdint>
