@@ -346,7 +346,7 @@ def test_runner_streams_on_stored_formats(tiny_model, weights):
     assert len(out["predictions"]) > 0
 
 
-@pytest.mark.parametrize("rows,n", [(7, 40), (130, 17), (64, 576), (5, 3)])
+@pytest.mark.parametrize("rows,n", [(7, 40), (130, 17), (64, 576), (5, 3), (9, 100)])
 def test_bf16_rows_give_their_fp32_values_products(rows, n):
     """The decode step's bf16 product widens each weight exactly: it equals the fp32 product of the same
     values to float rounding, for any width (the 16-wide body and the tail) and row count."""
