@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <vector>
 
 namespace prospect {
 
@@ -26,7 +25,11 @@ PROSPECT_SIMD_INLINE V widen(const uint16_t* p) {
     return std::bit_cast<V>(__builtin_convertvector(h, U) << 16);
 }
 
-PROSPECT_SIMD_INLINE uint32_t round_bits(uint32_t b) { return b + 0x7FFFu + ((b >> 16) & 1u); }  // to nearest even
+// A float's bits (or a vector of them) rounded to nearest even at bf16's precision; the top half is the bf16.
+template <class U>
+PROSPECT_SIMD_INLINE U round_bits(U b) {
+    return b + 0x7FFF + ((b >> 16) & 1);
+}
 
 // Rows of n bf16 scores -> exp(scale * (score - the row's maximum)), rounded to bf16 in place; inv[r] gets
 // 1 / the sum of row r's rounded weights (0 for a row all masked), which the weighted sum is divided by
@@ -54,13 +57,12 @@ PROSPECT_SIMD_INLINE void exp_rows_body(uint16_t* x, int64_t rows, int64_t n, fl
         for (int64_t i = 0; i < nw; i += W) {
             const V t = widen<V>(x + i) * scale - shift;
             const U b = std::bit_cast<U>(t < kLow ? V{} : exp_approx(t));
-            const U rounded = (b + 0x7FFF + ((b >> 16) & 1)) & ~0xFFFF;
+            const U rounded = round_bits(b) & ~0xFFFF;
             sum += std::bit_cast<V>(rounded);
             const H h = __builtin_convertvector(rounded >> 16, H);
             std::memcpy(x + i, &h, sizeof h);
         }
-        float total = 0;
-        for (int j = 0; j < W; ++j) total += sum[j];
+        float total = lanes_sum(sum);
         for (int64_t i = nw; i < n; ++i) {
             const float t = bf16_to_float(x[i]) * scale - shift;
             const uint32_t b = round_bits(std::bit_cast<uint32_t>(t < kLow ? 0.0f : std::exp(t)));
@@ -112,14 +114,13 @@ at::Tensor bf16_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
     auto result = at::empty({N, S, heads, hd}, q.options());
     float* res = result.data_ptr<float>();
     aten_for(N * heads * blocks, 1, [&](int64_t t0, int64_t t1) {
-        thread_local std::vector<float> inv;  // 1 / each query's sum of weights, kept from frame to frame
-        inv.resize(static_cast<size_t>(kBlock));
+        float inv[kBlock];  // 1 / each query's sum of weights
         for (int64_t t = t0; t < t1; ++t) {
             const int64_t h = t / blocks, s0 = t % blocks * kBlock, n = std::min(kBlock, S - s0);
             auto scores = at::mm(qb[h].narrow(0, s0, n), kt[h]);  // [n, S]
             if (padding.defined()) scores.masked_fill_(padding[h / heads].unsqueeze(0), -inf);
             exp_rows(reinterpret_cast<uint16_t*>(scores.data_ptr<at::BFloat16>()), n, S, static_cast<float>(scale),
-                     inv.data());
+                     inv);
             const auto o = at::mm(scores, vb[h]);  // [n, hd] bf16, each row still to be divided by its sum
             const auto* po = reinterpret_cast<const uint16_t*>(o.data_ptr<at::BFloat16>());
             // Into [N, S, heads, hd] fp32, the layout the out projection reads.

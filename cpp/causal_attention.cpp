@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 namespace prospect {
@@ -13,18 +12,6 @@ namespace prospect {
 namespace {
 
 constexpr int64_t kQueries = 4;  // queries a task: each key vector loaded serves four
-
-template <class V>
-PROSPECT_SIMD_INLINE V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
-template <class V>
-PROSPECT_SIMD_INLINE void store(float* p, V v) {
-    std::memcpy(p, &v, sizeof v);
-}
 
 // out_i = sum_j p_i[j] V_j for the kQueries rows of p (stride apart, zero past each query's keys), over
 // keys 0..most: NV vectors of each output row in registers (a row kept in memory would chain every key's
@@ -38,7 +25,7 @@ PROSPECT_SIMD_INLINE void weighted_sum(const float* p, int64_t stride, int64_t m
     if constexpr (NV > 0) {
         for (int64_t j = 0; j < most; ++j) {
             Vec v[NV];
-            for (int c = 0; c < NV; ++c) v[c] = load<Vec>(Vr + j * D + c * W);
+            for (int c = 0; c < NV; ++c) v[c] = loadv<Vec>(Vr + j * D + c * W);
             for (int64_t i = 0; i < kQueries; ++i) {
                 const float w = p[i * stride + j];
                 for (int c = 0; c < NV; ++c) acc[i][c] += w * v[c];
@@ -47,7 +34,7 @@ PROSPECT_SIMD_INLINE void weighted_sum(const float* p, int64_t stride, int64_t m
     }
     for (int64_t i = 0; i < n; ++i) {
         float* o = out + i * out_stride;
-        for (int c = 0; c < NV; ++c) store(o + c * W, acc[i][c] * inv[i]);
+        for (int c = 0; c < NV; ++c) storev(o + c * W, acc[i][c] * inv[i]);
         for (int64_t c = NV * W; c < D; ++c) {
             float sum = 0;
             for (int64_t j = 0; j < most; ++j) sum += p[i * stride + j] * Vr[j * D + c];
@@ -70,10 +57,10 @@ PROSPECT_SIMD_INLINE void attend_body(const float* const* q, const int64_t* keys
     for (int64_t j = 0; j < most; j += W) {
         Vec acc[kQueries] = {};
         for (int64_t d = 0; d < D; ++d) {
-            const Vec k = load<Vec>(Kt + d * stride + j);
+            const Vec k = loadv<Vec>(Kt + d * stride + j);
             for (int64_t i = 0; i < kQueries; ++i) acc[i] += q[i][d] * k;
         }
-        for (int64_t i = 0; i < kQueries; ++i) store(s + i * stride + j, acc[i] * scale);
+        for (int64_t i = 0; i < kQueries; ++i) storev(s + i * stride + j, acc[i] * scale);
     }
     float inv[kQueries];
     for (int64_t i = 0; i < kQueries; ++i) {
@@ -84,9 +71,9 @@ PROSPECT_SIMD_INLINE void attend_body(const float* const* q, const int64_t* keys
         float sum = 0;
         int64_t j = 0;
         for (; j + W <= m; j += W) {
-            const Vec e = exp_approx(load<Vec>(p + j) - top);
-            store(p + j, e);
-            for (int64_t l = 0; l < W; ++l) sum += e[l];
+            const Vec e = exp_approx(loadv<Vec>(p + j) - top);
+            storev(p + j, e);
+            sum += lanes_sum(e);
         }
         for (; j < m; ++j) sum += (p[j] = std::exp(p[j] - top));
         std::fill(p + m, p + most, 0.0f);  // keys this query does not see weigh nothing

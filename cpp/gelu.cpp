@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 namespace prospect {
 
@@ -22,13 +21,10 @@ PROSPECT_SIMD_INLINE void rows_body(float* x, const float* b, int64_t rows, int6
     for (int64_t r = 0; r < rows; ++r, x += cols) {
         int64_t i = 0;
         for (; i + W <= cols; i += W) {
-            V v, bias;
-            std::memcpy(&v, x + i, sizeof v);
-            std::memcpy(&bias, b + i, sizeof bias);
-            v += bias;
+            V v = loadv<V>(x + i) + loadv<V>(b + i);
             const V u = 0.7978845608f * (v + 0.044715f * v * v * v);
             v = v / (1.0f + exp_approx(-2.0f * u));
-            std::memcpy(x + i, &v, sizeof v);
+            storev(x + i, v);
         }
         for (; i < cols; ++i) x[i] = gelu1(x[i] + b[i]);
     }

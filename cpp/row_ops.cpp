@@ -3,7 +3,6 @@
 #include "simd.h"
 
 #include <cmath>
-#include <cstring>
 
 namespace prospect {
 
@@ -14,11 +13,8 @@ PROSPECT_SIMD_INLINE void silu_mul_body(const float* gate, const float* up, floa
     constexpr int64_t W = sizeof(V) / sizeof(float);
     int64_t i = 0;
     for (; i + W <= n; i += W) {
-        V g, u;
-        std::memcpy(&g, gate + i, sizeof g);
-        std::memcpy(&u, up + i, sizeof u);
-        const V o = g / (1.0f + exp_approx(-g)) * u;
-        std::memcpy(out + i, &o, sizeof o);
+        const V g = loadv<V>(gate + i);
+        storev(out + i, g / (1.0f + exp_approx(-g)) * loadv<V>(up + i));
     }
     for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <bit>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -18,19 +19,29 @@ typedef float Vec16f __attribute__((vector_size(64), aligned(4)));
 // Kernel bodies carry this, so they are inlined into (and built for) each ISA's copy.
 #define PROSPECT_SIMD_INLINE inline __attribute__((always_inline))
 
-PROSPECT_SIMD_INLINE Vec8f load8(const float* p) {
-    Vec8f v;
+// A vector of any width from memory, to memory, and the sum of its lanes.
+template <class V>
+PROSPECT_SIMD_INLINE V loadv(const void* p) {
+    V v;
     std::memcpy(&v, p, sizeof v);
     return v;
 }
 
-PROSPECT_SIMD_INLINE void store8(float* p, Vec8f v) { std::memcpy(p, &v, sizeof v); }
+template <class V>
+PROSPECT_SIMD_INLINE void storev(void* p, V v) {
+    std::memcpy(p, &v, sizeof v);
+}
 
-PROSPECT_SIMD_INLINE float sum8(Vec8f v) {
+template <class V>
+PROSPECT_SIMD_INLINE float lanes_sum(V v) {
     float s = 0;
-    for (int j = 0; j < 8; ++j) s += v[j];
+    for (size_t j = 0; j < sizeof(V) / sizeof(float); ++j) s += v[j];
     return s;
 }
+
+PROSPECT_SIMD_INLINE Vec8f load8(const float* p) { return loadv<Vec8f>(p); }
+PROSPECT_SIMD_INLINE void store8(float* p, Vec8f v) { storev(p, v); }
+PROSPECT_SIMD_INLINE float sum8(Vec8f v) { return lanes_sum(v); }
 
 // A bf16 (its bits) is the top half of the float it stands for.
 PROSPECT_SIMD_INLINE float bf16_to_float(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }

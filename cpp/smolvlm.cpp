@@ -294,14 +294,6 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
         return decode_step(x, cache, kind, frame_index, extend_last_span, cos, sin);
     }
 
-    std::optional<at::Tensor> mask;
-    bool causal = false;
-    if (T > 1 && L0 == 0) {
-        causal = true;
-    } else if (T > 1) {
-        auto opts = at::TensorOptions().dtype(at::kLong).device(device_);
-        mask = at::arange(L0 + T, opts).unsqueeze(0).le(at::arange(L0, L0 + T, opts).unsqueeze(1));  // [T, L0+T]
-    }
     try {
         if (decode_loops_ && cache.storage().is_contiguous()) {
             auto owned = at::empty({B, T, t.hidden_size}, x.options());  // the residual stream, updated in place
@@ -309,6 +301,13 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
             x = owned;
             for (int64_t i = 0; i < t.num_hidden_layers; ++i) text_block_rows(x, i, cache, cos, sin);
         } else {
+            std::optional<at::Tensor> mask;
+            const bool causal = T > 1 && L0 == 0;
+            if (T > 1 && L0 > 0) {
+                auto opts = at::TensorOptions().dtype(at::kLong).device(device_);
+                mask =
+                    at::arange(L0 + T, opts).unsqueeze(0).le(at::arange(L0, L0 + T, opts).unsqueeze(1));  // [T, L0+T]
+            }
             for (int64_t i = 0; i < t.num_hidden_layers; ++i) x = text_block(x, i, cache, cos, sin, mask, causal);
         }
     } catch (...) {
