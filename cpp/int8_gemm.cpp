@@ -28,10 +28,10 @@ const c10::OperatorHandle* pointwise_op() {
 }
 
 // Row by row: s = max|x| / 127 and q = round(x / s) + 128, int8 stored as uint8 with zero point 128.
+template <class V>
 PROSPECT_SIMD_INLINE void quantize_rows_body(const float* x, uint8_t* q, float* s, int64_t rows, int64_t n) {
     for (int64_t r = 0; r < rows; ++r, x += n, q += n) {
-        float top = 0.0f;
-        for (int64_t i = 0; i < n; ++i) top = std::max(top, std::abs(x[i]));
+        const float top = abs_max<V>(x, n);
         s[r] = top > 0.0f ? top / 127.0f : 1.0f;
         const float inv = 1.0f / s[r];
         for (int64_t i = 0; i < n; ++i) {  // v + 128.5 >= 0.5, so truncation rounds
@@ -54,7 +54,7 @@ PROSPECT_SIMD_INLINE void finish_rows_body(const float* y, const float* s, const
     }
 }
 
-const auto quantize_rows = simd_dispatch_wide<quantize_rows_body, quantize_rows_body>();
+const auto quantize_rows = simd_dispatch_wide<quantize_rows_body<Vec16f>, quantize_rows_body<Vec8f>>();
 const auto finish_rows = simd_dispatch_wide<finish_rows_body, finish_rows_body>();
 
 enum class Finish { kStore, kAdd, kGelu };  // out = y, out += y, out = gelu_tanh(y), y = x w^T + bias

@@ -200,8 +200,7 @@ namespace {
 PROSPECT_SIMD_INLINE void quantize_blocks_body(const float* x, int64_t blocks, int8_t* q, float* d, int32_t* sum) {
     constexpr float kRound = 12582912.0f;
     for (int64_t b = 0; b < blocks; ++b, x += kQuantBlock, q += kQuantBlock) {
-        float amax = 0;
-        for (int j = 0; j < kQuantBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float amax = abs_max<Vec8f>(x, kQuantBlock);
         const float scale = amax / 127.0f, inv = scale > 0 ? 1.0f / scale : 0.0f;
         int32_t total = 0;
         for (int j = 0; j < kQuantBlock; ++j) {

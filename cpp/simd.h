@@ -5,6 +5,7 @@
 #pragma once
 
 #include <bit>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -37,6 +38,23 @@ PROSPECT_SIMD_INLINE float lanes_sum(V v) {
     float s = 0;
     for (size_t j = 0; j < sizeof(V) / sizeof(float); ++j) s += v[j];
     return s;
+}
+
+// max |x[i]| over n floats, in vectors of V (a scalar std::max loop does not vectorize: NaN rules).
+template <class V>
+PROSPECT_SIMD_INLINE float abs_max(const float* x, int64_t n) {
+    using U = decltype(V{} < V{});
+    constexpr int64_t W = sizeof(V) / sizeof(float);
+    V top{};
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+        const V a = std::bit_cast<V>(std::bit_cast<U>(loadv<V>(x + i)) & 0x7FFFFFFF);
+        top = a > top ? a : top;
+    }
+    float m = 0.0f;
+    for (int64_t j = 0; j < W; ++j) m = top[j] > m ? top[j] : m;
+    for (; i < n; ++i) m = std::fabs(x[i]) > m ? std::fabs(x[i]) : m;
+    return m;
 }
 
 PROSPECT_SIMD_INLINE Vec8f load8(const float* p) { return loadv<Vec8f>(p); }
