@@ -65,9 +65,11 @@ PROSPECT_SIMD_INLINE float sum8(Vec8f v) { return lanes_sum(v); }
 PROSPECT_SIMD_INLINE float bf16_to_float(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
 
 // exp(t) for t <= 0 .. 88, for a vector of any width: t = n ln2 + r with |r| <= ln2/2, exp(r) by its
-// degree-6 Taylor polynomial (relative error < 2e-7 there), 2^n built in the exponent bits.
-template <class V>
+// Taylor polynomial, 2^n built in the exponent bits. Degree 6: relative error < 2e-7. Degree 4: < 5e-5,
+// for results rounded to bf16 (whose half ulp is 2e-3).
+template <int Degree = 6, class V>
 PROSPECT_SIMD_INLINE V exp_approx(V t) {
+    static_assert(Degree == 4 || Degree == 6);
     using I = decltype(t < t);  // the ints of V's width
     t = t < -87.0f ? -87.0f : t;
     t = t > 88.0f ? 88.0f : t;
@@ -75,8 +77,8 @@ PROSPECT_SIMD_INLINE V exp_approx(V t) {
     const V f = t * 1.44269504f + shifter;
     const V n = f - shifter;
     const V r = t - n * 0.693145752f - n * 1.42860677e-6f;  // ln2 split in two for an exact product
-    V p = r * (1.0f / 720) + 1.0f / 120;
-    p = p * r + 1.0f / 24;
+    V p = V{} + 1.0f / 24;
+    if constexpr (Degree == 6) p = (r * (1.0f / 720) + 1.0f / 120) * r + p;
     p = p * r + 1.0f / 6;
     p = p * r + 0.5f;
     p = p * r + 1.0f;

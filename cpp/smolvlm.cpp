@@ -1,6 +1,5 @@
 #include "smolvlm.h"
 
-#include "bf16_attention.h"
 #include "causal_attention.h"
 #include "decode_step.h"
 #include "gelu.h"
@@ -8,6 +7,7 @@
 #include "joint_embed.h"
 #include "matvec.h"
 #include "model_loader.h"
+#include "quantized_attention.h"
 #include "rope.h"
 #include "row_ops.h"
 #include "text_ops.h"
@@ -88,16 +88,17 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
             rows.add_(at::addmm(b, in, w.t()));
         }
     };
-    // The int8 tower is approximate already; on CPUs that multiply bf16, its attention runs in bf16 too.
-    const bool attention_bf16 = !weights_.vision_layers.empty() && weights_.vision_layers[0].qkv_q.defined() &&
-                                rows.is_cpu() && cpu_has_bf16_dot();
+    // The int8 tower is approximate already; on CPUs that multiply bf16, its attention's scores come from int8
+    // products and its weighted sum from bf16 ones.
+    const bool attention_quantized = !weights_.vision_layers.empty() && weights_.vision_layers[0].qkv_q.defined() &&
+                                     rows.is_cpu() && cpu_has_bf16_dot();
     for (const auto& l : weights_.vision_layers) {
         auto r = at::layer_norm(rows, {D}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
         auto qkv = l.qkv_q.defined() ? int8_gemm(r, l.qkv_q) : at::addmm(l.qkv_b, r, l.qkv_w.t());
         qkv = qkv.view({N, S, 3, heads, hd}).permute({2, 0, 3, 1, 4});
         at::Tensor a;  // [N, S, heads, hd]
-        if (attention_bf16) {
-            a = bf16_attention(qkv[0], qkv[1], qkv[2], mask, scale);
+        if (attention_quantized) {
+            a = quantized_attention(qkv[0], qkv[1], qkv[2], mask, scale);
         } else {
             a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0, false, scale).transpose(1, 2);
         }

@@ -214,26 +214,33 @@ def attention_reference(q, k, v, key_mask, scale):
 @pytest.mark.parametrize(
     "n,heads,s,hd,masked", [(1, 4, 264, 32, False), (2, 3, 257, 16, True), (1, 2, 7, 8, False), (2, 2, 40, 8, True)]
 )
-def test_bf16_attention_is_attention(n, heads, s, hd, masked):
+def test_quantized_attention_is_attention(n, heads, s, hd, masked):
     """The int8 tower's attention on bf16 CPUs: blocks of 256 queries (264 and 257 leave a short last
-    block), rows of keys that are and are not whole vectors of 8, padded keys masked, the result fp32
-    [N, S, heads, hd]; within bf16's rounding of fp32's."""
+    block), rows of keys that are and are not whole vectors of 16, padded keys masked, the result fp32
+    [N, S, heads, hd]; int8 scores and bf16 weights, within 2% of float64's attention. Keys that share a
+    large offset (which a softmax ignores) are centred before they are quantized, so they lose nothing;
+    the qkv product's permuted views give what contiguous tensors give."""
     g = torch.Generator().manual_seed(s)
-    q, k, v = (torch.randn(n, heads, s, hd, generator=g) for _ in range(3))
+    qkv = torch.randn(n, s, 3, heads, hd, generator=g).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
     mask = None
     if masked:
         mask = torch.ones(n, 1, 1, s, dtype=torch.bool)
         mask[1, ..., s // 3 :] = False
     scale = hd**-0.5
-    got = _C._bf16_attention(q, k, v, mask, scale)
+    got = _C._quantized_attention(q, k, v, mask, scale)
     assert got.dtype == torch.float32 and got.shape == (n, s, heads, hd)
     want = attention_reference(q, k, v, mask, scale)
     err = ((got.double() - want).norm() / want.norm()).item()
-    assert 0 < err < 0.02, err  # rounded to bf16, and close
+    assert 0 < err < 0.02, err  # quantized, and close
+    assert torch.equal(_C._quantized_attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, scale), got)
+    offset = 20 * torch.randn(hd, generator=g)  # 20x the keys' own size
+    shifted = _C._quantized_attention(q, k + offset, v, mask, scale)
+    assert ((shifted.double() - want).norm() / want.norm()).item() < 0.02
     if masked:  # a padded key changes nothing: perturbing it leaves the result as it was
         v2 = v.clone()
         v2[1, :, s - 1] += 100
-        assert torch.equal(_C._bf16_attention(q, k, v2, mask, scale), got)
+        assert torch.equal(_C._quantized_attention(q, k, v2, mask, scale), got)
 
 
 @pytest.mark.parametrize(
@@ -277,28 +284,32 @@ def test_causal_attention_arguments_are_checked():
         _C._causal_attention(torch.randn(5, 3, 8), k, k, 0, 0.5)
 
 
-def test_bf16_attention_arguments_are_checked():
+def test_quantized_attention_arguments_are_checked():
     q = torch.randn(2, 2, 8, 4)
     with pytest.raises(ValueError, match=r"expected q, k, v of one shape \[N, heads, S, hd\]"):
-        _C._bf16_attention(q, torch.randn(2, 2, 9, 4), q, None, 0.5)
+        _C._quantized_attention(q, torch.randn(2, 2, 9, 4), q, None, 0.5)
     with pytest.raises(ValueError, match=r"expected key_mask bool \[2, 1, 1, 8\] .* got Float"):
-        _C._bf16_attention(q, q, q, torch.ones(2, 1, 1, 8), 0.5)
+        _C._quantized_attention(q, q, q, torch.ones(2, 1, 1, 8), 0.5)
     with pytest.raises(ValueError, match=r"expected key_mask bool \[2, 1, 1, 8\] .* got Bool \[1, 1, 1, 8\]"):
-        _C._bf16_attention(q, q, q, torch.ones(1, 1, 1, 8, dtype=torch.bool), 0.5)
+        _C._quantized_attention(q, q, q, torch.ones(1, 1, 1, 8, dtype=torch.bool), 0.5)
+    with pytest.raises(ValueError, match=r"expected fp32 q, k, v on the CPU, got Double, Float, Float"):
+        _C._quantized_attention(q.double(), q, q, None, 0.5)
+    with pytest.raises(ValueError, match=r"expected scale > 0, got -0.5"):
+        _C._quantized_attention(q, q, q, None, -0.5)
 
 
-def test_bf16_attention_and_int8_tower_under_inference_mode(int8_pair):
-    """Under torch.inference_mode() (whose thread-local state aten_for hands to ATen's workers) the bf16
-    attention and the int8 tower give what they give under no_grad."""
+def test_quantized_attention_and_int8_tower_under_inference_mode(int8_pair):
+    """Under torch.inference_mode() (whose thread-local state aten_for hands to ATen's workers) the
+    quantized attention and the int8 tower give what they give under no_grad."""
     q, k, v = (torch.randn(1, 3, 600, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
-    want = _C._bf16_attention(q, k, v, None, 0.25)
+    want = _C._quantized_attention(q, k, v, None, 0.25)
     dense, quantized = int8_pair
     size = dense.config["vision_config"]["image_size"]
     pv = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         features = quantized.image_features(pv)
     with torch.inference_mode():
-        assert torch.equal(_C._bf16_attention(q, k, v, None, 0.25), want)
+        assert torch.equal(_C._quantized_attention(q, k, v, None, 0.25), want)
         assert torch.equal(quantized.image_features(pv), features)
 
 

@@ -3,7 +3,6 @@
 
 #include <chrono>
 
-#include "bf16_attention.h"
 #include "causal_attention.h"
 #include "cuda_graph_decode.h"
 #include "generate.h"
@@ -11,6 +10,7 @@
 #include "matvec.h"
 #include "model_loader.h"
 #include "quant_kernels.h"
+#include "quantized_attention.h"
 #include "smolvlm.h"
 
 namespace prospect {
@@ -252,11 +252,12 @@ void bind_model(py::module_& m) {
         py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
         "Tests: x [M, in] times w [out, in] (+ bias) through the vision tower's int8 products.");
     m.def(
-        "_bf16_attention",
+        "_quantized_attention",
         [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& key_mask,
-           double scale) { return bf16_attention(q, k, v, key_mask, scale); },
+           double scale) { return quantized_attention(q, k, v, key_mask, scale); },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("key_mask") = py::none(), py::arg("scale"),
-        "Tests: the int8 vision tower's attention in bf16 (q, k, v fp32 [N, heads, S, hd]) -> fp32 [N, S, heads, hd].");
+        "Tests: the int8 vision tower's attention, int8 scores and bf16 weights (q, k, v fp32 [N, heads, S, hd]) "
+        "-> fp32 [N, S, heads, hd].");
     m.def(
         "_causal_attention",
         [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t first, double scale) {

@@ -87,7 +87,8 @@ def load_model(path, dtype: str = "float32", device: str = "cpu", weights: str =
     in DTYPES. weights: "dense" (as stored), "bf16" (the decoder kept in bf16, widened as read), "int8" (the
     decoder quantized to Q8_0 at load) or "gguf" (the decoder's blocks from the folder's model.gguf, as
     stored); all but "dense" need float32 on the CPU, and "int8" and "gguf" also run the vision tower's
-    products in int8 (oneDNN) and, on CPUs that multiply bf16 in hardware, its attention in bf16."""
+    products in int8 (oneDNN) and, on CPUs that multiply bf16 in hardware, its attention's scores in int8
+    and weighted sums in bf16."""
     torch_dtype = torch_dtype_of(dtype)
     if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
         raise ValueError(f"device expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")

@@ -1,0 +1,24 @@
+// The int8 vision tower's attention, for CPUs with bf16 dot products (AVX512_BF16, AMX; they all have
+// VNNI too). ATen's fp32 flash attention is a third of a 512 px frame's time even after the products go
+// int8. Here the scores come from int8 products (oneDNN's VNNI kernels run them at about twice the rate
+// of bf16's): each query row and each key row gets its own scale, the keys centred first on their mean
+// (which shifts each query's scores by one constant, so the softmax is unchanged, and leaves the keys
+// smaller). The weights are rounded to bf16, the weighted sum is a bf16 product divided by the weights'
+// sum at the end, a block of queries at a time to keep the scores in cache.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace prospect {
+
+// Whether this CPU multiplies bf16 in hardware (AVX512_BF16 or AMX-BF16).
+bool cpu_has_bf16_dot();
+
+// softmax(q k^T * scale, masked) v for q, k, v fp32 [N, heads, S, hd]; key_mask bool [N, 1, 1, S], true for
+// keys to attend to. Returns fp32 [N, S, heads, hd] (the layout the out projection reads).
+at::Tensor quantized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const std::optional<at::Tensor>& key_mask, double scale);
+
+}  // namespace prospect
