@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from common import common_prefix
+from common import common_prefix, memory_bandwidth_gbs
 
 FORMATS = ("dense", "bf16", "int8", "gguf")
 QUESTION = "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n"
@@ -52,10 +52,11 @@ def product_data(w, kind):
     return torch.from_numpy(quantize(w, qtype))
 
 
-def bench_matvec(cfg, bw, iters):
+def bench_matvec(cfg, iters):
     """Each format's product over all the decoder's rows at once (the rows of 576 columns are larger than an
-    L3 cache in every format, as a decode step reads them) and over lm_head: GB/s and the fraction of the
-    probe's bandwidth."""
+    L3 cache in every format, as a decode step reads them) and over lm_head: GB/s (the fastest of `iters`)
+    and the fraction of the probe's bandwidth, the probe (best of 3) taken just before each product, as
+    this machine's bandwidth drifts by half between minutes."""
     from prospect_core import _C
 
     t = cfg["text_config"]
@@ -74,6 +75,7 @@ def bench_matvec(cfg, bw, iters):
         w = rng.standard_normal((rows, cols), dtype=np.float32)
         for kind, per_weight in PRODUCT_FORMATS.items():
             data = product_data(w, kind)
+            bw = memory_bandwidth_gbs(512, 3)
             s = _C._time_matvec(data, kind, cols, iters)
             gbs = rows * cols * per_weight / s / 1e9
             rows_out.append(
@@ -84,6 +86,7 @@ def bench_matvec(cfg, bw, iters):
                     "format": kind,
                     "us": s * 1e6,
                     "gb_per_s": gbs,
+                    "probe_gb_per_s": bw,
                     "fraction_of_probe": gbs / bw,
                 }
             )
@@ -93,7 +96,7 @@ def bench_matvec(cfg, bw, iters):
 
 def bench_prefill_products(cfg, roof, iters, tokens=84):
     """A prefill's products (a frame's 84 tokens) on one layer's largest matrices, in each format: GOP/s
-    and the fraction of the run's fp32 matmul roof."""
+    (the fastest of `iters`) and the fraction of the run's fp32 matmul roof (the best of 5)."""
     from prospect_core import _C
 
     t = cfg["text_config"]
@@ -450,7 +453,7 @@ def bench(path, gguf_file, bw, roof, quick=False, rounds=3):
     res["quant_kernel"] = _C.quant_kernel()
     t0 = time.perf_counter()
     res["cpu_has_bf16_dot"] = _C._cpu_has_bf16_dot()
-    res["matvec"] = bench_matvec(cfg, bw, 3 if quick else 20)
+    res["matvec"] = bench_matvec(cfg, 3 if quick else 20)
     res["prefill_products"] = bench_prefill_products(cfg, roof, 3 if quick else 30)
     res["decode"] = bench_decode(path, gguf_file, rounds, 1 if quick else 5, 8 if quick else 32, threads)
     res["decode_bytes_per_token"] = {f: decoder_bytes(cfg, f) for f in FORMATS}
@@ -496,14 +499,14 @@ def markdown(res):
         "Products alone: a matrix smaller than the L3 cache partly stays in it from one product to the next, "
         "so only matrices well over it (MB column) measure memory alone.",
         "",
-        "| product alone | format | MB | µs | GB/s | % of probe |",
-        "|---|---|---|---|---|---|",
+        "| product alone | format | MB | µs (fastest) | GB/s | probe just before, GB/s | % of that probe |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in res["matvec"]:
         mb = r["gb_per_s"] * r["us"] / 1e3
         lines.append(
             f"| {r['matrix']} [{r['rows']} x {r['cols']}] | {r['format']} | {mb:.0f} | {r['us']:.0f} | "
-            f"{r['gb_per_s']:.1f} | {100 * r['fraction_of_probe']:.0f}% |"
+            f"{r['gb_per_s']:.1f} | {r['probe_gb_per_s']:.1f} | {100 * r['fraction_of_probe']:.0f}% |"
         )
     lines += [
         "",
