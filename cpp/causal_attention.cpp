@@ -66,15 +66,24 @@ PROSPECT_SIMD_INLINE void attend_body(const float* const* q, const int64_t* keys
     for (int64_t i = 0; i < kQueries; ++i) {
         float* p = s + i * stride;
         const int64_t m = keys[i];
-        float top = -INFINITY;
-        for (int64_t j = 0; j < m; ++j) top = std::max(top, p[j]);
-        float sum = 0;
+        // In vectors: a scalar std::max loop does not vectorize (NaN rules), and a sum across lanes per
+        // vector would cost more than its exponentials.
+        Vec tops = Vec{} - INFINITY;
         int64_t j = 0;
         for (; j + W <= m; j += W) {
+            const Vec v = loadv<Vec>(p + j);
+            tops = v > tops ? v : tops;
+        }
+        float top = -INFINITY;
+        for (int64_t l = 0; l < W; ++l) top = std::max(top, tops[l]);
+        for (; j < m; ++j) top = std::max(top, p[j]);
+        Vec sums{};
+        for (j = 0; j + W <= m; j += W) {
             const Vec e = exp_approx(loadv<Vec>(p + j) - top);
             storev(p + j, e);
-            sum += lanes_sum(e);
+            sums += e;
         }
+        float sum = lanes_sum(sums);
         for (; j < m; ++j) sum += (p[j] = std::exp(p[j] - top));
         std::fill(p + m, p + most, 0.0f);  // keys this query does not see weigh nothing
         inv[i] = 1.0f / sum;
@@ -101,14 +110,23 @@ void causal_attention(const CausalAttention& a, const float* q, int64_t q_stride
                       float* out) {
     const int64_t D = a.head_dim, keys = a.first + a.tokens, rep = a.heads / a.kv_heads;
     const int64_t stride = (keys + 15) / 16 * 16;  // whole vectors of 16 (or 8) keys
-    // The keys transposed, per KV head: a block of scores is then head_dim vector products.
-    std::vector<float> kt(static_cast<size_t>(a.kv_heads * D * stride), 0.0f);
-    for (int64_t g = 0; g < a.kv_heads; ++g) {
-        const float* k = K + g * a.capacity * D;
-        float* t = kt.data() + g * D * stride;
-        for (int64_t j = 0; j < keys; ++j)
-            for (int64_t d = 0; d < D; ++d) t[d * stride + j] = k[j * D + d];
-    }
+    // The keys transposed, per KV head: a block of scores is then head_dim vector products. Blocks of 16
+    // keys on the pool (their 16 rows stay in L1 while they are spread out), zero past the last key.
+    thread_local std::vector<float> transposed;  // every layer of every prefill: keep the buffer
+    transposed.resize(static_cast<size_t>(a.kv_heads * D * stride));
+    float* kt = transposed.data();
+    const int64_t key_blocks = stride / 16;
+    pool_for(a.kv_heads * key_blocks, 8, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+            const int64_t g = b / key_blocks, j0 = b % key_blocks * 16, j1 = std::min(j0 + 16, keys);
+            const float* k = K + g * a.capacity * D;
+            for (int64_t d = 0; d < D; ++d) {
+                float* t = kt + (g * D + d) * stride;
+                for (int64_t j = j0; j < j1; ++j) t[j] = k[j * D + d];
+                std::fill(t + j1, t + j0 + 16, 0.0f);
+            }
+        }
+    });
     const int64_t blocks = (a.tokens + kQueries - 1) / kQueries;
     pool_for(a.heads * blocks, 1, [&](int64_t t0, int64_t t1) {
         thread_local std::vector<float> scores;
@@ -123,7 +141,7 @@ void causal_attention(const CausalAttention& a, const float* q, int64_t q_stride
                 qs[i] = q + t * q_stride + h * D;
                 seen[i] = a.first + t + 1;
             }
-            attend(qs, seen, n, kt.data() + g * D * stride, stride, V + g * a.capacity * D, D, a.scale, scores.data(),
+            attend(qs, seen, n, kt + g * D * stride, stride, V + g * a.capacity * D, D, a.scale, scores.data(),
                    out + b0 * a.heads * D + h * D, a.heads * D);
         }
     });
