@@ -545,8 +545,8 @@ def markdown(res):
         f"{v['gop_per_s']['dense']:.0f} and {v['gop_per_s']['int8']:.0f} GOP/s against the fp32 matmul roof of "
         f"{v['fp32_roof_gflop_per_s']:.0f}. int8 features against fp32: relative error "
         f"{_r(v['feature_rel_err'], '{:.4f}')}, cosine at least {v['feature_cosine_min']:.5f} "
-        f"(weights to |q| <= {v['int8_weight_max']}; attention in "
-        f"{'bf16' if res.get('cpu_has_bf16_dot') else 'fp32'} on this CPU).",
+        f"(weights to |q| <= {v['int8_weight_max']}; attention "
+        f"{'scores in int8, weights in bf16' if res.get('cpu_has_bf16_dot') else 'in fp32'} on this CPU).",
     ]
     s = res["streaming"]
     lines += [
