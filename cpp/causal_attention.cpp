@@ -12,6 +12,7 @@ namespace prospect {
 namespace {
 
 constexpr int64_t kQueries = 4;  // queries a task: each key vector loaded serves four
+constexpr int64_t kTile = 16;    // keys a tile of the transposed keys: a whole number of vectors
 
 // out_i = sum_j p_i[j] V_j for the kQueries rows of p (stride apart, zero past each query's keys), over
 // keys 0..most: NV vectors of each output row in registers (a row kept in memory would chain every key's
@@ -44,9 +45,10 @@ PROSPECT_SIMD_INLINE void weighted_sum(const float* p, int64_t stride, int64_t m
 }
 
 // Queries q[0..n) (n <= kQueries; q has kQueries pointers) of one head against keys 0..keys[i] of its KV
-// head. Kt: the keys transposed, [head_dim, stride] with stride a whole number of vectors (zero past the
-// last key); V rows [keys, head_dim]; s: scratch [kQueries, stride]; out rows head_dim floats, out_stride
-// apart.
+// head. Kt: the keys transposed in tiles of 16, [stride / 16][head_dim][16] with stride a whole number of
+// tiles (zero past the last key): a block of scores reads one contiguous tile. (Rows of the whole
+// transposed matrix lay pages apart, and 4,000 keys took 4x the time of 2,000.) V rows [keys, head_dim];
+// s: scratch [kQueries, stride]; out rows head_dim floats, out_stride apart.
 template <class Vec>
 PROSPECT_SIMD_INLINE void attend_body(const float* const* q, const int64_t* keys, int64_t n, const float* Kt,
                                       int64_t stride, const float* Vr, int64_t D, float scale, float* s, float* out,
@@ -57,7 +59,7 @@ PROSPECT_SIMD_INLINE void attend_body(const float* const* q, const int64_t* keys
     for (int64_t j = 0; j < most; j += W) {
         Vec acc[kQueries] = {};
         for (int64_t d = 0; d < D; ++d) {
-            const Vec k = loadv<Vec>(Kt + d * stride + j);
+            const Vec k = loadv<Vec>(Kt + (j / kTile * D + d) * kTile + j % kTile);
             for (int64_t i = 0; i < kQueries; ++i) acc[i] += q[i][d] * k;
         }
         for (int64_t i = 0; i < kQueries; ++i) storev(s + i * stride + j, acc[i] * scale);
@@ -109,21 +111,21 @@ const auto attend = simd_dispatch_wide<attend_body<Vec16f>, attend_body<Vec8f>>(
 void causal_attention(const CausalAttention& a, const float* q, int64_t q_stride, const float* K, const float* V,
                       float* out) {
     const int64_t D = a.head_dim, keys = a.first + a.tokens, rep = a.heads / a.kv_heads;
-    const int64_t stride = (keys + 15) / 16 * 16;  // whole vectors of 16 (or 8) keys
-    // The keys transposed, per KV head: a block of scores is then head_dim vector products. Blocks of 16
-    // keys on the pool (their 16 rows stay in L1 while they are spread out), zero past the last key.
+    const int64_t stride = (keys + kTile - 1) / kTile * kTile;  // whole tiles
+    // The keys transposed in tiles, per KV head: a block of scores is then head_dim vector products. Tiles
+    // on the pool (their 16 rows stay in L1 while they are spread out), zero past the last key.
     thread_local std::vector<float> transposed;  // every layer of every prefill: keep the buffer
     transposed.resize(static_cast<size_t>(a.kv_heads * D * stride));
     float* kt = transposed.data();
-    const int64_t key_blocks = stride / 16;
-    pool_for(a.kv_heads * key_blocks, 8, [&](int64_t b0, int64_t b1) {
+    const int64_t tiles = stride / kTile;
+    pool_for(a.kv_heads * tiles, 8, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-            const int64_t g = b / key_blocks, j0 = b % key_blocks * 16, j1 = std::min(j0 + 16, keys);
+            const int64_t g = b / tiles, j0 = b % tiles * kTile, j1 = std::min(j0 + kTile, keys);
             const float* k = K + g * a.capacity * D;
-            for (int64_t d = 0; d < D; ++d) {
-                float* t = kt + (g * D + d) * stride;
-                for (int64_t j = j0; j < j1; ++j) t[j] = k[j * D + d];
-                std::fill(t + j1, t + j0 + 16, 0.0f);
+            float* t = kt + (g * tiles + b % tiles) * D * kTile;
+            for (int64_t d = 0; d < D; ++d, t += kTile) {
+                for (int64_t j = j0; j < j1; ++j) t[j - j0] = k[j * D + d];
+                std::fill(t + (j1 - j0), t + kTile, 0.0f);
             }
         }
     });

@@ -251,12 +251,15 @@ def test_quantized_attention_is_attention(n, heads, s, hd, masked):
         (7, 5, 4, 4, 12, 12),
         (1, 30, 2, 1, 8, 40),
         (13, 0, 6, 2, 20, 13),
+        (84, 2000, 9, 3, 64, 2100),
+        (13, 1015, 6, 2, 20, 1030),
     ],
 )
 def test_causal_attention_is_attention(tokens, first, heads, kv_heads, hd, capacity):
     """A prefill's attention in plain loops: query t sees keys 0..first+t (its own included), heads share
     their KV head in groups, blocks of 4 queries (7 and 13 leave short ones), key counts and head sizes that
-    are and are not whole vectors; cache rows past first + tokens are ignored."""
+    are and are not whole vectors, 2,000 cached keys (many tiles of the transposed keys) and 1,015 (a
+    short last tile); cache rows past first + tokens are ignored."""
     g = torch.Generator().manual_seed(tokens + first)
     q = torch.randn(tokens, heads, hd, generator=g)
     k, v = (torch.randn(kv_heads, capacity, hd, generator=g) for _ in range(2))
