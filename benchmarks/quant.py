@@ -367,6 +367,49 @@ def bench_steps(path, rounds, frames):
 
 
 @torch.no_grad()
+def bench_prefill_over_cache(path, rounds, fills=(0, 2000, 4000), tokens=84):
+    """A frame's prefill and talk decision (84 tokens, weights="int8") over a cache already holding `fills`
+    tokens, as a long stream's cache does before its strategy shrinks it: ms, the fastest of 5 in each of
+    `rounds` rounds; and the prefill's attention alone (_C._causal_attention, 9 heads over 3 KV heads, one
+    layer) over the same cached tokens."""
+    import prospect_core
+    from prospect_core import _C
+
+    m = prospect_core.load_model(path, weights="int8")
+    t = m.config["text_config"]
+    H, D = t["hidden_size"], t["head_dim"]
+    heads, kv_heads = t["num_attention_heads"], t["num_key_value_heads"]
+    g = torch.Generator().manual_seed(0)
+    step, layer = {f: [] for f in fills}, {f: [] for f in fills}
+    for _ in range(rounds):
+        for fill in fills:
+            cache = m.make_cache(max(fills) + tokens)
+            for start in range(0, fill, 500):
+                m.greedy_generate(torch.randn(1, min(500, fill - start), H, generator=g) * 0.02, cache, 0, [])
+            frame = torch.randn(1, tokens, H, generator=g) * 0.02
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                m.greedy_generate(frame, cache, 0, [], silence=(0, 1.0), span_kind="frame")
+                times.append(time.perf_counter() - t0)
+                cache.truncate(fill)
+            step[fill].append(1e3 * min(times))
+            q = torch.randn(tokens, heads, D, generator=g)
+            k, v = (torch.randn(kv_heads, fill + tokens, D, generator=g) for _ in range(2))
+            times = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                _C._causal_attention(q, k, v, fill, D**-0.5)
+                times.append(time.perf_counter() - t0)
+            layer[fill].append(1e3 * min(times))
+    return {
+        "tokens": tokens,
+        "prefill_ms": {str(f): spread(v) for f, v in step.items()},
+        "attention_ms_per_layer": {str(f): spread(v) for f, v in layer.items()},
+    }
+
+
+@torch.no_grad()
 def bench_vision(path, rounds, frames, fp32_roof):
     """The vision tower alone on vtest.avi frames, fp32 against int8 products (weights="int8"), in rounds:
     ms per frame, GOP/s against the run's fp32 roof, and how far int8's features are from fp32's."""
@@ -465,6 +508,7 @@ def bench(path, gguf_file, bw, roof, quick=False, rounds=3):
     res["vision"] = bench_vision(path, rounds, 2 if quick else 4, roof)
     res["streaming"] = bench_stream_vs_transformers(path, rounds, 3 if quick else 6)
     res["steps"] = bench_steps(path, rounds, 3 if quick else 6)
+    res["prefill_over_cache"] = bench_prefill_over_cache(path, rounds, (0, 500) if quick else (0, 2000, 4000))
     res["frame_skip"] = bench_frame_skip(path, 6 if quick else 30, (0.01, 0.02))
     res["seconds"] = time.perf_counter() - t0
     return res
@@ -565,6 +609,16 @@ def markdown(res):
             f"({_r(sp['bf16_dtype'])}x). Decode in the same rounds, ms/token: "
             + ", ".join(f"{k} {_r(v)}" for k, v in res["steps"]["decode_ms_per_token"].items())
             + ".",
+            "",
+        ]
+    if "prefill_over_cache" in res:
+        pc = res["prefill_over_cache"]
+        lines += [
+            f"A frame's prefill and talk decision ({pc['tokens']} tokens, int8) over a cache already holding "
+            + ", ".join(f"{f} tokens {_r(v, '{:.0f}')}" for f, v in pc["prefill_ms"].items())
+            + " ms; its attention alone, one layer: "
+            + ", ".join(f"{f} {_r(v)}" for f, v in pc["attention_ms_per_layer"].items())
+            + " ms.",
             "",
         ]
     for fs in res["frame_skip"]:

@@ -83,12 +83,15 @@ def test_quant_harness_quick_smoke(tmp_path):
     assert all(q["steps"]["ms_per_step"][k][1] > 0 for k in ("fp32", "int8", "bf16_dtype"))
     assert q["parity"]["gguf"]["greedy_agree_vs_fp32"] >= 4 and "Paris" in q["parity"]["gguf"]["reply"]
     assert q["contention"]["decode_gguf"]["busy_ms"][1] > 0
+    pc = q["prefill_over_cache"]
+    assert set(pc["prefill_ms"]) == {"0", "500"} and all(v[1] > 0 for v in pc["attention_ms_per_layer"].values())
     v = q["vision"]
     assert v["ms"]["int8"][1] > 0 and 0 < v["feature_rel_err"][2] < 0.2 and v["feature_cosine_min"] > 0.98
     low, high = q["frame_skip"]  # thresholds 0.01 and 0.02
     assert 0 < high["frames_skipped"] < high["frames"]  # vtest.avi's fixed camera: most frames change little
     assert low["frames_skipped"] <= high["frames_skipped"]
-    assert "## Quantized decoder" in js.with_suffix(".md").read_text()
+    md = js.with_suffix(".md").read_text()
+    assert "## Quantized decoder" in md and "over a cache already holding 0 tokens" in md
 
 
 def test_profile_vision_smoke(tiny_model):
