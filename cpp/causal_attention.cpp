@@ -76,8 +76,7 @@ PROSPECT_SIMD_INLINE void attend_body(const float* const* q, const int64_t* keys
             const Vec v = loadv<Vec>(p + j);
             tops = v > tops ? v : tops;
         }
-        float top = -INFINITY;
-        for (int64_t l = 0; l < W; ++l) top = std::max(top, tops[l]);
+        float top = lanes_max(tops);
         for (; j < m; ++j) top = std::max(top, p[j]);
         Vec sums{};
         for (j = 0; j + W <= m; j += W) {

@@ -16,12 +16,6 @@ namespace prospect {
 
 namespace {
 
-// A float's bits (or a vector of them) rounded to nearest even at bf16's precision; the top half is the bf16.
-template <class U>
-PROSPECT_SIMD_INLINE U round_bits(U b) {
-    return b + 0x7FFF + ((b >> 16) & 1);
-}
-
 // Rows of n floats (row r at x + r * stride), less `center` (n floats) where given -> int8 q (rows x n,
 // contiguous) and s[r] = max |row| / 127, so that row ~ q * s. Rounded to nearest by adding and taking
 // away 1.5 * 2^23.
@@ -55,7 +49,7 @@ PROSPECT_SIMD_INLINE void prepare_head_body(const float* q, const float* k, cons
     quantize_rows<V>(q, S, stride, hd, nullptr, q8, qs);
     quantize_rows<V>(k, S, stride, hd, center.data(), k8, ks);
     for (int64_t s = 0; s < S; ++s, v += stride, vb += hd) {
-        for (int64_t d = 0; d < hd; ++d) vb[d] = static_cast<uint16_t>(round_bits(std::bit_cast<uint32_t>(v[d])) >> 16);
+        for (int64_t d = 0; d < hd; ++d) vb[d] = float_to_bf16(v[d]);
     }
 }
 
@@ -96,8 +90,7 @@ PROSPECT_SIMD_INLINE void exp_rows_body(const int32_t* x, int64_t rows, int64_t 
             const V v = __builtin_convertvector(loadv<U>(x + i), V) * loadv<V>(key_scale + i) + loadv<V>(key_bias + i);
             top = v > top ? v : top;
         }
-        float m = -kInf;
-        for (int j = 0; j < W; ++j) m = std::max(m, top[j]);
+        float m = lanes_max(top);
         for (int64_t i = nw; i < n; ++i) m = std::max(m, static_cast<float>(x[i]) * key_scale[i] + key_bias[i]);
         const float shift = m == -kInf ? 0.0f : m * f;
         V sum{};
@@ -162,9 +155,9 @@ at::Tensor quantized_attention(const at::Tensor& q, const at::Tensor& k, const a
     if (key_mask) bias.masked_fill_(key_mask->logical_not().view({N, S}), -std::numeric_limits<float>::infinity());
     aten_for(NH, 1, [&](int64_t h0, int64_t h1) {
         for (int64_t h = h0; h < h1; ++h) {
-            const int64_t at = h / heads * qr.stride(0) + h % heads * qr.stride(1);
-            prepare_head(qr.data_ptr<float>() + at, kr.data_ptr<float>() + at, vr.data_ptr<float>() + at, S, hd,
-                         qr.stride(2), q8.data_ptr<int8_t>() + h * S * hd, qs.data_ptr<float>() + h * S,
+            const int64_t offset = h / heads * qr.stride(0) + h % heads * qr.stride(1);
+            prepare_head(qr.data_ptr<float>() + offset, kr.data_ptr<float>() + offset, vr.data_ptr<float>() + offset, S,
+                         hd, qr.stride(2), q8.data_ptr<int8_t>() + h * S * hd, qs.data_ptr<float>() + h * S,
                          k8.data_ptr<int8_t>() + h * S * hd, ks.data_ptr<float>() + h * S,
                          reinterpret_cast<uint16_t*>(vb.data_ptr<at::BFloat16>()) + h * S * hd);
         }

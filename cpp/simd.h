@@ -40,6 +40,14 @@ PROSPECT_SIMD_INLINE float lanes_sum(V v) {
     return s;
 }
 
+// The largest of a vector's lanes.
+template <class V>
+PROSPECT_SIMD_INLINE float lanes_max(V v) {
+    float m = v[0];
+    for (size_t j = 1; j < sizeof(V) / sizeof(float); ++j) m = v[j] > m ? v[j] : m;
+    return m;
+}
+
 // max |x[i]| over n floats, in vectors of V (a scalar std::max loop does not vectorize: NaN rules).
 template <class V>
 PROSPECT_SIMD_INLINE float abs_max(const float* x, int64_t n) {
@@ -51,8 +59,7 @@ PROSPECT_SIMD_INLINE float abs_max(const float* x, int64_t n) {
         const V a = std::bit_cast<V>(std::bit_cast<U>(loadv<V>(x + i)) & 0x7FFFFFFF);
         top = a > top ? a : top;
     }
-    float m = 0.0f;
-    for (int64_t j = 0; j < W; ++j) m = top[j] > m ? top[j] : m;
+    float m = lanes_max(top);
     for (; i < n; ++i) m = std::fabs(x[i]) > m ? std::fabs(x[i]) : m;
     return m;
 }
@@ -63,6 +70,12 @@ PROSPECT_SIMD_INLINE float sum8(Vec8f v) { return lanes_sum(v); }
 
 // A bf16 (its bits) is the top half of the float it stands for.
 PROSPECT_SIMD_INLINE float bf16_to_float(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+// A float rounded to the nearest bf16 (ties to even), as its bits.
+PROSPECT_SIMD_INLINE uint16_t float_to_bf16(float f) {
+    const uint32_t b = std::bit_cast<uint32_t>(f);
+    return static_cast<uint16_t>((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+}
 
 // exp(t) for t <= 0 .. 88, for a vector of any width: t = n ln2 + r with |r| <= ln2/2, exp(r) by its
 // Taylor polynomial, 2^n built in the exponent bits. Degree 6: relative error < 2e-7. Degree 4: < 5e-5,
