@@ -64,22 +64,24 @@ def memory_bandwidth_gbs(mib=1024, tries=5):
     """Best of several full reads of a large fp32 tensor (a sum), at the current thread count."""
     x = torch.ones(mib * 2**20 // 4)
     x.sum()
-    best = min(_time(lambda: x.sum()) for _ in range(tries))
-    return x.numel() * 4 / best / 1e9
+    return x.numel() * 4 / best_seconds(lambda: x.sum(), tries) / 1e9
 
 
 def matmul_gflops(n=3072, tries=5):
     """Best fp32 matrix-multiply rate: the compute roof for the vision encoder."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = min(_time(lambda: a @ b) for _ in range(tries))
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / best_seconds(lambda: a @ b, tries) / 1e9
 
 
-def _time(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def best_seconds(fn, tries):
+    """The fastest of `tries` calls of fn, in seconds."""
+    best = float("inf")
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def machine():

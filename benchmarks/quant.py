@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from common import common_prefix, memory_bandwidth_gbs
+from common import best_seconds, common_prefix, memory_bandwidth_gbs
 
 FORMATS = ("dense", "bf16", "int8", "gguf")
 QUESTION = "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n"
@@ -387,21 +387,16 @@ def bench_prefill_over_cache(path, rounds, fills=(0, 2000, 4000), tokens=84):
             for start in range(0, fill, 500):
                 m.greedy_generate(torch.randn(1, min(500, fill - start), H, generator=g) * 0.02, cache, 0, [])
             frame = torch.randn(1, tokens, H, generator=g) * 0.02
-            times = []
-            for _ in range(5):
-                t0 = time.perf_counter()
+
+            def prefill(frame=frame, cache=cache, fill=fill):
                 m.greedy_generate(frame, cache, 0, [], silence=(0, 1.0), span_kind="frame")
-                times.append(time.perf_counter() - t0)
-                cache.truncate(fill)
-            step[fill].append(1e3 * min(times))
+                cache.truncate(fill)  # back to `fill` for the next try
+
+            step[fill].append(1e3 * best_seconds(prefill, 5))
             q = torch.randn(tokens, heads, D, generator=g)
             k, v = (torch.randn(kv_heads, fill + tokens, D, generator=g) for _ in range(2))
-            times = []
-            for _ in range(10):
-                t0 = time.perf_counter()
-                _C._causal_attention(q, k, v, fill, D**-0.5)
-                times.append(time.perf_counter() - t0)
-            layer[fill].append(1e3 * min(times))
+            attend = lambda q=q, k=k, v=v, fill=fill: _C._causal_attention(q, k, v, fill, D**-0.5)  # noqa: E731
+            layer[fill].append(1e3 * best_seconds(attend, 10))
     return {
         "tokens": tokens,
         "prefill_ms": {str(f): spread(v) for f, v in step.items()},
