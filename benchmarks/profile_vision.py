@@ -1,7 +1,7 @@
 """Where a frame's vision encoder time goes: the torch profiler's table for prospect's image_features
 (and transformers' get_image_features with --transformers), on one preprocessed vtest.avi frame.
 
-usage: python benchmarks/profile_vision.py [--model build/models/256m] [--transformers] [--rows 12]
+usage: python benchmarks/profile_vision.py [--model build/models/256m] [--weights int8] [--transformers] [--rows 12]
 """
 
 import argparse
@@ -21,6 +21,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "build" / "models" / "256m"))
     ap.add_argument("--transformers", action="store_true", help="profile transformers' encoder instead")
+    ap.add_argument("--weights", default="dense", help="prospect's weights: dense, int8 (int8 products in the tower)")
     ap.add_argument("--rows", type=int, default=12)
     a = ap.parse_args()
 
@@ -39,7 +40,7 @@ def main():
     else:
         import prospect_core
 
-        model = prospect_core.load_model(a.model)
+        model = prospect_core.load_model(a.model, weights=a.weights)
         run = lambda: model.image_features(pv)  # noqa: E731
     run()  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as p:

@@ -3,6 +3,7 @@ the bandwidth probe, the streaming step against transformers, fairness under a c
 frame skipping on vtest.avi. Every comparison runs in rounds, its sides in turn, so the machine's drift
 falls on all of them; each figure is given as [min, median, max] over the rounds."""
 
+import functools
 import statistics
 import subprocess
 import sys
@@ -371,7 +372,8 @@ def bench_prefill_over_cache(path, rounds, fills=(0, 2000, 4000), tokens=84):
     """A frame's prefill and talk decision (84 tokens, weights="int8") over a cache already holding `fills`
     tokens, as a long stream's cache does before its strategy shrinks it: ms, the fastest of 5 in each of
     `rounds` rounds; and the prefill's attention alone (_C._causal_attention, 9 heads over 3 KV heads, one
-    layer) over the same cached tokens."""
+    layer) over the same cached tokens, in fp32 and with the int8 model's bf16 products (fp32 again on a
+    CPU without AVX512_BF16)."""
     import prospect_core
     from prospect_core import _C
 
@@ -380,7 +382,7 @@ def bench_prefill_over_cache(path, rounds, fills=(0, 2000, 4000), tokens=84):
     H, D = t["hidden_size"], t["head_dim"]
     heads, kv_heads = t["num_attention_heads"], t["num_key_value_heads"]
     g = torch.Generator().manual_seed(0)
-    step, layer = {f: [] for f in fills}, {f: [] for f in fills}
+    step, layer, layer_bf16 = ({f: [] for f in fills} for _ in range(3))
     for _ in range(rounds):
         for fill in fills:
             cache = m.make_cache(max(fills) + tokens)
@@ -395,12 +397,15 @@ def bench_prefill_over_cache(path, rounds, fills=(0, 2000, 4000), tokens=84):
             step[fill].append(1e3 * best_seconds(prefill, 5))
             q = torch.randn(tokens, heads, D, generator=g)
             k, v = (torch.randn(kv_heads, fill + tokens, D, generator=g) for _ in range(2))
-            attend = lambda q=q, k=k, v=v, fill=fill: _C._causal_attention(q, k, v, fill, D**-0.5)  # noqa: E731
-            layer[fill].append(1e3 * best_seconds(attend, 10))
+            for times, bf16 in ((layer, False), (layer_bf16, True)):
+                attend = functools.partial(_C._causal_attention, q, k, v, fill, D**-0.5, bf16)
+                times[fill].append(1e3 * best_seconds(attend, 10))
     return {
         "tokens": tokens,
         "prefill_ms": {str(f): spread(v) for f, v in step.items()},
         "attention_ms_per_layer": {str(f): spread(v) for f, v in layer.items()},
+        "attention_bf16_ms_per_layer": {str(f): spread(v) for f, v in layer_bf16.items()},
+        "bf16_attention": _C._cpu_has_bf16_dot(),
     }
 
 
@@ -611,8 +616,11 @@ def markdown(res):
         lines += [
             f"A frame's prefill and talk decision ({pc['tokens']} tokens, int8) over a cache already holding "
             + ", ".join(f"{f} tokens {_r(v, '{:.0f}')}" for f, v in pc["prefill_ms"].items())
-            + " ms; its attention alone, one layer: "
+            + " ms; its attention alone, one layer, fp32: "
             + ", ".join(f"{f} {_r(v)}" for f, v in pc["attention_ms_per_layer"].items())
+            + " ms; "
+            + ("bf16 products (the int8 model's): " if pc.get("bf16_attention") else "bf16 asked, fp32 here: ")
+            + ", ".join(f"{f} {_r(v)}" for f, v in pc.get("attention_bf16_ms_per_layer", {}).items())
             + " ms.",
             "",
         ]

@@ -1,4 +1,4 @@
-// A prefill's attention on the CPU in plain loops on prospect's pool (thread_pool.h), fp32. With
+// A prefill's attention on the CPU in plain loops on prospect's pool (thread_pool.h), fp32 or bf16. With
 // another busy process on the cores, every OpenMP region of a prefill waits at its end for a thread
 // that lost its core; this attention, like the quantized products and the row loops around it, runs
 // no such region, so a prefill beside another process costs about its share of the CPU, not more.
@@ -14,6 +14,10 @@ struct CausalAttention {
     int64_t heads, kv_heads, head_dim;
     int64_t capacity;  // the cache's rows per KV head
     float scale;
+    // Products in bf16 (queries, keys, weights and values rounded to it, sums in fp32), twice fp32's rate
+    // on CPUs with AVX512_BF16: for models whose weights are quantized anyway. Elsewhere, or for a
+    // head_dim that is not a multiple of 16, fp32.
+    bool bf16 = false;
 };
 
 // q [T] rows of heads x head_dim floats, q_stride floats apart; K, V [kv_heads, capacity, head_dim] (one

@@ -59,11 +59,12 @@ const auto finish_rows = simd_dispatch_wide<finish_rows_body, finish_rows_body>(
 
 enum class Finish { kStore, kAdd, kGelu };  // out = y, out += y, out = gelu_tanh(y), y = x w^T + bias
 
-// Rows a block: at most 256 (4 blocks a 512 px frame), at least 32, and two blocks a thread where
-// there are rows enough, so a machine with more cores than a frame has blocks still uses them.
+// Rows a block: at most 128 (8 blocks a 512 px frame: oneDNN runs 128 rows at the rate of 256 here, and
+// a block's fp32 results stay nearer the core), at least 32, and two blocks a thread where there are rows
+// enough, so a machine with more cores than a frame has blocks still uses them.
 int64_t row_block(int64_t M) {
     const int64_t threads = std::max(1, at::get_num_threads());
-    return std::clamp<int64_t>((M + 2 * threads - 1) / (2 * threads), 32, 256);
+    return std::clamp<int64_t>((M + 2 * threads - 1) / (2 * threads), 32, 128);
 }
 
 // x w^T + bias into `out` ([M, out] fp32, contiguous) as `finish` says. Blocks of rows are claimed

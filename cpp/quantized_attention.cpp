@@ -53,21 +53,6 @@ PROSPECT_SIMD_INLINE void prepare_head_body(const float* q, const float* k, cons
     }
 }
 
-typedef uint16_t Half32 __attribute__((vector_size(64), aligned(2)));
-typedef uint16_t Half16 __attribute__((vector_size(32), aligned(2)));
-
-// The top 16 bits of each 32-bit lane of u (16 or 8 lanes) into p, in order.
-template <class U>
-PROSPECT_SIMD_INLINE void store_high_halves(uint16_t* p, U u) {
-    if constexpr (sizeof(U) == 64) {
-        const Half32 h = std::bit_cast<Half32>(u);
-        storev(p, __builtin_shufflevector(h, h, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31));
-    } else {
-        const Half16 h = std::bit_cast<Half16>(u);
-        storev(p, __builtin_shufflevector(h, h, 1, 3, 5, 7, 9, 11, 13, 15));
-    }
-}
-
 // Rows of n int32 scores (each query's int8 products with every key) -> the softmax's numerators
 // exp(t - max t) cut to bf16 into p, where t = x[j] * key_scale[j] * row_scale[r] + key_bias[j]
 // (key_bias 0, or -inf for a padded key); inv[r] gets 1 / the sum of row r's cut weights, which the
@@ -115,18 +100,6 @@ const auto prepare_head = simd_dispatch_wide<prepare_head_body<Vec16f>, prepare_
 const auto exp_rows = simd_dispatch_wide<exp_rows_body<Vec16f>, exp_rows_body<Vec8f>>();
 
 }  // namespace
-
-bool cpu_has_bf16_dot() {
-#if defined(__x86_64__)
-    static const bool has = [] {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
-    }();
-    return has;
-#else
-    return false;
-#endif
-}
 
 at::Tensor quantized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const std::optional<at::Tensor>& key_mask, double scale) {

@@ -13,9 +13,6 @@
 
 namespace prospect {
 
-// Whether this CPU multiplies bf16 in hardware (AVX512_BF16 or AMX-BF16).
-bool cpu_has_bf16_dot();
-
 // softmax(q k^T * scale, masked) v for q, k, v fp32 [N, heads, S, hd]; key_mask bool [N, 1, 1, S], true for
 // keys to attend to. Returns fp32 [N, S, heads, hd] (the layout the out projection reads).
 at::Tensor quantized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -77,6 +77,21 @@ PROSPECT_SIMD_INLINE uint16_t float_to_bf16(float f) {
     return static_cast<uint16_t>((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
 }
 
+typedef uint16_t Half32 __attribute__((vector_size(64), aligned(2)));
+typedef uint16_t Half16 __attribute__((vector_size(32), aligned(2)));
+
+// The top 16 bits of each 32-bit lane of u (16 or 8 lanes) into p, in order: floats cut to bf16.
+template <class U>
+PROSPECT_SIMD_INLINE void store_high_halves(uint16_t* p, U u) {
+    if constexpr (sizeof(U) == 64) {
+        const Half32 h = std::bit_cast<Half32>(u);
+        storev(p, __builtin_shufflevector(h, h, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31));
+    } else {
+        const Half16 h = std::bit_cast<Half16>(u);
+        storev(p, __builtin_shufflevector(h, h, 1, 3, 5, 7, 9, 11, 13, 15));
+    }
+}
+
 // exp(t) for t <= 0 .. 88, for a vector of any width: t = n ln2 + r with |r| <= ln2/2, exp(r) by its
 // Taylor polynomial, 2^n built in the exponent bits. Degree 6: relative error < 2e-7. Degree 4: < 5e-5,
 // for results rounded to bf16 (whose half ulp is 2e-3).
@@ -109,6 +124,16 @@ inline bool cpu_has_avx512() {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+// Whether this CPU multiplies bf16 in hardware (AVX512_BF16 or AMX-BF16; both come with AVX-512).
+inline bool cpu_has_bf16_dot() {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return cpu_has_avx512() && (__builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16"));
+#else
+    return false;
+#endif
 }
 
 // simd_dispatch<body>(): a pointer to `body` built for AVX2 + FMA if the CPU has them, else for the

@@ -10,6 +10,7 @@
 #include "quantized_attention.h"
 #include "rope.h"
 #include "row_ops.h"
+#include "simd.h"
 #include "text_ops.h"
 
 #include <ATen/ATen.h>
@@ -260,7 +261,8 @@ void SmolVLM::text_block_rows(at::Tensor& x, int64_t layer, KVCache& cache, cons
                                 .kv_heads = kv_heads,
                                 .head_dim = hd,
                                 .capacity = cache.capacity(),
-                                .scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))};
+                                .scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))),
+                                .bf16 = l.qkv.quant.has_value()};  // quantized weights: approximate already
     const float *keys = cache.key_buffer(layer).data_ptr<float>(),
                 *values = cache.value_buffer(layer).data_ptr<float>();
     const int64_t per_row = kv_heads * cache.capacity() * hd;  // one batch row of a layer's keys

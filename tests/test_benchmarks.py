@@ -85,6 +85,7 @@ def test_quant_harness_quick_smoke(tmp_path):
     assert q["contention"]["decode_gguf"]["busy_ms"][1] > 0
     pc = q["prefill_over_cache"]
     assert set(pc["prefill_ms"]) == {"0", "500"} and all(v[1] > 0 for v in pc["attention_ms_per_layer"].values())
+    assert set(pc["attention_bf16_ms_per_layer"]) == {"0", "500"} and isinstance(pc["bf16_attention"], bool)
     v = q["vision"]
     assert v["ms"]["int8"][1] > 0 and 0 < v["feature_rel_err"][2] < 0.2 and v["feature_cosine_min"] > 0.98
     low, high = q["frame_skip"]  # thresholds 0.01 and 0.02
@@ -95,8 +96,8 @@ def test_quant_harness_quick_smoke(tmp_path):
 
 
 def test_profile_vision_smoke(tiny_model):
-    """The vision profile prints a table of ATen ops for both encoders."""
-    for extra in ([], ["--transformers"]):
+    """The vision profile prints a table of ATen ops for both encoders, and for ours with int8 products."""
+    for extra in ([], ["--transformers"], ["--weights", "int8"]):
         r = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks/profile_vision.py"), "--model", str(tiny_model), "--rows", "5"]
             + extra,

@@ -277,6 +277,45 @@ def test_causal_attention_is_attention(tokens, first, heads, kv_heads, hd, capac
     assert torch.equal(_C._causal_attention(q, k2, v, first, scale), got)
 
 
+@pytest.mark.parametrize(
+    "tokens,first,heads,kv_heads,hd,capacity",
+    [
+        (84, 0, 9, 3, 64, 100),
+        (84, 420, 9, 3, 64, 600),
+        (1, 30, 2, 1, 64, 40),
+        (5, 0, 2, 1, 32, 5),
+        (13, 1015, 6, 2, 32, 1030),
+        (84, 2000, 9, 3, 64, 2100),
+        (7, 5, 4, 4, 20, 12),
+    ],
+)
+def test_causal_attention_in_bf16(tokens, first, heads, kv_heads, hd, capacity):
+    """bf16=True (the prefill of a model with quantized weights): on a CPU with AVX512_BF16 and a head_dim
+    of 32 or 64, queries, keys, weights and values are rounded to bf16 and summed in fp32, within 1% of
+    float64's attention (odd key counts: keys go in pairs; one query over two tiles; a short last tile);
+    cache rows past first + tokens still count for nothing. Elsewhere it is the fp32 attention, exactly."""
+    g = torch.Generator().manual_seed(tokens + first + hd)
+    q = torch.randn(tokens, heads, hd, generator=g)
+    k, v = (torch.randn(kv_heads, capacity, hd, generator=g) for _ in range(2))
+    scale = hd**-0.5
+    fp32 = _C._causal_attention(q, k, v, first, scale)
+    got = _C._causal_attention(q, k, v, first, scale, True)
+    if not (_C._cpu_has_bf16_dot() and hd in (32, 64)):
+        assert torch.equal(got, fp32)
+        return
+    keys = first + tokens
+    rep = heads // kv_heads
+    kk, vv = k[:, :keys].repeat_interleave(rep, 0), v[:, :keys].repeat_interleave(rep, 0)
+    seen = torch.arange(keys).unsqueeze(0) <= (first + torch.arange(tokens)).unsqueeze(1)
+    want = attention_reference(q.transpose(0, 1).unsqueeze(0), kk.unsqueeze(0), vv.unsqueeze(0), seen, scale)
+    want = want[0].reshape(tokens, heads * hd)
+    err = ((got.double() - want).norm() / want.norm()).item()
+    assert 1e-4 < err < 0.01, err  # rounded, and close
+    k2, v2 = k.clone(), v.clone()
+    k2[:, keys:], v2[:, keys:] = 1e6, 1e6
+    assert torch.equal(_C._causal_attention(q, k2, v2, first, scale, True), got)
+
+
 def test_causal_attention_arguments_are_checked():
     q, k = torch.randn(5, 4, 8), torch.randn(2, 10, 8)
     with pytest.raises(
