@@ -56,10 +56,14 @@ at::Tensor SmolVLM::embed_tokens(const at::Tensor& input_ids) const {
 at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& patch_mask) const {
     const auto& v = cfg_.vision;
     const int64_t N = pixels.size(0), p = v.patch_size, side = cfg_.patches_per_side();
-    auto x = at::conv2d(pixels, weights_.patch_w, weights_.patch_b, {p, p});  // [N, Dv, h, w]
-    const int64_t h = x.size(2), w = x.size(3);
-    // [N, h*w, Dv] in row-major order: left transposed, every later add and norm would walk it strided.
-    x = x.flatten(2).transpose(1, 2).contiguous();
+    const int64_t h = pixels.size(2) / p, w = pixels.size(3) / p;
+    at::Tensor x;  // [N, h*w, Dv] in row-major order: left transposed, every later add and norm would walk it strided
+    if (weights_.patch_q.defined()) {  // a product over each patch's pixels, [N*h*w, C*p*p]
+        const auto patches = pixels.view({N, pixels.size(1), h, p, w, p}).permute({0, 2, 4, 1, 3, 5});
+        x = int8_gemm(patches.reshape({N * h * w, -1}), weights_.patch_q).view({N, h * w, -1});
+    } else {
+        x = at::conv2d(pixels, weights_.patch_w, weights_.patch_b, {p, p}).flatten(2).transpose(1, 2).contiguous();
+    }
 
     // Bucketed position ids, op for op as transformers computes them (fp32).
     auto boundaries = at::arange(1.0 / side, 1.0, 1.0 / side, at::TensorOptions().dtype(at::kFloat).device(device_));
@@ -157,7 +161,8 @@ at::Tensor SmolVLM::image_features(const at::Tensor& pixel_values, const std::op
     x = x.view({N, side, side / s, D * s}).permute({0, 2, 1, 3});
     x = x.reshape({N, side / s, side / s, D * s * s}).permute({0, 2, 1, 3});
     x = x.reshape({N, S / (s * s), D * s * s});
-    return at::linear(x, weights_.connector_w);  // [N, L, H]
+    const auto& w = weights_.connector_w;  // bf16 for fp32 features: a quantized model on a bf16 CPU
+    return at::linear(x.to(w.scalar_type()), w).to(x.scalar_type());  // [N, L, H]
 }
 
 at::Tensor SmolVLM::joint_embed(const at::Tensor& input_ids, const std::optional<at::Tensor>& pixel_values,

@@ -3,6 +3,7 @@
 #include "gguf.h"
 #include "matvec.h"
 #include "model_loader.h"
+#include "simd.h"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
@@ -177,9 +178,13 @@ void take_gguf(const std::string& dir, const ModelConfig& cfg, SmolVLMWeights& o
     }
 }
 
-// The vision products in int8, packed for one frame's patches; the dense weights go.
+// The vision products in int8, packed for one frame's patches; the dense weights go. The connector, whose
+// int8 rounding would add half again to the features' error, goes to bf16 on CPUs that multiply it.
 void pack_vision(SmolVLMWeights& out, const ModelConfig& cfg) {
     const int64_t patches = cfg.patches_per_side() * cfg.patches_per_side();
+    out.patch_q = pack_int8_gemm(out.patch_w.flatten(1), out.patch_b, patches);  // [Dv, C * p * p]
+    out.patch_w = out.patch_b = at::Tensor();
+    if (cpu_has_bf16_dot()) out.connector_w = out.connector_w.to(at::kBFloat16);
     for (auto& l : out.vision_layers) {
         l.qkv_q = pack_int8_gemm(l.qkv_w, l.qkv_b, patches);
         l.o_q = pack_int8_gemm(l.o_w, l.o_b, patches);
@@ -223,7 +228,9 @@ int64_t SmolVLMWeights::nbytes() const {
     for (const auto& l : text_layers)
         for (const auto* x : {&l.input_norm, &l.qkv.data, &l.o.data, &l.post_norm, &l.gate_up.data, &l.down.data})
             all.push_back(x);
-    for (const auto* x : all) bytes += x->numel() * x->element_size();
+    if (patch_q.defined()) bytes += patch_q.nbytes() + patch_q.bias.numel() * 4;
+    for (const auto* x : all)
+        if (x->defined()) bytes += x->numel() * x->element_size();
     return bytes;
 }
 

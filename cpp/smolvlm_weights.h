@@ -26,8 +26,9 @@ struct TextLayer {
 };
 
 // How the products' weights are held. The non-dense formats run fp32 activations on the CPU and differ in
-// the decoder's matrices (and lm_head); the quantized ones also run the vision tower's four products per
-// layer in int8 (int8_gemm.h). Embeddings, norms, the patch embedding and the connector stay dense.
+// the decoder's matrices (and lm_head); the quantized ones also run the vision side's products in int8
+// (int8_gemm.h), the patch embedding's and four a tower layer, and the connector in bf16 where the CPU
+// multiplies bf16. Embeddings and norms stay dense.
 enum class WeightFormat : uint8_t {
     Dense,  // as the checkpoint stores them, cast to the model's dtype
     Bf16,   // decoder stored in bf16, widened in the products: exact for a bf16 checkpoint, half the bytes
@@ -36,8 +37,10 @@ enum class WeightFormat : uint8_t {
 };
 
 struct SmolVLMWeights {
-    // Vision tower and connector.
+    // Vision tower and connector; quantized formats: the patch embedding in int8 (a product over each
+    // patch's pixels), its dense weights released.
     at::Tensor patch_w, patch_b, pos_emb, post_ln_w, post_ln_b, connector_w;
+    Int8Gemm patch_q;
     std::vector<VisionLayer> vision_layers;
     // Decoder. lm_head is embed itself when the embeddings are tied and dense.
     at::Tensor embed, final_norm;

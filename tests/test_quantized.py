@@ -127,11 +127,13 @@ def test_int8_holds_fewer_bytes_and_says_so(int8_pair):
     dense, q = int8_pair
     assert (dense.weights, q.weights) == ("dense", "int8")
     t, v = dense.config["text_config"], dense.config["vision_config"]
-    # Every decoder matrix and lm_head at 34 bytes per 32 weights instead of 128; the vision products
-    # at one byte a weight and 4 per output row (its scale) instead of 4 a weight; the rest unchanged.
+    # Every decoder matrix and lm_head at 34 bytes per 32 weights instead of 128; the vision products (the
+    # patch embedding's, four a layer) at one byte a weight and 4 per output row (its scale) instead of 4 a
+    # weight; the connector at 2 bytes a weight on a CPU that multiplies bf16; the rest unchanged.
     d, i = v["hidden_size"], v["intermediate_size"]
-    vision_weights = v["num_hidden_layers"] * (4 * d * d + 2 * d * i)
-    vision_rows = v["num_hidden_layers"] * (3 * d + d + i + d)
+    vision_weights = v["num_hidden_layers"] * (4 * d * d + 2 * d * i) + d * v["num_channels"] * v["patch_size"] ** 2
+    vision_rows = v["num_hidden_layers"] * (3 * d + d + i + d) + d
+    connector = t["hidden_size"] * d * dense.config["scale_factor"] ** 2 * (2 if _C._cpu_has_bf16_dot() else 0)
     matrices = (
         t["num_hidden_layers"]
         * (
@@ -140,9 +142,14 @@ def test_int8_holds_fewer_bytes_and_says_so(int8_pair):
         )
         + t["vocab_size"] * t["hidden_size"]
     )
-    assert dense.weight_bytes - q.weight_bytes == matrices * 4 - matrices * 34 // 32 - (
-        0 if not dense.config.get("tie_word_embeddings") else t["vocab_size"] * t["hidden_size"] * 4
-    ) + (vision_weights * 3 - vision_rows * 4)
+    assert (
+        dense.weight_bytes - q.weight_bytes
+        == matrices * 4
+        - matrices * 34 // 32
+        - (0 if not dense.config.get("tie_word_embeddings") else t["vocab_size"] * t["hidden_size"] * 4)
+        + (vision_weights * 3 - vision_rows * 4)
+        + connector
+    )
 
 
 @torch.no_grad()
