@@ -54,12 +54,12 @@ PROSPECT_SIMD_INLINE void prepare_head_body(const float* q, const float* k, cons
 }
 
 // Rows of n int32 scores (each query's int8 products with every key) -> the softmax's numerators
-// exp(t - max t) cut to bf16 into p, where t = x[j] * key_scale[j] * row_scale[r] + key_bias[j]
-// (key_bias 0, or -inf for a padded key); inv[r] gets 1 / the sum of row r's cut weights, which the
-// weighted sum is divided by afterwards, as flash attention does: cut rather than rounded, each weight is
-// up to an ulp low, but the sum is of the same weights, so that bias divides out and what remains is
-// noise of rounding's size. row_scale > 0. Padded keys get exactly 0.
-template <class V>
+// exp(t - max t) cut to bf16 into p, where t = x[j] * key_scale[j] * row_scale[r] (+ key_bias[j] if Masked:
+// 0, or -inf for a padded key); inv[r] gets 1 / the sum of row r's cut weights, which the weighted sum is
+// divided by afterwards, as flash attention does: cut rather than rounded, each weight is up to an ulp
+// low, but the sum is of the same weights, so that bias divides out and what remains is noise of
+// rounding's size. row_scale > 0. Padded keys get exactly 0; unmasked, weights below e^-87 are kept at that.
+template <class V, bool Masked>
 PROSPECT_SIMD_INLINE void exp_rows_body(const int32_t* x, int64_t rows, int64_t n, const float* row_scale,
                                         const float* key_scale, const float* key_bias, uint16_t* p, float* inv) {
     using U = decltype(V{} < V{});
@@ -67,28 +67,40 @@ PROSPECT_SIMD_INLINE void exp_rows_body(const int32_t* x, int64_t rows, int64_t 
     constexpr float kLow = -87.0f;  // exp_approx clamps below this; such keys are padded or weigh < 1e-37
     constexpr float kInf = std::numeric_limits<float>::infinity();
     const int64_t nw = n / W * W;
+    // The score before the row's scale: the maximum is the same key's either way (f > 0).
+    const auto score = [&](int64_t i) {
+        const V v = __builtin_convertvector(loadv<U>(x + i), V) * loadv<V>(key_scale + i);
+        if constexpr (Masked) return v + loadv<V>(key_bias + i);
+        return v;
+    };
+    const auto score_at = [&](int64_t i) {
+        return static_cast<float>(x[i]) * key_scale[i] + (Masked ? key_bias[i] : 0.0f);
+    };
     for (int64_t r = 0; r < rows; ++r, x += n, p += n) {
         const float f = row_scale[r];
-        // The scores before the row's scale: the maximum is the same key's either way (f > 0).
         V top = V{} - kInf;
         for (int64_t i = 0; i < nw; i += W) {
-            const V v = __builtin_convertvector(loadv<U>(x + i), V) * loadv<V>(key_scale + i) + loadv<V>(key_bias + i);
+            const V v = score(i);
             top = v > top ? v : top;
         }
         float m = lanes_max(top);
-        for (int64_t i = nw; i < n; ++i) m = std::max(m, static_cast<float>(x[i]) * key_scale[i] + key_bias[i]);
+        for (int64_t i = nw; i < n; ++i) m = std::max(m, score_at(i));
         const float shift = m == -kInf ? 0.0f : m * f;
         V sum{};
         for (int64_t i = 0; i < nw; i += W) {
-            const V v = __builtin_convertvector(loadv<U>(x + i), V) * loadv<V>(key_scale + i) + loadv<V>(key_bias + i);
-            const V t = v * f - shift;
-            const U b = std::bit_cast<U>(t < kLow ? V{} : exp_approx<4>(t));
+            const V t = score(i) * f - shift;
+            U b;
+            if constexpr (Masked) {
+                b = std::bit_cast<U>(t < kLow ? V{} : exp_approx<4>(t));
+            } else {
+                b = std::bit_cast<U>(exp_approx<4>(t));
+            }
             sum += std::bit_cast<V>(b & ~0xFFFF);
             store_high_halves(p + i, b);
         }
         float total = lanes_sum(sum);
         for (int64_t i = nw; i < n; ++i) {
-            const float t = (static_cast<float>(x[i]) * key_scale[i] + key_bias[i]) * f - shift;
+            const float t = score_at(i) * f - shift;
             p[i] = static_cast<uint16_t>(std::bit_cast<uint32_t>(t < kLow ? 0.0f : std::exp(t)) >> 16);
             total += bf16_to_float(p[i]);
         }
@@ -97,7 +109,8 @@ PROSPECT_SIMD_INLINE void exp_rows_body(const int32_t* x, int64_t rows, int64_t 
 }
 
 const auto prepare_head = simd_dispatch_wide<prepare_head_body<Vec16f>, prepare_head_body<Vec8f>>();
-const auto exp_rows = simd_dispatch_wide<exp_rows_body<Vec16f>, exp_rows_body<Vec8f>>();
+const auto exp_rows = simd_dispatch_wide<exp_rows_body<Vec16f, false>, exp_rows_body<Vec8f, false>>();
+const auto exp_rows_masked = simd_dispatch_wide<exp_rows_body<Vec16f, true>, exp_rows_body<Vec8f, true>>();
 
 }  // namespace
 
@@ -124,8 +137,11 @@ at::Tensor quantized_attention(const at::Tensor& q, const at::Tensor& k, const a
     const auto q8 = at::empty({NH, S, hd}, opts.dtype(at::kChar)), k8 = at::empty({NH, S, hd}, opts.dtype(at::kChar));
     const auto qs = at::empty({NH, S}, opts), ks = at::empty({NH, S}, opts);
     const auto vb = at::empty({NH, S, hd}, opts.dtype(at::kBFloat16));
-    auto bias = at::zeros({N, S}, opts);  // 0, or -inf for a padded key
-    if (key_mask) bias.masked_fill_(key_mask->logical_not().view({N, S}), -std::numeric_limits<float>::infinity());
+    at::Tensor bias;  // masked: 0, or -inf for a padded key
+    if (key_mask) {
+        bias = at::zeros({N, S}, opts)
+                   .masked_fill_(key_mask->logical_not().view({N, S}), -std::numeric_limits<float>::infinity());
+    }
     aten_for(NH, 1, [&](int64_t h0, int64_t h1) {
         for (int64_t h = h0; h < h1; ++h) {
             const int64_t offset = h / heads * qr.stride(0) + h % heads * qr.stride(1);
@@ -154,9 +170,10 @@ at::Tensor quantized_attention(const at::Tensor& q, const at::Tensor& k, const a
             const float* pqs = qs.data_ptr<float>() + h * S + s0;
             for (int64_t r = 0; r < n; ++r) row_scale[r] = pqs[r] * static_cast<float>(scale);
             auto w = weights.narrow(0, 0, n);
-            exp_rows(sc.data_ptr<int32_t>(), n, S, row_scale, ks.data_ptr<float>() + h * S,
-                     bias.data_ptr<float>() + h / heads * S, reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>()),
-                     inv);
+            (bias.defined() ? exp_rows_masked : exp_rows)(
+                sc.data_ptr<int32_t>(), n, S, row_scale, ks.data_ptr<float>() + h * S,
+                bias.defined() ? bias.data_ptr<float>() + h / heads * S : nullptr,
+                reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>()), inv);
             const auto o = at::mm(w, vb[h]);  // [n, hd] bf16, each row still to be divided by its sum
             const auto* po = reinterpret_cast<const uint16_t*>(o.data_ptr<at::BFloat16>());
             // Into [N, S, heads, hd] fp32, the layout the out projection reads.
