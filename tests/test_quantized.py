@@ -250,77 +250,65 @@ def test_quantized_attention_is_attention(n, heads, s, hd, masked):
         assert torch.equal(_C._quantized_attention(q, k, v2, mask, scale), got)
 
 
-@pytest.mark.parametrize(
-    "tokens,first,heads,kv_heads,hd,capacity",
-    [
-        (84, 0, 9, 3, 64, 100),
-        (84, 420, 9, 3, 64, 600),
-        (7, 5, 4, 4, 12, 12),
-        (1, 30, 2, 1, 8, 40),
-        (13, 0, 6, 2, 20, 13),
-        (84, 2000, 9, 3, 64, 2100),
-        (13, 1015, 6, 2, 20, 1030),
-    ],
-)
-def test_causal_attention_is_attention(tokens, first, heads, kv_heads, hd, capacity):
-    """A prefill's attention in plain loops: query t sees keys 0..first+t (its own included), heads share
-    their KV head in groups, blocks of 4 queries (7 and 13 leave short ones), key counts and head sizes that
-    are and are not whole vectors, 2,000 cached keys (many tiles of the transposed keys) and 1,015 (a
-    short last tile); cache rows past first + tokens are ignored."""
-    g = torch.Generator().manual_seed(tokens + first)
-    q = torch.randn(tokens, heads, hd, generator=g)
-    k, v = (torch.randn(kv_heads, capacity, hd, generator=g) for _ in range(2))
-    scale = hd**-0.5
-    got = _C._causal_attention(q, k, v, first, scale)
-    keys = first + tokens
-    rep = heads // kv_heads
-    kk, vv = k[:, :keys].repeat_interleave(rep, 0), v[:, :keys].repeat_interleave(rep, 0)  # [heads, keys, hd]
-    seen = torch.arange(keys).unsqueeze(0) <= (first + torch.arange(tokens)).unsqueeze(1)  # [tokens, keys]
-    want = attention_reference(q.transpose(0, 1).unsqueeze(0), kk.unsqueeze(0), vv.unsqueeze(0), seen, scale)
-    assert got.shape == (tokens, heads * hd)
-    assert torch.allclose(got.double(), want[0].reshape(tokens, heads * hd), atol=2e-6, rtol=1e-5)
-    k2 = k.clone()
-    k2[:, keys:] = 1e6  # rows the cache has not filled change nothing
-    assert torch.equal(_C._causal_attention(q, k2, v, first, scale), got)
+# A prefill's shapes: 84 tokens over 0 to 2,000 cached keys, 9 heads over 3 KV heads as in 256m; blocks of
+# 4 queries that 7 and 13 leave short; key counts and head sizes that are and are not whole vectors (and
+# odd: the bf16 path takes keys in pairs); one query over two tiles; 1,015 cached keys, a short last tile.
+CAUSAL_CASES = [
+    (84, 0, 9, 3, 64, 100),
+    (84, 420, 9, 3, 64, 600),
+    (7, 5, 4, 4, 12, 12),
+    (1, 30, 2, 1, 8, 40),
+    (1, 30, 2, 1, 64, 40),
+    (5, 0, 2, 1, 32, 5),
+    (13, 0, 6, 2, 20, 13),
+    (84, 2000, 9, 3, 64, 2100),
+    (13, 1015, 6, 2, 20, 1030),
+    (13, 1015, 6, 2, 32, 1030),
+]
 
 
-@pytest.mark.parametrize(
-    "tokens,first,heads,kv_heads,hd,capacity",
-    [
-        (84, 0, 9, 3, 64, 100),
-        (84, 420, 9, 3, 64, 600),
-        (1, 30, 2, 1, 64, 40),
-        (5, 0, 2, 1, 32, 5),
-        (13, 1015, 6, 2, 32, 1030),
-        (84, 2000, 9, 3, 64, 2100),
-        (7, 5, 4, 4, 20, 12),
-    ],
-)
-def test_causal_attention_in_bf16(tokens, first, heads, kv_heads, hd, capacity):
-    """bf16=True (the prefill of a model with quantized weights): on a CPU with AVX512_BF16 and a head_dim
-    of 32 or 64, queries, keys, weights and values are rounded to bf16 and summed in fp32, within 1% of
-    float64's attention (odd key counts: keys go in pairs; one query over two tiles; a short last tile);
-    cache rows past first + tokens still count for nothing. Elsewhere it is the fp32 attention, exactly."""
+def causal_case(tokens, first, heads, kv_heads, hd, capacity):
+    """Random q [tokens, heads, hd], k and v [kv_heads, capacity, hd], and float64's attention for them:
+    query t sees keys 0..first+t, heads share their KV head in groups; [tokens, heads * hd]."""
     g = torch.Generator().manual_seed(tokens + first + hd)
     q = torch.randn(tokens, heads, hd, generator=g)
     k, v = (torch.randn(kv_heads, capacity, hd, generator=g) for _ in range(2))
-    scale = hd**-0.5
-    fp32 = _C._causal_attention(q, k, v, first, scale)
-    got = _C._causal_attention(q, k, v, first, scale, True)
+    keys, rep = first + tokens, heads // kv_heads
+    kk, vv = k[:, :keys].repeat_interleave(rep, 0), v[:, :keys].repeat_interleave(rep, 0)  # [heads, keys, hd]
+    seen = torch.arange(keys).unsqueeze(0) <= (first + torch.arange(tokens)).unsqueeze(1)  # [tokens, keys]
+    want = attention_reference(q.transpose(0, 1).unsqueeze(0), kk.unsqueeze(0), vv.unsqueeze(0), seen, hd**-0.5)
+    return q, k, v, want[0].reshape(tokens, heads * hd)
+
+
+@pytest.mark.parametrize("tokens,first,heads,kv_heads,hd,capacity", CAUSAL_CASES)
+def test_causal_attention_is_attention(tokens, first, heads, kv_heads, hd, capacity):
+    """A prefill's attention in plain loops, fp32: float64's to rounding; cache rows past first + tokens
+    are ignored."""
+    q, k, v, want = causal_case(tokens, first, heads, kv_heads, hd, capacity)
+    got = _C._causal_attention(q, k, v, first, hd**-0.5)
+    assert got.shape == (tokens, heads * hd)
+    assert torch.allclose(got.double(), want, atol=2e-6, rtol=1e-5)
+    k2 = k.clone()
+    k2[:, first + tokens :] = 1e6  # rows the cache has not filled change nothing
+    assert torch.equal(_C._causal_attention(q, k2, v, first, hd**-0.5), got)
+
+
+@pytest.mark.parametrize("tokens,first,heads,kv_heads,hd,capacity", CAUSAL_CASES)
+def test_causal_attention_in_bf16(tokens, first, heads, kv_heads, hd, capacity):
+    """bf16=True (the prefill of a model with quantized weights): on a CPU with AVX512_BF16 and a head_dim
+    of 32 or 64, queries, keys, weights and values are rounded to bf16 and summed in fp32, within 1% of
+    float64's attention; cache rows past first + tokens still count for nothing. Elsewhere it is the fp32
+    attention, exactly."""
+    q, k, v, want = causal_case(tokens, first, heads, kv_heads, hd, capacity)
+    got = _C._causal_attention(q, k, v, first, hd**-0.5, True)
     if not (_C._cpu_has_bf16_dot() and hd in (32, 64)):
-        assert torch.equal(got, fp32)
+        assert torch.equal(got, _C._causal_attention(q, k, v, first, hd**-0.5))
         return
-    keys = first + tokens
-    rep = heads // kv_heads
-    kk, vv = k[:, :keys].repeat_interleave(rep, 0), v[:, :keys].repeat_interleave(rep, 0)
-    seen = torch.arange(keys).unsqueeze(0) <= (first + torch.arange(tokens)).unsqueeze(1)
-    want = attention_reference(q.transpose(0, 1).unsqueeze(0), kk.unsqueeze(0), vv.unsqueeze(0), seen, scale)
-    want = want[0].reshape(tokens, heads * hd)
     err = ((got.double() - want).norm() / want.norm()).item()
     assert 1e-4 < err < 0.01, err  # rounded, and close
     k2, v2 = k.clone(), v.clone()
-    k2[:, keys:], v2[:, keys:] = 1e6, 1e6
-    assert torch.equal(_C._causal_attention(q, k2, v2, first, scale, True), got)
+    k2[:, first + tokens :], v2[:, first + tokens :] = 1e6, 1e6
+    assert torch.equal(_C._causal_attention(q, k2, v2, first, hd**-0.5, True), got)
 
 
 def test_causal_attention_arguments_are_checked():
