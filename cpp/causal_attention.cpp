@@ -237,10 +237,7 @@ PROSPECT_BF16_TARGET void attend_bf16(const float* const* q, const int64_t* keys
 
 bool use_bf16(const CausalAttention& a) {
 #if defined(__x86_64__)
-    static const bool cpu = [] {
-        __builtin_cpu_init();
-        return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
-    }();
+    static const bool cpu = cpu_has_bf16_dot();
     return a.bf16 && cpu && (a.head_dim == 32 || a.head_dim == 64);
 #else
     (void)a;

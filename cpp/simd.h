@@ -126,11 +126,11 @@ inline bool cpu_has_avx512() {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 
-// Whether this CPU multiplies bf16 in hardware (AVX512_BF16 or AMX-BF16; both come with AVX-512).
+// Whether this CPU multiplies bf16 in hardware: AVX512_BF16's vdpbf16ps (every CPU with AMX-BF16 has it).
 inline bool cpu_has_bf16_dot() {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    return cpu_has_avx512() && (__builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16"));
+    return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
 #else
     return false;
 #endif
