@@ -27,6 +27,7 @@ namespace {
 
 constexpr int kSpins = 2000;                                // pauses before yielding: a few microseconds
 constexpr auto kYieldFor = std::chrono::microseconds(300);  // then yields, then sleep
+constexpr uint64_t kClosed = 0xFFFFFFFFu;                   // a claim word's index once its job is over
 
 class Pool {
 public:
@@ -37,14 +38,18 @@ public:
 
     // false: another caller holds the pool; run alone.
     bool run(int64_t n, int64_t chunk, void (*call)(const void*, int64_t, int64_t), const void* fn) {
+        if (n >= static_cast<int64_t>(kClosed)) return false;
         std::unique_lock<std::mutex> busy(job_mutex_, std::try_to_lock);
         if (!busy.owns_lock()) return false;
-        n_.store(n, std::memory_order_relaxed);
-        chunk_.store(chunk, std::memory_order_relaxed);
+        const uint64_t last = claim_.load(std::memory_order_relaxed) >> 32, epoch = last + 1;
+        // Close the last job before touching n_: a worker that read its claim word earlier and the new n_
+        // after would otherwise claim past the last job's end and run it on the new job's function.
+        claim_.store((last << 32) | kClosed);
+        n_.store(n, std::memory_order_release);  // a worker that reads these also sees the job closed
+        chunk_.store(chunk, std::memory_order_release);
         call_ = call;
         fn_ = fn;
         done_.store(0, std::memory_order_relaxed);
-        const uint64_t epoch = (claim_.load(std::memory_order_relaxed) >> 32) + 1;
         claim_.store(epoch << 32);  // publishes the job (seq_cst: ordered before the sleepers' check)
         if (sleepers_.load() > 0) {
             std::lock_guard<std::mutex> lock(sleep_mutex_);
@@ -66,10 +71,10 @@ private:
     void work_on(uint64_t epoch) {
         uint64_t c = claim_.load(std::memory_order_acquire);
         while ((c >> 32) == epoch) {
-            // n and chunk may already be the next job's; then the claim below fails on its epoch.
-            const int64_t begin = static_cast<int64_t>(c & 0xFFFFFFFFu), n = n_.load(std::memory_order_relaxed);
+            // n and chunk may already be the next job's; then the job is closed and the claim below fails.
+            const int64_t begin = static_cast<int64_t>(c & kClosed), n = n_.load(std::memory_order_acquire);
             if (begin >= n) return;
-            const int64_t end = std::min(n, begin + chunk_.load(std::memory_order_relaxed));
+            const int64_t end = std::min(n, begin + chunk_.load(std::memory_order_acquire));
             if (!claim_.compare_exchange_weak(c, (epoch << 32) | static_cast<uint64_t>(end), std::memory_order_acq_rel,
                                               std::memory_order_acquire))
                 continue;
