@@ -72,25 +72,30 @@ def bench_matvec(cfg, iters):
     }
     rng = np.random.default_rng(0)
     rows_out = []
+    mine = _C.dense_row_order()
+    other = {"sequential": "interleaved", "interleaved": "sequential"}[mine]
     for name, (rows, cols) in shapes.items():
         w = rng.standard_normal((rows, cols), dtype=np.float32)
         for kind, per_weight in PRODUCT_FORMATS.items():
             data = product_data(w, kind)
-            bw = memory_bandwidth_gbs(512, 3)
-            s = _C._time_matvec(data, kind, cols, iters)
-            gbs = rows * cols * per_weight / s / 1e9
-            rows_out.append(
-                {
-                    "matrix": name,
-                    "rows": rows,
-                    "cols": cols,
-                    "format": kind,
-                    "us": s * 1e6,
-                    "gb_per_s": gbs,
-                    "probe_gb_per_s": bw,
-                    "fraction_of_probe": gbs / bw,
-                }
-            )
+            # Dense rows also in the other CPU kind's order, as a baseline for this one's.
+            for order in (mine, other) if kind in ("f32", "bf16") else ("",):
+                bw = memory_bandwidth_gbs(512, 3)
+                s = _C._time_matvec(data, kind, cols, iters, order=order)
+                gbs = rows * cols * per_weight / s / 1e9
+                rows_out.append(
+                    {
+                        "matrix": name,
+                        "rows": rows,
+                        "cols": cols,
+                        "format": kind,
+                        "row_order": order,  # dense only: this CPU's first, then the other's
+                        "us": s * 1e6,
+                        "gb_per_s": gbs,
+                        "probe_gb_per_s": bw,
+                        "fraction_of_probe": gbs / bw,
+                    }
+                )
             del data
     return rows_out
 
@@ -494,6 +499,7 @@ def bench(path, gguf_file, bw, roof, quick=False, rounds=3):
     from prospect_core import _C
 
     res["quant_kernel"] = _C.quant_kernel()
+    res["dense_row_order"] = _C.dense_row_order()
     t0 = time.perf_counter()
     res["cpu_has_bf16_dot"] = _C._cpu_has_bf16_dot()
     res["matvec"] = bench_matvec(cfg, 3 if quick else 20)
@@ -522,6 +528,7 @@ def markdown(res):
     lines = [
         "",
         f"## Quantized decoder, contention, frame skipping ({res['threads']} threads, kernel {res['quant_kernel']}, "
+        f"dense rows {res.get('dense_row_order', 'interleaved')}, "
         f"ranges over {res['rounds']} rounds)",
         "",
         "| decode, 256m-smollm2 | ms/token | MB/token | % of probe |",
@@ -549,7 +556,8 @@ def markdown(res):
     for r in res["matvec"]:
         mb = r["gb_per_s"] * r["us"] / 1e3
         lines.append(
-            f"| {r['matrix']} [{r['rows']} x {r['cols']}] | {r['format']} | {mb:.0f} | {r['us']:.0f} | "
+            f"| {r['matrix']} [{r['rows']} x {r['cols']}] | {r['format']} {r.get('row_order', '')} | {mb:.0f} | "
+            f"{r['us']:.0f} | "
             f"{r['gb_per_s']:.1f} | {r['probe_gb_per_s']:.1f} | {100 * r['fraction_of_probe']:.0f}% |"
         )
     lines += [

@@ -14,11 +14,17 @@ namespace prospect {
 // takes matvec, anything else at::linear. Quantized: x is quantized per token and every row of w read once.
 at::Tensor linear(const at::Tensor& x, const Matrix& w);
 
-// y[rows] = w[rows, n] x[n], fp32, spread over ATen's threads.
-void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t n);
+// How a thread reads a dense matrix's rows: one after another (one sequential stream), or four rows'
+// streams interleaved. Which reads faster depends on the CPU; dense_row_order() is this CPU's.
+enum class RowOrder { Sequential, Interleaved };
+RowOrder dense_row_order();
 
-// The same for a Matrix: dense fp32, dense bf16 (widened exactly; summed in another order) or quantized.
-void matvec(const Matrix& w, const float* x, float* y);
+// y[rows] = w[rows, n] x[n], fp32, spread over ATen's threads.
+void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t n, RowOrder order = dense_row_order());
+
+// The same for a Matrix: dense fp32, dense bf16 (widened exactly; summed in another order) or quantized
+// (which has its own order).
+void matvec(const Matrix& w, const float* x, float* y, RowOrder order = dense_row_order());
 
 // ggml's blocks of a [rows, cols] matrix, uint8 [rows, cols / 32 * block bytes] -> a Matrix (the rows'
 // bytes reordered as quant_kernels.h lays them out; values unchanged). Throws ValueError for a bad shape.

@@ -126,6 +126,16 @@ inline bool cpu_has_avx512() {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 
+// Intel's cores read dense rows faster interleaved, AMD's one after another (matvec.cpp).
+inline bool cpu_is_intel() {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel");
+#else
+    return false;
+#endif
+}
+
 // Whether this CPU multiplies bf16 in hardware: AVX512_BF16's vdpbf16ps (every CPU with AMX-BF16 has it).
 inline bool cpu_has_bf16_dot() {
 #if defined(__x86_64__)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from prospect_core import _C
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -77,6 +79,9 @@ def test_quant_harness_quick_smoke(tmp_path):
     assert {r["format"] for r in q["matvec"]} == {"f32", "bf16", "q8_0", "q4_1"} and all(
         r["gb_per_s"] > 0 for r in q["matvec"]
     )
+    dense = [r for r in q["matvec"] if r["format"] in ("f32", "bf16")]
+    assert {r["row_order"] for r in dense} == {"sequential", "interleaved"}
+    assert dense[0]["row_order"] == q["dense_row_order"] == _C.dense_row_order()
     pre = q["prefill_products"]
     assert {r["format"] for r in pre} == {"f32", "bf16", "q8_0", "q4_1"} and all(r["gop_per_s"] > 0 for r in pre)
     assert isinstance(q["cpu_has_bf16_dot"], bool)

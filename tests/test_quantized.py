@@ -394,16 +394,30 @@ def test_runner_streams_on_stored_formats(tiny_model, weights):
     assert len(out["predictions"]) > 0
 
 
-@pytest.mark.parametrize("rows,n", [(7, 40), (130, 17), (64, 576), (5, 3), (9, 100)])
-def test_bf16_rows_give_their_fp32_values_products(rows, n):
+@pytest.mark.parametrize("order", ["sequential", "interleaved"])
+@pytest.mark.parametrize("rows,n", [(7, 40), (130, 17), (64, 576), (5, 3), (9, 100), (3, 1536)])
+def test_bf16_rows_give_their_fp32_values_products(rows, n, order):
     """The decode step's bf16 product widens each weight exactly: it equals the fp32 product of the same
-    values to float rounding, for any width (the 16-wide body and the tail) and row count."""
+    values to float rounding, for any width (the vector bodies and the tail), row count and row order."""
     g = torch.Generator().manual_seed(rows * n)
     w = torch.randn(rows, n, generator=g).bfloat16()
     x = torch.randn(n, generator=g)
-    got = _C._matvec(w, x)
+    got = _C._matvec(w, x, order=order)
     torch.testing.assert_close(got, (w.double() @ x.double()).float(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got, _C._matvec(w.float(), x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, _C._matvec(w.float(), x, order=order), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows,n", [(7, 40), (130, 17), (64, 576), (5, 3), (9, 100), (3, 1536)])
+def test_fp32_rows_in_either_order_give_the_product(rows, n):
+    """Both orders of reading the rows (the one this CPU uses and the other kind's) give the fp32 product."""
+    g = torch.Generator().manual_seed(rows + n)
+    w, x = torch.randn(rows, n, generator=g), torch.randn(n, generator=g)
+    want = (w.double() @ x.double()).float()
+    for order in ("sequential", "interleaved", ""):
+        torch.testing.assert_close(_C._matvec(w, x, order=order), want, rtol=1e-5, atol=1e-5)
+    assert _C.dense_row_order() in ("sequential", "interleaved")
+    with pytest.raises(ValueError, match="order expected 'sequential', 'interleaved' or '', got 'diagonal'"):
+        _C._matvec(w, x, order="diagonal")
 
 
 @pytest.fixture(scope="module")

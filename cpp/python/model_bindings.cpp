@@ -30,6 +30,14 @@ at::Tensor tensor_arg(const py::object& o, const char* arg) {
     return o.cast<at::Tensor>();
 }
 
+// A RowOrder by name; '' is this CPU's own.
+RowOrder row_order(const std::string& name) {
+    if (name.empty()) return dense_row_order();
+    if (name == "sequential") return RowOrder::Sequential;
+    if (name == "interleaved") return RowOrder::Interleaved;
+    throw py::value_error("order expected 'sequential', 'interleaved' or '', got '" + name + "'");
+}
+
 py::dict config_dict(const ModelConfig& c) {
     py::dict text, vision, out;
     text["hidden_size"] = c.text.hidden_size;
@@ -234,7 +242,7 @@ void bind_model(py::module_& m) {
         py::arg("x"), py::arg("blocks"), py::arg("type"), py::arg("cols"));
     m.def(
         "_matvec",
-        [](const at::Tensor& w, const at::Tensor& x) {
+        [](const at::Tensor& w, const at::Tensor& x, const std::string& order) {
             TORCH_CHECK_VALUE(w.dim() == 2 && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16) &&
                                   w.is_cpu() && x.dim() == 1 && x.scalar_type() == at::kFloat && x.size(0) == w.size(1),
                               "_matvec expected w fp32/bf16 [rows, n] and x fp32 [n] on the CPU, got ", w.sizes(),
@@ -242,10 +250,16 @@ void bind_model(py::module_& m) {
             const Matrix mat(w.contiguous());
             const auto xc = x.contiguous();
             auto y = at::empty({w.size(0)});
-            matvec(mat, xc.data_ptr<float>(), y.data_ptr<float>());
+            matvec(mat, xc.data_ptr<float>(), y.data_ptr<float>(), row_order(order));
             return y;
         },
-        py::arg("w"), py::arg("x"), "Tests: the decode step's product of a dense matrix (fp32 or bf16) and x.");
+        py::arg("w"), py::arg("x"), py::arg("order") = "",
+        "Tests: the decode step's product of a dense matrix (fp32 or bf16) and x, its rows read in `order` "
+        "('sequential', 'interleaved'; '' = this CPU's).");
+    m.def(
+        "dense_row_order",
+        [] { return std::string(dense_row_order() == RowOrder::Sequential ? "sequential" : "interleaved"); },
+        "How dense decode products read their rows on this CPU: 'sequential' (AMD) or 'interleaved' (Intel).");
     m.def(
         "_int8_gemm",
         [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
@@ -293,7 +307,9 @@ void bind_model(py::module_& m) {
     m.def("_int8_gemm_weight_max", &int8_gemm_weight_max, "Tests: the largest |int8 weight| the products use here.");
     m.def(
         "_time_matvec",
-        [matrix](const at::Tensor& w, const std::string& type, int64_t cols, int64_t iters, int64_t tokens) {
+        [matrix](const at::Tensor& w, const std::string& type, int64_t cols, int64_t iters, int64_t tokens,
+                 const std::string& order) {
+            const RowOrder rows_in = row_order(order);
             const bool dense = type == "f32" || type == "bf16";
             const Matrix mat = dense ? Matrix(w.contiguous()) : matrix(w, type, cols);
             const auto want = type == "bf16" ? at::kBFloat16 : at::kFloat;
@@ -306,7 +322,7 @@ void bind_model(py::module_& m) {
             // One token: the decode step's matvec; more: a prefill's product.
             const auto once = [&] {
                 if (tokens == 1) {
-                    matvec(mat, x.data_ptr<float>(), y.data_ptr<float>());
+                    matvec(mat, x.data_ptr<float>(), y.data_ptr<float>(), rows_in);
                 } else {
                     linear(x, mat);
                 }
@@ -320,10 +336,9 @@ void bind_model(py::module_& m) {
             }
             return best;
         },
-        py::arg("w"), py::arg("type"), py::arg("cols"), py::arg("iters"), py::arg("tokens") = 1,
-        "Benchmarks: seconds for the fastest of `iters` products of w with `tokens` fp32 rows ('f32', 'bf16': dense w; "
-        "else ggml blocks, "
-        "packed once).");
+        py::arg("w"), py::arg("type"), py::arg("cols"), py::arg("iters"), py::arg("tokens") = 1, py::arg("order") = "",
+        "Benchmarks: seconds for the fastest of `iters` products of w with `tokens` fp32 rows ('f32', 'bf16': dense w, "
+        "one token's rows read in `order` as _matvec's; else ggml blocks, packed once).");
     m.def(
         "quant_kernel", [] { return std::string(quant_kernel_name()); },
         "The kernel quantized products run on this CPU: 'avx512_vnni', 'avx2' or 'generic'.");

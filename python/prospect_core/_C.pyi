@@ -25,6 +25,10 @@ has_cuda_kernels: bool  # the fused CUDA decode kernels (built where nvcc was fo
 def quant_kernel() -> Literal["avx512_vnni", "avx2", "generic"]:
     """The kernel quantized products (weights "int8" and "gguf") run on this CPU."""
 
+def dense_row_order() -> Literal["sequential", "interleaved"]:
+    """How dense (fp32, bf16) decode products read their rows on this CPU: one after another (AMD) or four
+    rows' streams interleaved (Intel)."""
+
 class Span:
     """A recorded range of cache slots: one frame, turn, reply or summary."""
 
