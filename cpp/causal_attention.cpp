@@ -128,7 +128,7 @@ PROSPECT_SIMD_INLINE void round_row(const float* x, uint16_t* out, int64_t n) {
     using U = decltype(Vec16f{} < Vec16f{});
     for (int64_t i = 0; i < n; i += 16) {
         const U b = std::bit_cast<U>(loadv<Vec16f>(x + i));
-        store_high_halves(out + i, b + 0x7FFF + ((b >> 16) & 1));
+        store_high_halves(out + i, bf16_rounded(b));
     }
 }
 

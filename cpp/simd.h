@@ -71,10 +71,15 @@ PROSPECT_SIMD_INLINE float sum8(Vec8f v) { return lanes_sum(v); }
 // A bf16 (its bits) is the top half of the float it stands for.
 PROSPECT_SIMD_INLINE float bf16_to_float(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
 
+// A float's bits (one, or a vector of them) with the nearest bf16 (ties to even) in their top halves.
+template <class U>
+PROSPECT_SIMD_INLINE U bf16_rounded(U bits) {
+    return bits + 0x7FFF + ((bits >> 16) & 1);
+}
+
 // A float rounded to the nearest bf16 (ties to even), as its bits.
 PROSPECT_SIMD_INLINE uint16_t float_to_bf16(float f) {
-    const uint32_t b = std::bit_cast<uint32_t>(f);
-    return static_cast<uint16_t>((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+    return static_cast<uint16_t>(bf16_rounded(std::bit_cast<uint32_t>(f)) >> 16);
 }
 
 typedef uint16_t Half32 __attribute__((vector_size(64), aligned(2)));
