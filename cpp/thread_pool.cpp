@@ -41,7 +41,7 @@ public:
         if (n >= static_cast<int64_t>(kClosed)) return false;
         std::unique_lock<std::mutex> busy(job_mutex_, std::try_to_lock);
         if (!busy.owns_lock()) return false;
-        const uint64_t last = claim_.load(std::memory_order_relaxed) >> 32, epoch = last + 1;
+        const uint64_t last = claim_.load(std::memory_order_relaxed) >> 32, epoch = (last + 1) & 0xFFFFFFFFu;
         // Close the last job before touching n_: a worker that read its claim word earlier and the new n_
         // after would otherwise claim past the last job's end and run it on the new job's function.
         claim_.store((last << 32) | kClosed);
@@ -112,7 +112,7 @@ private:
 
     std::vector<std::thread> threads_;
     std::mutex job_mutex_;  // one job at a time
-    // The job: the epoch (high 32 bits) and the next unclaimed index (low 32).
+    // The job: the epoch (high 32 bits, wrapping) and the next unclaimed index (low 32).
     std::atomic<uint64_t> claim_{0};
     std::atomic<int64_t> done_{0};
     std::atomic<int64_t> n_{0}, chunk_{1};
