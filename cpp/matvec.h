@@ -18,6 +18,7 @@ at::Tensor linear(const at::Tensor& x, const Matrix& w);
 // streams interleaved. Which reads faster depends on the CPU; dense_row_order() is this CPU's.
 enum class RowOrder { Sequential, Interleaved };
 RowOrder dense_row_order();
+inline const char* row_order_name(RowOrder o) { return o == RowOrder::Sequential ? "sequential" : "interleaved"; }
 
 // y[rows] = w[rows, n] x[n], fp32, spread over ATen's threads.
 void matvec(const float* w, const float* x, float* y, int64_t rows, int64_t n, RowOrder order = dense_row_order());

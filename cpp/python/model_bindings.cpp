@@ -33,8 +33,8 @@ at::Tensor tensor_arg(const py::object& o, const char* arg) {
 // A RowOrder by name; '' is this CPU's own.
 RowOrder row_order(const std::string& name) {
     if (name.empty()) return dense_row_order();
-    if (name == "sequential") return RowOrder::Sequential;
-    if (name == "interleaved") return RowOrder::Interleaved;
+    for (const RowOrder o : {RowOrder::Sequential, RowOrder::Interleaved})
+        if (name == row_order_name(o)) return o;
     throw py::value_error("order expected 'sequential', 'interleaved' or '', got '" + name + "'");
 }
 
@@ -257,8 +257,7 @@ void bind_model(py::module_& m) {
         "Tests: the decode step's product of a dense matrix (fp32 or bf16) and x, its rows read in `order` "
         "('sequential', 'interleaved'; '' = this CPU's).");
     m.def(
-        "dense_row_order",
-        [] { return std::string(dense_row_order() == RowOrder::Sequential ? "sequential" : "interleaved"); },
+        "dense_row_order", [] { return std::string(row_order_name(dense_row_order())); },
         "How dense decode products read their rows on this CPU: 'sequential' (AMD) or 'interleaved' (Intel).");
     m.def(
         "_int8_gemm",

@@ -6,6 +6,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -42,7 +43,8 @@ TEST(ThreadPool, EveryIndexOnceAndOnlyDuringItsJobUnderPreemption) {
     const int saved = at::get_num_threads();
     at::set_num_threads(2);
     const BusyThreads busy;
-    std::atomic<int64_t> current{-1}, stray{0}, wrong_count{0};
+    std::atomic<int64_t> current{-1}, stray{0};
+    int64_t wrong_count = 0;
     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
     int64_t jobs = 0;
     for (; std::chrono::steady_clock::now() < until; ++jobs) {
@@ -59,10 +61,10 @@ TEST(ThreadPool, EveryIndexOnceAndOnlyDuringItsJobUnderPreemption) {
         });
         current.store(-1);  // from here, any call of this job's function is a stray
         for (const auto& h : hits) wrong_count += h.load() != 1;
-        if (stray.load() || wrong_count.load()) break;
+        if (stray.load() || wrong_count) break;
     }
     at::set_num_threads(saved);
     EXPECT_EQ(stray.load(), 0) << "chunks ran outside their job, in " << jobs << " jobs";
-    EXPECT_EQ(wrong_count.load(), 0) << "indices not run exactly once, in " << jobs << " jobs";
+    EXPECT_EQ(wrong_count, 0) << "indices not run exactly once, in " << jobs << " jobs";
     EXPECT_GT(jobs, 1000);
 }
