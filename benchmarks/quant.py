@@ -349,8 +349,8 @@ def bench_stream_vs_transformers(path, rounds, frames):
 @torch.no_grad()
 def bench_steps(path, rounds, frames):
     """The streaming step (preprocess, vision, prefill, talk decision; median over the frames after the
-    first) in the three ways to run it: fp32, weights="int8", and dtype="bfloat16" (the engine in bf16,
-    through ATen's oneDNN products), in rounds."""
+    first) in the three ways to run it: fp32, weights="int8", and dtype="bfloat16" (the engine in bf16: a
+    frame through ATen's oneDNN products, a decode step in prospect's loops), in rounds; and decode."""
     import prospect_core
 
     pre, clips, ids, eou = frames_and_ids(path, frames)

@@ -6,6 +6,7 @@
 #include "thread_pool.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 
 namespace prospect {
@@ -49,14 +50,72 @@ PROSPECT_SIMD_INLINE void attend_head_body(const float* q, const float* K, const
 
 const auto attend_head = simd_dispatch<attend_head_body>();
 
+typedef uint16_t Half8 __attribute__((vector_size(16), aligned(2)));
+
+// Eight bf16 widened to floats.
+PROSPECT_SIMD_INLINE Vec8f widen8(const uint16_t* p) {
+    return std::bit_cast<Vec8f>(__builtin_convertvector(loadv<Half8>(p), Vec8i) << 16);
+}
+
+// attend_head over a bf16 cache, as ATen's CPU flash attention in bf16: scores and softmax in fp32, each
+// weight rounded to bf16 before it weighs its value row, the sum over the unrounded weights. out is rounded.
+PROSPECT_SIMD_INLINE void attend_head_bf16_body(const float* q, const uint16_t* K, const uint16_t* V, float* p,
+                                                float* out, int64_t keys, int64_t D, float scale) {
+    float top = -INFINITY;
+    for (int64_t j = 0; j < keys; ++j) {
+        const uint16_t* kj = K + j * D;
+        Vec8f s0 = {};
+        int64_t i = 0;
+        for (; i + 8 <= D; i += 8) s0 += load8(q + i) * widen8(kj + i);
+        float s = sum8(s0);
+        for (; i < D; ++i) s += q[i] * bf16_to_float(kj[i]);
+        p[j] = s * scale;
+        top = std::max(top, p[j]);
+    }
+    float sum = 0;
+    for (int64_t j = 0; j < keys; ++j) {
+        const float e = std::exp(p[j] - top);
+        sum += e;
+        p[j] = bf16_to_float(float_to_bf16(e));
+    }
+    std::fill(out, out + D, 0.0f);
+    for (int64_t j = 0; j < keys; ++j) {
+        const uint16_t* vj = V + j * D;
+        int64_t i = 0;
+        for (; i + 8 <= D; i += 8) store8(out + i, load8(out + i) + p[j] * widen8(vj + i));
+        for (; i < D; ++i) out[i] += p[j] * bf16_to_float(vj[i]);
+    }
+    for (int64_t i = 0; i < D; ++i) out[i] = bf16_to_float(float_to_bf16(out[i] / sum));
+}
+
+const auto attend_head_bf16 = simd_dispatch<attend_head_bf16_body>();
+
+// A layer's cache rows: fp32, or bf16 (the values already bf16, so the cast is exact).
+void write_rows(const float* src, void* cache, int64_t offset, int64_t n, bool bf16) {
+    if (bf16) {
+        auto* dst = static_cast<uint16_t*>(cache) + offset;
+        for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+    } else {
+        std::copy(src, src + n, static_cast<float*>(cache) + offset);
+    }
+}
+
 }  // namespace
+
+void decode_norm(const float* x, const void* w, float* out, int64_t n, float eps, bool bf16) {
+    if (bf16) {
+        rms_norm_row_bf16(x, static_cast<const uint16_t*>(w), out, n, eps);
+    } else {
+        rms_norm_row(x, static_cast<const float*>(w), out, n, eps);
+    }
+}
 
 int64_t decode_scratch_size(const DecodeShape& s, int64_t keys) {
     const int64_t nq = s.heads * s.head_dim, nkv = s.kv_heads * s.head_dim;
     return s.hidden + (nq + 2 * nkv) + nq + s.hidden + 2 * s.intermediate + s.heads * keys;
 }
 
-void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, float* kv, int64_t capacity, int64_t slot,
+void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, void* kv, int64_t capacity, int64_t slot,
                   const float* cos, const float* sin, float* scratch) {
     const int64_t H = s.hidden, D = s.head_dim, nq = s.heads * D, nkv = s.kv_heads * D, I = s.intermediate;
     const int64_t keys = slot + 1;
@@ -66,38 +125,53 @@ void decode_layer(float* x, const DecodeWeights& w, const DecodeShape& s, float*
     float* proj = attn + nq;
     float* gu = proj + H;
     float* scores = gu + 2 * I;
+    const auto product = [&](const Matrix& m, const float* in, float* out) {
+        matvec(m, in, out);
+        if (s.bf16) round_to_bf16(out, m.rows());  // a bf16 product: summed in fp32, rounded once
+    };
+    const auto residual = [&] {
+        add_into(x, proj, H);
+        if (s.bf16) round_to_bf16(x, H);
+    };
 
-    rms_norm_row(x, w.input_norm, h, H, s.eps);
-    matvec(*w.qkv, h, qkv);
+    decode_norm(x, w.input_norm, h, H, s.eps, s.bf16);
+    product(*w.qkv, h, qkv);
     float* q = qkv;
     float* k = qkv + nq;
     const float* v = qkv + nq + nkv;
-    rope_heads(q, s.heads, D, cos, sin);
-    rope_heads(k, s.kv_heads, D, cos, sin);
-    float* K = kv;                              // [kv_heads, capacity, D]
-    float* V = kv + s.kv_heads * capacity * D;  // the same for values
+    const auto rope = s.bf16 ? rope_heads_bf16 : rope_heads;
+    rope(q, s.heads, D, cos, sin);
+    rope(k, s.kv_heads, D, cos, sin);
+    const int64_t values = s.kv_heads * capacity * D;  // kv: [2, kv_heads, capacity, D], keys then values
     for (int64_t g = 0; g < s.kv_heads; ++g) {
-        std::copy(k + g * D, k + (g + 1) * D, K + (g * capacity + slot) * D);
-        std::copy(v + g * D, v + (g + 1) * D, V + (g * capacity + slot) * D);
+        write_rows(k + g * D, kv, (g * capacity + slot) * D, D, s.bf16);
+        write_rows(v + g * D, kv, values + (g * capacity + slot) * D, D, s.bf16);
     }
 
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     const int64_t group = s.heads / s.kv_heads;
     pool_for(s.heads, 1, [&](int64_t h0, int64_t h1) {
         for (int64_t hd = h0; hd < h1; ++hd) {
-            const int64_t g = hd / group;
-            attend_head(q + hd * D, K + g * capacity * D, V + g * capacity * D, scores + hd * keys, attn + hd * D, keys,
-                        D, scale);
+            const int64_t at = hd / group * capacity * D;  // this head's KV head's rows
+            if (s.bf16) {
+                const auto* cached = static_cast<const uint16_t*>(kv);
+                attend_head_bf16(q + hd * D, cached + at, cached + values + at, scores + hd * keys, attn + hd * D, keys,
+                                 D, scale);
+            } else {
+                const auto* cached = static_cast<const float*>(kv);
+                attend_head(q + hd * D, cached + at, cached + values + at, scores + hd * keys, attn + hd * D, keys, D,
+                            scale);
+            }
         }
     });
-    matvec(*w.o, attn, proj);
-    add_into(x, proj, H);
+    product(*w.o, attn, proj);
+    residual();
 
-    rms_norm_row(x, w.post_norm, h, H, s.eps);
-    matvec(*w.gate_up, h, gu);
-    silu_mul(gu, gu + I, gu, I);
-    matvec(*w.down, gu, proj);
-    add_into(x, proj, H);
+    decode_norm(x, w.post_norm, h, H, s.eps, s.bf16);
+    product(*w.gate_up, h, gu);
+    (s.bf16 ? silu_mul_bf16 : silu_mul)(gu, gu + I, gu, I);
+    product(*w.down, gu, proj);
+    residual();
 }
 
 }  // namespace prospect

@@ -22,4 +22,18 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 // x [n] += y.
 void add_into(float* x, const float* y, int64_t n);
 
+// A bf16 model's rows are bf16 values held in floats; these round where transformers' bf16 ops round.
+
+// Each of x [n] rounded to the nearest bf16 (ties to even), in place.
+void round_to_bf16(float* x, int64_t n);
+
+// rms_norm_row as transformers' bf16 RMSNorm: normalised in fp32, rounded, times the bf16 weight w, rounded.
+void rms_norm_row_bf16(const float* x, const uint16_t* w, float* out, int64_t n, float eps);
+
+// rope_heads as x * cos + rotate_half(x) * sin in bf16: each product rounded, then their sum.
+void rope_heads_bf16(float* v, int64_t heads, int64_t d, const float* cos, const float* sin);
+
+// silu_mul in bf16: silu(gate) rounded, times up, rounded.
+void silu_mul_bf16(const float* gate, const float* up, float* out, int64_t n);
+
 }  // namespace prospect

@@ -30,8 +30,8 @@ SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device
     inv_freq_ = rope_inv_freq(cfg_.text.head_dim, cfg_.text.rope_theta).to(device);
 
     // Whether the weights suit decode_step's raw loops: fixed at load, so checked once here.
-    decode_loops_ = device_.type() == at::kCPU && dtype_ == at::kFloat && weights_.final_norm.is_contiguous() &&
-                    weights_.lm_head.data.is_contiguous();
+    decode_loops_ = device_.type() == at::kCPU && (dtype_ == at::kFloat || dtype_ == at::kBFloat16) &&
+                    weights_.final_norm.is_contiguous() && weights_.lm_head.data.is_contiguous();
     for (const auto& l : weights_.text_layers)
         for (const auto* x : {&l.input_norm, &l.qkv.data, &l.o.data, &l.post_norm, &l.gate_up.data, &l.down.data})
             decode_loops_ = decode_loops_ && x->is_contiguous();
@@ -303,7 +303,7 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
     }
 
     try {
-        if (decode_loops_ && cache.storage().is_contiguous()) {
+        if (decode_loops_ && dtype_ == at::kFloat && cache.storage().is_contiguous()) {
             auto owned = at::empty({B, T, t.hidden_size}, x.options());  // the residual stream, updated in place
             std::memcpy(owned.data_ptr<float>(), x.contiguous().data_ptr<float>(), owned.nbytes());
             x = owned;
@@ -332,7 +332,7 @@ at::Tensor SmolVLM::forward(const at::Tensor& embeds_in, KVCache& cache, SpanKin
 }
 
 bool SmolVLM::decode_step_applies(const KVCache& cache) const {
-    // The cache's dtype and device are the model's (check_embeds), so fp32 on the CPU when decode_loops_.
+    // The cache's dtype and device are the model's (check_embeds): fp32 or bf16 on the CPU when decode_loops_.
     return decode_loops_ && cache.batch() == 1 && cache.storage().is_contiguous();
 }
 
@@ -346,17 +346,19 @@ at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind
                             .kv_heads = t.num_key_value_heads,
                             .head_dim = hd,
                             .intermediate = t.intermediate_size,
-                            .eps = static_cast<float>(t.rms_norm_eps)};
-    auto x = x_in.reshape({H}).clone();  // the residual stream, updated in place
+                            .eps = static_cast<float>(t.rms_norm_eps),
+                            .bf16 = dtype_ == at::kBFloat16};
+    // The residual stream, updated in place, and the RoPE tables: fp32 (a bf16 model's hold bf16 values).
+    auto x = x_in.reshape({H}).to(at::kFloat, false, true);
     auto scratch = at::empty({decode_scratch_size(shape, L0 + 1)}, x.options());
-    auto c = cos.contiguous(), s = sin.contiguous();
+    auto c = cos.to(at::kFloat).contiguous(), s = sin.to(at::kFloat).contiguous();
     auto storage = cache.storage();  // [layers, 2, 1, kv_heads, capacity, head_dim]
-    float* kv = storage.data_ptr<float>();
-    const int64_t per_layer = 2 * t.num_key_value_heads * cache.capacity() * hd;
+    auto* kv = static_cast<char*>(storage.data_ptr());
+    const int64_t per_layer = 2 * t.num_key_value_heads * cache.capacity() * hd * storage.element_size();
     for (int64_t i = 0; i < t.num_hidden_layers; ++i) {
         const auto& l = weights_.text_layers[i];
-        const DecodeWeights w{.input_norm = l.input_norm.data_ptr<float>(),
-                              .post_norm = l.post_norm.data_ptr<float>(),
+        const DecodeWeights w{.input_norm = l.input_norm.data_ptr(),
+                              .post_norm = l.post_norm.data_ptr(),
                               .qkv = &l.qkv,
                               .o = &l.o,
                               .gate_up = &l.gate_up,
@@ -371,10 +373,18 @@ at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind
         cache.commit(1, kind, frame_index);
     }
     auto normed = at::empty({1, H}, x.options());
-    rms_norm_row(x.data_ptr<float>(), weights_.final_norm.data_ptr<float>(), normed.data_ptr<float>(), H, shape.eps);
+    decode_norm(x.data_ptr<float>(), weights_.final_norm.data_ptr(), normed.data_ptr<float>(), H, shape.eps,
+                shape.bf16);
     auto logits = at::empty({1, weights_.lm_head.rows()}, x.options());
     matvec(weights_.lm_head, normed.data_ptr<float>(), logits.data_ptr<float>());
-    return logits;
+    if (!shape.bf16) return logits;
+    // Each logit rounded once, as a bf16 product's. In a loop: ATen's copy of this many runs an OpenMP region,
+    // whose threads then spin beside the pool's through the next step.
+    auto rounded = at::empty(logits.sizes(), logits.options().dtype(at::kBFloat16));
+    const float* src = logits.data_ptr<float>();
+    auto* dst = static_cast<uint16_t*>(rounded.data_ptr());
+    for (int64_t i = 0; i < logits.numel(); ++i) dst[i] = float_to_bf16(src[i]);
+    return rounded;
 }
 
 }  // namespace prospect

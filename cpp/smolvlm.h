@@ -64,13 +64,13 @@ private:
     // One decoder layer over x [B, T, H]: writes its keys and values to the cache, returns the new x.
     at::Tensor text_block(const at::Tensor& x, int64_t layer, KVCache& cache, const at::Tensor& cos,
                           const at::Tensor& sin, const std::optional<at::Tensor>& mask, bool causal) const;
-    // The same on the CPU in fp32 (decode_loops_, a contiguous cache), x [B, T, H] contiguous and updated in
+    // The same on the CPU in fp32 (decode_loops_ in fp32, a contiguous cache), x [B, T, H] contiguous and updated in
     // place: the attention in plain loops on prospect's pool (causal_attention.h), the rest plain loops over
     // rows (row_ops.h) between the products.
     void text_block_rows(at::Tensor& x, int64_t layer, KVCache& cache, const at::Tensor& cos,
                          const at::Tensor& sin) const;
 
-    // The batch-1 fp32 CPU decode step in plain loops (decode_step.h), when the cache and weights allow.
+    // The batch-1 CPU decode step in plain loops (decode_step.h), fp32 or bf16, when the cache and weights allow.
     bool decode_step_applies(const KVCache& cache) const;
     at::Tensor decode_step(const at::Tensor& x, KVCache& cache, SpanKind kind, std::optional<int64_t> frame_index,
                            bool extend_last_span, const at::Tensor& cos, const at::Tensor& sin) const;
@@ -83,7 +83,7 @@ private:
     SmolVLMWeights weights_;
     int64_t weight_bytes_ = 0;
     at::Tensor inv_freq_;        // [head_dim / 2] fp32 on device
-    bool decode_loops_ = false;  // the weights suit raw loops (decode_step, text_block_rows)
+    bool decode_loops_ = false;  // the weights suit raw loops (decode_step; text_block_rows in fp32)
     CudaGraphsPtr graphs_ = make_cuda_graphs();
 };
 

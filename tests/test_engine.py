@@ -119,6 +119,38 @@ def test_bf16_greedy_and_logits(tiny_model):
     assert ours.greedy_generate(ours.embed_tokens(text), ours.make_cache(16), 8, []).tokens == g
 
 
+@torch.no_grad()
+def test_bf16_decode_step_rounds_as_the_bf16_ops(tiny_model):
+    """A bf16 model decodes one token in plain loops (prefill of one token); forward() runs the same token
+    through ATen's bf16 ops, transformers' order. Same roundings, products summed in another order: within a
+    bf16 step or two, token after token, in the logits and in every key and value cached; and nearer them
+    than the float32 engine is, which the loops would be without their roundings."""
+    m = prospect_core.load_model(tiny_model, dtype="bfloat16")
+    fp32 = prospect_core.load_model(tiny_model, dtype="float32")
+    loops, ops, full = m.make_cache(64), m.make_cache(64), fp32.make_cache(64)
+    ids = torch.tensor([[40, 41, 42, 43, 44, 45]])
+    tok = int(m.prefill(m.embed_tokens(ids), loops).argmax())
+    m.prefill(m.embed_tokens(ids), ops)
+    fp32.prefill(fp32.embed_tokens(ids), full)
+    off_loops = off_fp32 = 0.0
+    for step in range(24):
+        x = torch.tensor([[tok]])
+        got, want = m.prefill(m.embed_tokens(x), loops), m.forward(m.embed_tokens(x), ops)[:, -1]
+        assert got.dtype == torch.bfloat16 and got.shape == want.shape
+        step_size = 2.0 ** (torch.floor(torch.log2(want.float().abs().max())) - 7)  # a bf16 step at the top logit
+        off = (got.float() - want.float()).abs().max().item()
+        assert off <= 2 * step_size, f"token {step}"
+        off_loops += off
+        off_fp32 += (fp32.prefill(fp32.embed_tokens(x), full) - want.float()).abs().max().item()
+        assert int(got.argmax()) == int(want.argmax()), f"token {step}"
+        tok = int(want.argmax())
+    assert off_loops < 0.8 * off_fp32, (off_loops, off_fp32)  # measured 0.91 vs 1.69; unrounded products 1.50
+    for i in range(loops.num_layers):
+        for a, b in ((loops.keys(i), ops.keys(i)), (loops.values(i), ops.values(i))):
+            # Near zero a value is a difference of larger ones: bound it by steps of the largest.
+            torch.testing.assert_close(a.float(), b.float(), rtol=2 * 2.0**-8, atol=2 * 2.0**-8 * b.float().abs().max())
+
+
 def test_python_parses_dtype_names_and_hands_c_the_torch_dtype(tiny_model, monkeypatch):
     """model.TORCH_DTYPES is the Python API's one table of names: _C gets the torch.dtype, never the name."""
     seen = []
@@ -225,6 +257,20 @@ def test_verify_cli_reports_parity(tiny_model):
     )
     assert r.returncode == 0, r.stderr
     assert "16/16 tokens identical" in r.stdout and "vision features: max error" in r.stdout
+
+
+def test_verify_counts_a_near_tie_in_the_dtypes_own_rounding_steps():
+    """A bf16 logit near 28 moves in steps of 0.125: a margin of one step is a tie, of many is not; in fp32
+    the bar stays 1e-4."""
+    from prospect_core.tools.verify import _margin_agreement
+
+    scores = [torch.tensor([28.0, 27.875, 1.0]), torch.tensor([28.0, 25.0, 1.0])]
+    assert _margin_agreement([1, 0], [1, 0], scores, torch.bfloat16) == (2, True)
+    assert _margin_agreement([1, 0], [0, 0], scores, torch.bfloat16) == (0, True)  # one step apart
+    assert _margin_agreement([0, 1], [0, 0], scores, torch.bfloat16) == (1, False)  # 24 steps apart
+    assert _margin_agreement([1, 0], [0, 0], scores, torch.float32) == (0, False)
+    fp32_tie = [torch.tensor([28.0, 28.0 - 5e-5, 1.0])]
+    assert _margin_agreement([1], [0], fp32_tie, torch.float32) == (0, True)
 
 
 @torch.no_grad()

@@ -90,6 +90,8 @@ def test_bfloat16_against_transformers_and_float32(smollm2_model):
 
     r = verify(smollm2_model, "bfloat16", new_tokens=32, prompt=QUESTION)
     assert r["text_logit_rel_err"] < 2e-2  # both engines in bf16: within a few bf16 roundings
+    # The decode step sums its products in another order than oneDNN: tokens may part at a near-tie only.
+    assert r["greedy_agree"] == 32 or r["divergence_within_rounding"], r
     assert r["vs_float32"]["top1_equal"]
     assert "Paris" in r["reply"]
 
