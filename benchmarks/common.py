@@ -67,9 +67,9 @@ def memory_bandwidth_gbs(mib=1024, tries=5):
     return x.numel() * 4 / best_seconds(lambda: x.sum(), tries) / 1e9
 
 
-def matmul_gflops(n=3072, tries=5):
-    """Best fp32 matrix-multiply rate: the compute roof for the vision encoder."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n=3072, tries=5, dtype=torch.float32):
+    """Best matrix-multiply rate in `dtype`: the compute roof for the vision encoder."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     return 2 * n**3 / best_seconds(lambda: a @ b, tries) / 1e9
 

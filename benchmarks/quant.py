@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from common import best_seconds, common_prefix, memory_bandwidth_gbs
+from common import best_seconds, common_prefix, matmul_gflops, memory_bandwidth_gbs
 
 FORMATS = ("dense", "bf16", "int8", "gguf")
 QUESTION = "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n"
@@ -416,8 +416,9 @@ def bench_prefill_over_cache(path, rounds, fills=(0, 2000, 4000), tokens=84):
 
 @torch.no_grad()
 def bench_vision(path, rounds, frames, fp32_roof):
-    """The vision tower alone on vtest.avi frames, fp32 against int8 products (weights="int8"), in rounds:
-    ms per frame, GOP/s against the run's fp32 roof, and how far int8's features are from fp32's."""
+    """The vision tower alone on vtest.avi frames, in rounds: fp32, int8 products (weights="int8") and the
+    bf16 model (dtype="bfloat16"): ms per frame, GOP/s against the run's fp32 roof and a bf16 matmul roof
+    measured here, and how far int8's and bf16's features are from fp32's."""
     import prospect_core
     from prospect_core import _C
     from streaming import vision_flops
@@ -425,29 +426,37 @@ def bench_vision(path, rounds, frames, fp32_roof):
     pre, clips, _, _ = frames_and_ids(path, frames)
     pvs = [pre(f)[0] for f in clips]
     models = {f: prospect_core.load_model(path, weights=f) for f in ("dense", "int8")}
+    models["bf16"] = prospect_core.load_model(path, dtype="bfloat16")
+    inputs = {f: [pv.to(m.dtype) for pv in pvs] for f, m in models.items()}
     ms = {f: [] for f in models}
     for _ in range(rounds):
         for f, m in models.items():
-            m.image_features(pvs[0])
+            m.image_features(inputs[f][0])
             t0 = time.perf_counter()
-            for pv in pvs:
+            for pv in inputs[f]:
                 m.image_features(pv)
             ms[f].append((time.perf_counter() - t0) * 1e3 / len(pvs))
-    errs, cos = [], []
-    for pv in pvs:
+    errs, cos, errs_bf16 = [], [], []
+    for i, pv in enumerate(pvs):
         a, b = models["dense"].image_features(pv), models["int8"].image_features(pv)
         errs.append(((b - a).norm() / a.norm()).item())
         cos.append(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0).item())
+        c = models["bf16"].image_features(inputs["bf16"][i]).float()
+        errs_bf16.append(((c - a).norm() / a.norm()).item())
     gflop = vision_flops(models["dense"].config) / 1e9
     return {
         "ms": {f: spread(v) for f, v in ms.items()},
         "speedup": spread([d / q for d, q in zip(ms["dense"], ms["int8"])]),
+        "bf16_speedup": spread([d / q for d, q in zip(ms["dense"], ms["bf16"])]),
         "gop_per_s": {f: gflop / (v[1] / 1e3) for f, v in ((f, spread(v)) for f, v in ms.items())},
         "fp32_roof_gflop_per_s": fp32_roof,
+        "bf16_roof_gflop_per_s": matmul_gflops(3072 if frames > 2 else 512, dtype=torch.bfloat16),
         "gflop_per_frame": gflop,
         "int8_weight_max": _C._int8_gemm_weight_max(),
         "feature_rel_err": spread(errs),
         "feature_cosine_min": min(cos),
+        "bf16_feature_rel_err": spread(errs_bf16),
+        "bf16_tower_attention": "prospect" if _C._cpu_has_bf16_dot() else "ATen",
     }
 
 
@@ -600,6 +609,15 @@ def markdown(res):
         f"(weights to |q| <= {v['int8_weight_max']}; attention "
         f"{'scores in int8, weights in bf16' if res.get('cpu_has_bf16_dot') else 'in fp32'} on this CPU).",
     ]
+    if "bf16" in v["ms"]:
+        lines[-1] += (
+            f" The bf16 model (dtype bfloat16; attention {v['bf16_tower_attention']}'s): "
+            f"{_r(v['ms']['bf16'], '{:.0f}')} ms/frame, {_r(v['bf16_speedup'])}x fp32, "
+            f"{v['gop_per_s']['bf16']:.0f} GFLOP/s at the median = "
+            f"{100 * v['gop_per_s']['bf16'] / v['bf16_roof_gflop_per_s']:.0f}% of a bf16 matmul roof of "
+            f"{v['bf16_roof_gflop_per_s']:.0f} (3072^2, this run); features against fp32: relative error "
+            f"{_r(v['bf16_feature_rel_err'], '{:.4f}')}."
+        )
     s = res["streaming"]
     lines += [
         "",

@@ -245,13 +245,23 @@ bool use_bf16(const CausalAttention& a) {
 #endif
 }
 
-// The tasks, (head, block of kQueries queries), claimed on the pool: fn(the queries, the keys each sees,
+// fn(begin, end) over [0, n) on the threads a.aten_threads names, in chunks of at least `grain`.
+template <class F>
+void run_tasks(const CausalAttention& a, int64_t n, int64_t grain, const F& fn) {
+    if (a.aten_threads) {
+        aten_for(n, grain, fn);
+    } else {
+        pool_for(n, grain, fn);
+    }
+}
+
+// The tasks, (head, block of kQueries queries), claimed one by one: fn(the queries, the keys each sees,
 // how many are real, their KV head, where their output starts).
 template <class F>
 void for_each_block(const CausalAttention& a, const float* q, int64_t q_stride, const F& fn) {
     const int64_t D = a.head_dim, rep = a.heads / a.kv_heads;
     const int64_t blocks = (a.tokens + kQueries - 1) / kQueries;
-    pool_for(a.heads * blocks, 1, [&](int64_t t0, int64_t t1) {
+    run_tasks(a, a.heads * blocks, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t task = t0; task < t1; ++task) {
             const int64_t h = task / blocks, b0 = task % blocks * kQueries;
             const int64_t n = std::min(kQueries, a.tokens - b0);
@@ -260,7 +270,7 @@ void for_each_block(const CausalAttention& a, const float* q, int64_t q_stride, 
             for (int64_t i = 0; i < kQueries; ++i) {
                 const int64_t t = b0 + std::min(i, n - 1);  // a short block repeats its last query, unused
                 qs[i] = q + t * q_stride + h * D;
-                seen[i] = a.first + t + 1;
+                seen[i] = a.causal ? a.first + t + 1 : a.first + a.tokens;
             }
             fn(qs, seen, n, h / rep, b0 * a.heads * D + h * D);
         }
@@ -283,7 +293,7 @@ void causal_attention(const CausalAttention& a, const float* q, int64_t q_stride
         vp.resize(static_cast<size_t>(a.kv_heads * stride * D));
         uint32_t* pk = kp.data();
         uint16_t* pv = vp.data();
-        pool_for(a.kv_heads * tiles, 8, [&](int64_t b0, int64_t b1) {
+        run_tasks(a, a.kv_heads * tiles, 8, [&](int64_t b0, int64_t b1) {
             for (int64_t b = b0; b < b1; ++b) {
                 const int64_t g = b / tiles, j0 = b % tiles * kTile;
                 lay_out_tile(K + g * a.capacity * D, V + g * a.capacity * D, j0, std::min(j0 + kTile, keys), D,
@@ -308,7 +318,7 @@ void causal_attention(const CausalAttention& a, const float* q, int64_t q_stride
     thread_local std::vector<float> transposed;  // every layer of every prefill: keep the buffer
     transposed.resize(static_cast<size_t>(a.kv_heads * D * stride));
     float* kt = transposed.data();
-    pool_for(a.kv_heads * tiles, 8, [&](int64_t b0, int64_t b1) {
+    run_tasks(a, a.kv_heads * tiles, 8, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
             const int64_t g = b / tiles, j0 = b % tiles * kTile, j1 = std::min(j0 + kTile, keys);
             const float* k = K + g * a.capacity * D;

@@ -20,6 +20,36 @@
 
 namespace prospect {
 
+namespace {
+
+// A bf16 vision tower's attention, qkv bf16 [N, S, 3 * heads * hd] -> bf16 [N, S, heads * hd]: each image's
+// patches all see each other, in causal_attention's bf16 products on ATen's threads. q, k and v are bf16
+// already (and for head_dim 64, SigLIP's, the scale is a power of two, so the scaled queries are too): what
+// it rounds is the weights, as ATen's CPU flash attention (transformers' on the CPU) does, and the output.
+at::Tensor tower_attention_bf16(const at::Tensor& qkv, int64_t heads, double scale) {
+    const int64_t N = qkv.size(0), S = qkv.size(1), D = qkv.size(2) / 3, hd = D / heads;
+    const auto f = qkv.to(at::kFloat).contiguous();  // the kernel reads fp32 rows
+    const auto kv = f.view({N, S, 3, heads, hd}).narrow(2, 1, 2).permute({0, 2, 3, 1, 4}).contiguous();
+    auto out = at::empty({N, S, D}, f.options());
+    const CausalAttention shape{.tokens = S,
+                                .first = 0,
+                                .heads = heads,
+                                .kv_heads = heads,
+                                .head_dim = hd,
+                                .capacity = S,
+                                .scale = static_cast<float>(scale),
+                                .bf16 = true,
+                                .causal = false,
+                                .aten_threads = true};
+    for (int64_t n = 0; n < N; ++n) {
+        causal_attention(shape, f[n].data_ptr<float>(), 3 * D, kv[n][0].data_ptr<float>(), kv[n][1].data_ptr<float>(),
+                         out[n].data_ptr<float>());
+    }
+    return out.to(at::kBFloat16);
+}
+
+}  // namespace
+
 SmolVLM::SmolVLM(const std::string& dir, at::ScalarType dtype, at::Device device, WeightFormat format)
     : dir_(dir), cfg_(load_model_config(dir)), dtype_(dtype), device_(device), format_(format) {
     TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
@@ -97,15 +127,22 @@ at::Tensor SmolVLM::vision_tower(const at::Tensor& pixels, const at::Tensor& pat
     // products and its weighted sum from bf16 ones.
     const bool attention_quantized = !weights_.vision_layers.empty() && weights_.vision_layers[0].qkv_q.defined() &&
                                      rows.is_cpu() && cpu_has_bf16_dot();
+    // A bf16 model's attention on those CPUs: vdpbf16ps products, as ATen's flash attention rounds (below).
+    const bool attention_bf16 =
+        dtype_ == at::kBFloat16 && rows.is_cpu() && cpu_has_bf16_dot() && !mask && (hd == 32 || hd == 64);
     for (const auto& l : weights_.vision_layers) {
         auto r = at::layer_norm(rows, {D}, l.ln1_w, l.ln1_b, v.layer_norm_eps);
         auto qkv = l.qkv_q.defined() ? int8_gemm(r, l.qkv_q) : at::addmm(l.qkv_b, r, l.qkv_w.t());
-        qkv = qkv.view({N, S, 3, heads, hd}).permute({2, 0, 3, 1, 4});
         at::Tensor a;  // [N, S, heads, hd]
-        if (attention_quantized) {
-            a = quantized_attention(qkv[0], qkv[1], qkv[2], mask, scale);
+        if (attention_bf16) {
+            a = tower_attention_bf16(qkv.view({N, S, 3 * D}), heads, scale);
         } else {
-            a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0, false, scale).transpose(1, 2);
+            qkv = qkv.view({N, S, 3, heads, hd}).permute({2, 0, 3, 1, 4});
+            if (attention_quantized) {
+                a = quantized_attention(qkv[0], qkv[1], qkv[2], mask, scale);
+            } else {
+                a = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0, false, scale).transpose(1, 2);
+            }
         }
         add_linear(a.reshape({N * S, D}), l.o_w, l.o_b, l.o_q);
         r = at::layer_norm(rows, {D}, l.ln2_w, l.ln2_b, v.layer_norm_eps);

@@ -93,11 +93,13 @@ def test_quant_harness_quick_smoke(tmp_path):
     assert set(pc["attention_bf16_ms_per_layer"]) == {"0", "500"} and isinstance(pc["bf16_attention"], bool)
     v = q["vision"]
     assert v["ms"]["int8"][1] > 0 and 0 < v["feature_rel_err"][2] < 0.2 and v["feature_cosine_min"] > 0.98
+    assert v["ms"]["bf16"][1] > 0 and 0 < v["bf16_feature_rel_err"][2] < 0.05 and v["bf16_roof_gflop_per_s"] > 0
     low, high = q["frame_skip"]  # thresholds 0.01 and 0.02
     assert 0 < high["frames_skipped"] < high["frames"]  # vtest.avi's fixed camera: most frames change little
     assert low["frames_skipped"] <= high["frames_skipped"]
     md = js.with_suffix(".md").read_text()
     assert "## Quantized decoder" in md and "over a cache already holding 0 tokens" in md
+    assert "The bf16 model (dtype bfloat16; attention" in md
 
 
 def test_profile_vision_smoke(tiny_model):

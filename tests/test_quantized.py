@@ -267,15 +267,18 @@ CAUSAL_CASES = [
 ]
 
 
-def causal_case(tokens, first, heads, kv_heads, hd, capacity):
+def causal_case(tokens, first, heads, kv_heads, hd, capacity, causal=True):
     """Random q [tokens, heads, hd], k and v [kv_heads, capacity, hd], and float64's attention for them:
-    query t sees keys 0..first+t, heads share their KV head in groups; [tokens, heads * hd]."""
+    query t sees keys 0..first+t (not causal: all first + tokens), heads share their KV head in groups;
+    [tokens, heads * hd]."""
     g = torch.Generator().manual_seed(tokens + first + hd)
     q = torch.randn(tokens, heads, hd, generator=g)
     k, v = (torch.randn(kv_heads, capacity, hd, generator=g) for _ in range(2))
     keys, rep = first + tokens, heads // kv_heads
     kk, vv = k[:, :keys].repeat_interleave(rep, 0), v[:, :keys].repeat_interleave(rep, 0)  # [heads, keys, hd]
     seen = torch.arange(keys).unsqueeze(0) <= (first + torch.arange(tokens)).unsqueeze(1)  # [tokens, keys]
+    if not causal:
+        seen = torch.ones_like(seen)
     want = attention_reference(q.transpose(0, 1).unsqueeze(0), kk.unsqueeze(0), vv.unsqueeze(0), seen, hd**-0.5)
     return q, k, v, want[0].reshape(tokens, heads * hd)
 
@@ -309,6 +312,22 @@ def test_causal_attention_in_bf16(tokens, first, heads, kv_heads, hd, capacity):
     k2, v2 = k.clone(), v.clone()
     k2[:, first + tokens :], v2[:, first + tokens :] = 1e6, 1e6
     assert torch.equal(_C._causal_attention(q, k2, v2, first, hd**-0.5, True), got)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("tokens,first,heads,kv_heads,hd,capacity", [(64, 0, 4, 4, 64, 64), (37, 5, 6, 2, 32, 50)])
+def test_attention_not_causal(tokens, first, heads, kv_heads, hd, capacity, bf16):
+    """causal=False (a bf16 vision tower's attention): every query sees all first + tokens keys, and the
+    rows past them still count for nothing. fp32 to rounding; bf16 (where it applies) within 1%."""
+    q, k, v, want = causal_case(tokens, first, heads, kv_heads, hd, capacity, causal=False)
+    got = _C._causal_attention(q, k, v, first, hd**-0.5, bf16, causal=False)
+    causal = _C._causal_attention(q, k, v, first, hd**-0.5, bf16)
+    assert not torch.allclose(got, causal, atol=1e-3)  # the early queries see more keys
+    err = ((got.double() - want).norm() / want.norm()).item()
+    assert err < (0.01 if bf16 and _C._cpu_has_bf16_dot() else 1e-6), err
+    k2, v2 = k.clone(), v.clone()
+    k2[:, first + tokens :], v2[:, first + tokens :] = 1e6, 1e6
+    assert torch.equal(_C._causal_attention(q, k2, v2, first, hd**-0.5, bf16, causal=False), got)
 
 
 def test_causal_attention_arguments_are_checked():

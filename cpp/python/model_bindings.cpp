@@ -275,7 +275,8 @@ void bind_model(py::module_& m) {
         "-> fp32 [N, S, heads, hd].");
     m.def(
         "_causal_attention",
-        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t first, double scale, bool bf16) {
+        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t first, double scale, bool bf16,
+           bool causal) {
             TORCH_CHECK_VALUE(
                 q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(2) == k.size(2) &&
                     q.size(1) % k.size(0) == 0 && first >= 0 && first + q.size(0) <= k.size(1),
@@ -292,15 +293,18 @@ void bind_model(py::module_& m) {
                                     .head_dim = q.size(2),
                                     .capacity = k.size(1),
                                     .scale = static_cast<float>(scale),
-                                    .bf16 = bf16};
+                                    .bf16 = bf16,
+                                    .causal = causal};
             py::gil_scoped_release release;
             causal_attention(a, qc.data_ptr<float>(), q.size(1) * q.size(2), kc.data_ptr<float>(), vc.data_ptr<float>(),
                              out.data_ptr<float>());
             return out;
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("first"), py::arg("scale"), py::arg("bf16") = false,
+        py::arg("causal") = true,
         "Tests: a prefill's attention in plain loops: query t of q [T, heads, D] over keys 0..first+t of k, v "
-        "[kv_heads, capacity, D] -> [T, heads * D]; bf16: its products in bf16 where the CPU and D allow.");
+        "[kv_heads, capacity, D] (not causal: over keys 0..first+T-1) -> [T, heads * D]; bf16: its products in "
+        "bf16 where the CPU and D allow.");
     m.def("_cpu_has_bf16_dot", &cpu_has_bf16_dot,
           "Whether this CPU multiplies bf16 in hardware; the int8 vision tower's attention then runs in bf16.");
     m.def("_int8_gemm_weight_max", &int8_gemm_weight_max, "Tests: the largest |int8 weight| the products use here.");
