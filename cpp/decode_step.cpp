@@ -8,93 +8,89 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <type_traits>
 
 namespace prospect {
 
 namespace {
 
-PROSPECT_SIMD_INLINE float dot(const float* a, const float* b, int64_t n) {
+typedef uint16_t Half8 __attribute__((vector_size(16), aligned(2)));
+
+// Eight of a cache row's values as floats: fp32 as they are, bf16 widened.
+template <class T>
+PROSPECT_SIMD_INLINE Vec8f load_row8(const T* p) {
+    if constexpr (std::is_same_v<T, float>) {
+        return load8(p);
+    } else {
+        return std::bit_cast<Vec8f>(__builtin_convertvector(loadv<Half8>(p), Vec8i) << 16);
+    }
+}
+
+template <class T>
+PROSPECT_SIMD_INLINE float row_value(const T* p) {
+    if constexpr (std::is_same_v<T, float>) {
+        return *p;
+    } else {
+        return bf16_to_float(*p);
+    }
+}
+
+PROSPECT_SIMD_INLINE float rounded(float x) { return bf16_to_float(float_to_bf16(x)); }
+
+template <class T>
+PROSPECT_SIMD_INLINE float dot(const float* a, const T* b, int64_t n) {
     Vec8f s0 = {}, s1 = {};  // two accumulators: head_dim 64 is four iterations, each with two chains
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        s0 += load8(a + i) * load8(b + i);
-        s1 += load8(a + i + 8) * load8(b + i + 8);
+        s0 += load8(a + i) * load_row8(b + i);
+        s1 += load8(a + i + 8) * load_row8(b + i + 8);
     }
     if (i + 8 <= n) {
-        s0 += load8(a + i) * load8(b + i);
+        s0 += load8(a + i) * load_row8(b + i);
         i += 8;
     }
     float s = sum8(s0 + s1);
-    for (; i < n; ++i) s += a[i] * b[i];
+    for (; i < n; ++i) s += a[i] * row_value(b + i);
     return s;
 }
 
-// One query head over `keys` cached tokens: out [D] = softmax(K q * scale) V. K, V: [keys, D] rows;
-// p: scratch for the keys' weights.
-PROSPECT_SIMD_INLINE void attend_head_body(const float* q, const float* K, const float* V, float* p, float* out,
-                                           int64_t keys, int64_t D, float scale) {
+// One query head over `keys` cached tokens: out [D] = softmax(K q * scale) V. K, V: [keys, D] rows, fp32 or
+// bf16; p: scratch for the keys' weights. Over a bf16 cache as ATen's CPU flash attention in bf16: scores and
+// softmax in fp32, each weight rounded to bf16 before it weighs its value row, the sum over the unrounded
+// weights, out rounded.
+template <class T>
+PROSPECT_SIMD_INLINE void attend_head_body(const float* q, const T* K, const T* V, float* p, float* out, int64_t keys,
+                                           int64_t D, float scale) {
+    constexpr bool bf16 = std::is_same_v<T, uint16_t>;
     float top = -INFINITY;
     for (int64_t j = 0; j < keys; ++j) {
         p[j] = dot(q, K + j * D, D) * scale;
         top = std::max(top, p[j]);
     }
     float sum = 0;
-    for (int64_t j = 0; j < keys; ++j) sum += (p[j] = std::exp(p[j] - top));
-    std::fill(out, out + D, 0.0f);
-    for (int64_t j = 0; j < keys; ++j) {
-        const float pj = p[j] / sum;
-        const float* vj = V + j * D;
-        for (int64_t i = 0; i < D; ++i) out[i] += pj * vj[i];
-    }
-}
-
-const auto attend_head = simd_dispatch<attend_head_body>();
-
-typedef uint16_t Half8 __attribute__((vector_size(16), aligned(2)));
-
-// Eight bf16 widened to floats.
-PROSPECT_SIMD_INLINE Vec8f widen8(const uint16_t* p) {
-    return std::bit_cast<Vec8f>(__builtin_convertvector(loadv<Half8>(p), Vec8i) << 16);
-}
-
-// attend_head over a bf16 cache, as ATen's CPU flash attention in bf16: scores and softmax in fp32, each
-// weight rounded to bf16 before it weighs its value row, the sum over the unrounded weights. out is rounded.
-PROSPECT_SIMD_INLINE void attend_head_bf16_body(const float* q, const uint16_t* K, const uint16_t* V, float* p,
-                                                float* out, int64_t keys, int64_t D, float scale) {
-    float top = -INFINITY;
-    for (int64_t j = 0; j < keys; ++j) {
-        const uint16_t* kj = K + j * D;
-        Vec8f s0 = {};
-        int64_t i = 0;
-        for (; i + 8 <= D; i += 8) s0 += load8(q + i) * widen8(kj + i);
-        float s = sum8(s0);
-        for (; i < D; ++i) s += q[i] * bf16_to_float(kj[i]);
-        p[j] = s * scale;
-        top = std::max(top, p[j]);
-    }
-    float sum = 0;
     for (int64_t j = 0; j < keys; ++j) {
         const float e = std::exp(p[j] - top);
         sum += e;
-        p[j] = bf16_to_float(float_to_bf16(e));
+        p[j] = bf16 ? rounded(e) : e;
     }
     std::fill(out, out + D, 0.0f);
     for (int64_t j = 0; j < keys; ++j) {
-        const uint16_t* vj = V + j * D;
-        int64_t i = 0;
-        for (; i + 8 <= D; i += 8) store8(out + i, load8(out + i) + p[j] * widen8(vj + i));
-        for (; i < D; ++i) out[i] += p[j] * bf16_to_float(vj[i]);
+        const float pj = bf16 ? p[j] : p[j] / sum;  // bf16: divided at the end, as flash attention does
+        const T* vj = V + j * D;
+        for (int64_t i = 0; i < D; ++i) out[i] += pj * row_value(vj + i);
     }
-    for (int64_t i = 0; i < D; ++i) out[i] = bf16_to_float(float_to_bf16(out[i] / sum));
+    if constexpr (bf16) {
+        for (int64_t i = 0; i < D; ++i) out[i] = rounded(out[i] / sum);
+    }
 }
 
-const auto attend_head_bf16 = simd_dispatch<attend_head_bf16_body>();
+const auto attend_head = simd_dispatch<attend_head_body<float>>();
+const auto attend_head_bf16 = simd_dispatch<attend_head_body<uint16_t>>();
 
 // A layer's cache rows: fp32, or bf16 (the values already bf16, so the cast is exact).
 void write_rows(const float* src, void* cache, int64_t offset, int64_t n, bool bf16) {
     if (bf16) {
-        auto* dst = static_cast<uint16_t*>(cache) + offset;
-        for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+        store_bf16(src, static_cast<uint16_t*>(cache) + offset, n);
     } else {
         std::copy(src, src + n, static_cast<float*>(cache) + offset);
     }

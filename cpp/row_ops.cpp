@@ -41,12 +41,17 @@ PROSPECT_SIMD_INLINE void round_body(float* x, int64_t n) {
 
 const auto round_rows = simd_dispatch_wide<round_body<Vec16f>, round_body<Vec8f>>();
 
+// 1 / sqrt(mean(x^2) + eps), the sum in double.
+float inv_rms(const float* x, int64_t n, float eps) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+    return 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+}
+
 }  // namespace
 
 void rms_norm_row(const float* x, const float* w, float* out, int64_t n, float eps) {
-    double ss = 0;
-    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
-    const float r = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+    const float r = inv_rms(x, n, eps);
     for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
 }
 
@@ -65,10 +70,12 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n) { silu_
 
 void round_to_bf16(float* x, int64_t n) { round_rows(x, n); }
 
+void store_bf16(const float* x, uint16_t* out, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) out[i] = float_to_bf16(x[i]);
+}
+
 void rms_norm_row_bf16(const float* x, const uint16_t* w, float* out, int64_t n, float eps) {
-    double ss = 0;
-    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
-    const float r = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+    const float r = inv_rms(x, n, eps);
     for (int64_t i = 0; i < n; ++i) out[i] = to_bf16(bf16_to_float(w[i]) * to_bf16(x[i] * r));
 }
 

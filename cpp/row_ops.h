@@ -27,6 +27,9 @@ void add_into(float* x, const float* y, int64_t n);
 // Each of x [n] rounded to the nearest bf16 (ties to even), in place.
 void round_to_bf16(float* x, int64_t n);
 
+// Each of x [n] rounded to the nearest bf16, stored as bf16 into out.
+void store_bf16(const float* x, uint16_t* out, int64_t n);
+
 // rms_norm_row as transformers' bf16 RMSNorm: normalised in fp32, rounded, times the bf16 weight w, rounded.
 void rms_norm_row_bf16(const float* x, const uint16_t* w, float* out, int64_t n, float eps);
 

@@ -418,9 +418,7 @@ at::Tensor SmolVLM::decode_step(const at::Tensor& x_in, KVCache& cache, SpanKind
     // Each logit rounded once, as a bf16 product's. In a loop: ATen's copy of this many runs an OpenMP region,
     // whose threads then spin beside the pool's through the next step.
     auto rounded = at::empty(logits.sizes(), logits.options().dtype(at::kBFloat16));
-    const float* src = logits.data_ptr<float>();
-    auto* dst = static_cast<uint16_t*>(rounded.data_ptr());
-    for (int64_t i = 0; i < logits.numel(); ++i) dst[i] = float_to_bf16(src[i]);
+    store_bf16(logits.data_ptr<float>(), static_cast<uint16_t*>(rounded.data_ptr()), logits.numel());
     return rounded;
 }
 
