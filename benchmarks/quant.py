@@ -457,6 +457,37 @@ def bench_vision(path, rounds, frames, fp32_roof):
         "feature_cosine_min": min(cos),
         "bf16_feature_rel_err": spread(errs_bf16),
         "bf16_tower_attention": "prospect" if _C._cpu_has_bf16_dot() else "ATen",
+        **(
+            {"attention_layer_ms": attention_layer_ms(models["dense"].config, rounds)}
+            if _C._quantized_attention_fused()
+            else {}
+        ),
+    }
+
+
+def attention_layer_ms(cfg, rounds, repeats=10):
+    """One tower layer's attention alone (one image's patches, the config's heads), as the int8 tower runs it:
+    prospect's fused products and ATen's, in turns, in rounds; ms per layer (the mean over `repeats` calls),
+    and the ATen / fused ratio of each round."""
+    from prospect_core import _C
+
+    v = cfg["vision_config"]
+    heads = v["num_attention_heads"]
+    hd, patches = v["hidden_size"] // heads, (v["image_size"] // v["patch_size"]) ** 2
+    q, k, val = torch.randn(3, 1, heads, patches, hd).unbind(0)
+    ms = {"aten": [], "fused": []}
+    for _ in range(rounds):
+        for name in ms:
+            run = functools.partial(_C._quantized_attention, q, k, val, None, hd**-0.5, fused=name == "fused")
+            run()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                run()
+            ms[name].append((time.perf_counter() - t0) * 1e3 / repeats)
+    return {
+        "shape": [heads, patches, hd],
+        "ms": {n: spread(x) for n, x in ms.items()},
+        "aten_over_fused": spread([a / f for a, f in zip(ms["aten"], ms["fused"])]),
     }
 
 
@@ -617,6 +648,13 @@ def markdown(res):
             f"{100 * v['gop_per_s']['bf16'] / v['bf16_roof_gflop_per_s']:.0f}% of a bf16 matmul roof of "
             f"{v['bf16_roof_gflop_per_s']:.0f} (3072^2, this run); features against fp32: relative error "
             f"{_r(v['bf16_feature_rel_err'], '{:.4f}')}."
+        )
+    if "attention_layer_ms" in v:
+        a = v["attention_layer_ms"]
+        lines[-1] += (
+            f" The int8 tower's attention alone, one layer ({a['shape'][0]} heads x {a['shape'][1]} patches x "
+            f"{a['shape'][2]}): prospect's fused products {_r(a['ms']['fused'])} ms, ATen's {_r(a['ms']['aten'])} "
+            f"ms, {_r(a['aten_over_fused'])}x."
         )
     s = res["streaming"]
     lines += [

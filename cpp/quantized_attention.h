@@ -13,9 +13,16 @@
 
 namespace prospect {
 
+// Whether this CPU runs the fused products: AVX512_VNNI and AVX512_BF16.
+bool quantized_attention_fused();
+
 // softmax(q k^T * scale, masked) v for q, k, v fp32 [N, heads, S, hd]; key_mask bool [N, 1, 1, S], true for
 // keys to attend to. Returns fp32 [N, S, heads, hd] (the layout the out projection reads).
+// fused: the products in prospect's kernels, a task's scores, weights and sums in L1 (needs
+// quantized_attention_fused()); else in ATen's. Both give the same scores and weights; the fused sum
+// is not rounded to bf16 before its division. Throws ValueError for fused on a CPU without it.
 at::Tensor quantized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               const std::optional<at::Tensor>& key_mask, double scale);
+                               const std::optional<at::Tensor>& key_mask, double scale,
+                               bool fused = quantized_attention_fused());
 
 }  // namespace prospect

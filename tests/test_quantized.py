@@ -218,15 +218,18 @@ def attention_reference(q, k, v, key_mask, scale):
     return (scores.softmax(-1) @ v.double()).transpose(1, 2)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize(
-    "n,heads,s,hd,masked", [(1, 4, 264, 32, False), (2, 3, 257, 16, True), (1, 2, 7, 8, False), (2, 2, 40, 8, True)]
+    "n,heads,s,hd,masked",
+    [(1, 4, 264, 32, False), (2, 3, 257, 16, True), (1, 2, 7, 8, False), (2, 2, 40, 8, True), (2, 2, 33, 20, True)],
 )
-def test_quantized_attention_is_attention(n, heads, s, hd, masked):
-    """The int8 tower's attention on bf16 CPUs: blocks of 256 queries (264 and 257 leave a short last
-    block), rows of keys that are and are not whole vectors of 16, padded keys masked, the result fp32
-    [N, S, heads, hd]; int8 scores and bf16 weights, within 2% of float64's attention. Keys that share a
-    large offset (which a softmax ignores) are centred before they are quantized, so they lose nothing;
-    the qkv product's permuted views give what contiguous tensors give."""
+def test_quantized_attention_is_attention(n, heads, s, hd, masked, fused):
+    """The int8 tower's attention on bf16 CPUs, in ATen's products or prospect's fused ones: blocks of
+    queries that 264, 257, 33 and 7 leave short, key counts and head sizes that are and are not whole
+    vectors of 16, padded keys masked, the result fp32 [N, S, heads, hd]; int8 scores and bf16 weights,
+    within 2% of float64's attention. Keys that share a large offset (which a softmax ignores) are centred
+    before they are quantized, so they lose nothing; the qkv product's permuted views give what contiguous
+    tensors give. A CPU without the fused kernels refuses fused=True by name."""
     g = torch.Generator().manual_seed(s)
     qkv = torch.randn(n, s, 3, heads, hd, generator=g).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
@@ -235,19 +238,46 @@ def test_quantized_attention_is_attention(n, heads, s, hd, masked):
         mask = torch.ones(n, 1, 1, s, dtype=torch.bool)
         mask[1, ..., s // 3 :] = False
     scale = hd**-0.5
-    got = _C._quantized_attention(q, k, v, mask, scale)
+    if fused and not _C._quantized_attention_fused():
+        with pytest.raises(ValueError, match="fused=True expected a CPU with AVX512_VNNI and AVX512_BF16"):
+            _C._quantized_attention(q, k, v, mask, scale, fused=True)
+        return
+    got = _C._quantized_attention(q, k, v, mask, scale, fused=fused)
     assert got.dtype == torch.float32 and got.shape == (n, s, heads, hd)
     want = attention_reference(q, k, v, mask, scale)
     err = ((got.double() - want).norm() / want.norm()).item()
     assert 0 < err < 0.02, err  # quantized, and close
-    assert torch.equal(_C._quantized_attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, scale), got)
+    assert torch.equal(
+        _C._quantized_attention(q.contiguous(), k.contiguous(), v.contiguous(), mask, scale, fused=fused), got
+    )
     offset = 20 * torch.randn(hd, generator=g)  # 20x the keys' own size
-    shifted = _C._quantized_attention(q, k + offset, v, mask, scale)
+    shifted = _C._quantized_attention(q, k + offset, v, mask, scale, fused=fused)
     assert ((shifted.double() - want).norm() / want.norm()).item() < 0.02
     if masked:  # a padded key changes nothing: perturbing it leaves the result as it was
         v2 = v.clone()
         v2[1, :, s - 1] += 100
-        assert torch.equal(_C._quantized_attention(q, k, v2, mask, scale), got)
+        assert torch.equal(_C._quantized_attention(q, k, v2, mask, scale, fused=fused), got)
+
+
+@pytest.mark.skipif(not _C._quantized_attention_fused(), reason="the fused kernels need AVX512_VNNI and AVX512_BF16")
+def test_fused_attention_matches_atens_products():
+    """The fused products compute the same int8 scores and bf16 weights as ATen's: the results part only
+    where ATen rounds each weighted sum to bf16 before dividing it, so by about bf16's rounding, and the
+    fused sums (not rounded) are at least as near float64's. Heads wider than the fused kernels hold (80)
+    take ATen's products whatever is asked."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 2, 3, 300, 64, generator=g)
+    fused = _C._quantized_attention(q, k, v, None, 0.125, fused=True)
+    aten = _C._quantized_attention(q, k, v, None, 0.125, fused=False)
+    want = attention_reference(q, k, v, None, 0.125)
+    assert 0 < ((fused - aten).norm() / aten.norm()).item() < 4e-3
+    err = lambda x: ((x.double() - want).norm() / want.norm()).item()  # noqa: E731
+    assert err(fused) <= err(aten)
+    q, k, v = torch.randn(3, 1, 2, 40, 80, generator=g)
+    assert torch.equal(
+        _C._quantized_attention(q, k, v, None, 0.1, fused=True),
+        _C._quantized_attention(q, k, v, None, 0.1, fused=False),
+    )
 
 
 # A prefill's shapes: 84 tokens over 0 to 2,000 cached keys, 9 heads over 3 KV heads as in 256m; blocks of

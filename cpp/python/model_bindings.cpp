@@ -269,10 +269,15 @@ void bind_model(py::module_& m) {
     m.def(
         "_quantized_attention",
         [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& key_mask,
-           double scale) { return quantized_attention(q, k, v, key_mask, scale); },
+           double scale, std::optional<bool> fused) {
+            return quantized_attention(q, k, v, key_mask, scale, fused.value_or(quantized_attention_fused()));
+        },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("key_mask") = py::none(), py::arg("scale"),
+        py::arg("fused") = py::none(),
         "Tests: the int8 vision tower's attention, int8 scores and bf16 weights (q, k, v fp32 [N, heads, S, hd]) "
-        "-> fp32 [N, S, heads, hd].");
+        "-> fp32 [N, S, heads, hd]; fused: in prospect's kernels (None: where the CPU has them) or ATen's.");
+    m.def("_quantized_attention_fused", &quantized_attention_fused,
+          "Whether this CPU runs the int8 tower attention's fused kernels (AVX512_VNNI and AVX512_BF16).");
     m.def(
         "_causal_attention",
         [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t first, double scale, bool bf16,
