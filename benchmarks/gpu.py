@@ -1135,7 +1135,9 @@ def main(
             "gpu benchmarks skipped: no CUDA device (torch.cuda.is_available() is False); nothing written", flush=True
         )
         return 0
-    repeats = repeats or (1 if quick else 3)
+    # Three even when quick: a per-token figure is the difference of two whole calls, and one slow call of
+    # one token (a tiny model's take a millisecond) made it negative.
+    repeats = repeats or 3
     preset = "tiny" if quick else PRESET
     new_tokens = 16 if quick else NEW_TOKENS
     date = datetime.date.today().isoformat()
@@ -1261,7 +1263,7 @@ def main(
 def cli(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: the tiny preset, one repetition")
-    ap.add_argument("--repeats", type=int, default=None, help="repetitions of each timing (default 3; 1 with --quick)")
+    ap.add_argument("--repeats", type=int, default=None, help="repetitions of each timing (default 3)")
     ap.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds for the whole run (default 150)")
     ap.add_argument("--models", default=str(HERE.parent / "build" / "models"))
     ap.add_argument("--out", default=str(HERE / "results"))

@@ -59,12 +59,13 @@ PROSPECT_SIMD_INLINE void prepare_head_body(const float* q, const float* k, cons
     }
 }
 
-// Rows of n int32 scores (each query's int8 products with every key; rows `stride` apart in x and p) -> the softmax's
-// numerators exp(t - max t) cut to bf16 into p, where t = x[j] * key_scale[j] * row_scale[r] (+ key_bias[j] if Masked:
-// 0, or -inf for a padded key); inv[r] gets 1 / the sum of row r's cut weights, which the weighted sum is
-// divided by afterwards, as flash attention does: cut rather than rounded, each weight is up to an ulp
-// low, but the sum is of the same weights, so that bias divides out and what remains is noise of
-// rounding's size. row_scale > 0. Padded keys get exactly 0; unmasked, weights below e^-87 are kept at that.
+// Rows of n int32 scores (each query's int8 products with every key; rows `stride` apart in x and p)
+// -> the softmax's numerators exp(t - max t) cut to bf16 into p, where t = x[j] * key_scale[j] *
+// row_scale[r] (+ key_bias[j] if Masked: 0, or -inf for a padded key); inv[r] gets 1 / the sum of row
+// r's cut weights, which the weighted sum is divided by afterwards, as flash attention does: cut rather
+// than rounded, each weight is up to an ulp low, but the sum is of the same weights, so that bias
+// divides out and what remains is noise of rounding's size. row_scale > 0. Padded keys get exactly 0;
+// unmasked, weights below e^-87 are kept at that.
 template <class V, bool Masked>
 PROSPECT_SIMD_INLINE void exp_rows_body(const int32_t* x, int64_t rows, int64_t n, int64_t stride,
                                         const float* row_scale, const float* key_scale, const float* key_bias,
