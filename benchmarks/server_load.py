@@ -146,6 +146,11 @@ def run(model, clients=8, requests=50, max_seq_len=1024):
     url = f"http://127.0.0.1:{port}"
     try:
         users = [Client(url, i, requests, body) for i in range(clients)]
+        # One chat call alone first: the openai SDK rebuilds its response models' pydantic schemas on first
+        # use, deleting and setting them again, and a client thread reading one meanwhile got AttributeError.
+        users[0].chat.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "warm-up"}], max_tokens=1
+        )
         threads = [threading.Thread(target=u.run) for u in users]
         t0 = time.perf_counter()
         for th in threads:
