@@ -221,6 +221,7 @@ struct HeadLayout {
     uint16_t* vp;
 };
 
+// o's qu, kt and vp arrive filled as they are past hd and S (qu 128, kt and vp zero).
 void lay_out_head(const Prepared& x, int64_t h, int64_t P, const HeadLayout& o) {
     const int64_t S = x.S, hd = x.hd, groups = P / 4, S16 = round_up(S, kTile);
     const int8_t* q8 = x.q8.data_ptr<int8_t>() + h * S * hd;
@@ -228,9 +229,6 @@ void lay_out_head(const Prepared& x, int64_t h, int64_t P, const HeadLayout& o) 
     const auto* vb = reinterpret_cast<const uint16_t*>(x.vb.data_ptr<at::BFloat16>()) + h * S * hd;
     const float* ks = x.ks.data_ptr<float>() + h * S;
     const float* bias = x.bias.defined() ? x.bias.data_ptr<float>() + h / x.heads * S : nullptr;
-    std::fill(o.qu, o.qu + S * P, uint8_t{128});
-    std::fill(o.kt, o.kt + S16 * P, int8_t{0});
-    std::fill(o.vp, o.vp + S16 * P, uint16_t{0});
     for (int64_t j = 0; j < S16; ++j) {
         const bool real = j < S;
         o.kscale[j] = real ? ks[j] : 0.0f;
@@ -363,7 +361,9 @@ PROSPECT_VNNI_TARGET void attend_block(const uint8_t* const* rows, const float* 
 
 void products_fused(const Prepared& x, double scale, float* res) {
     const int64_t NH = x.NH(), S = x.S, P = round_up(x.hd, 16), S16 = round_up(S, kTile);
-    std::vector<uint8_t> qu(NH * S * P);
+    // Made filled as the layouts are past hd and S (lay_out_head writes the rest): queries 128, keys and
+    // values zero.
+    std::vector<uint8_t> qu(NH * S * P, 128);
     std::vector<int8_t> kt(NH * S16 * P);
     std::vector<int32_t> comp(NH * S16);
     std::vector<float> kscale(NH * S16), kbias(NH * S16);
