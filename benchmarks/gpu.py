@@ -30,7 +30,9 @@ on the GPU by make_model(..., device="cuda") into <models>/2.2b-bfloat16 when ab
   step: a 512 x 512 RGB frame preprocessed in C++ to the vision encoder's size (one global image, no
   tiles), joint_embed (vision tower + connector + text embeddings), then prefill into the stream's
   persistent cache and the talk decision (greedy_generate(..., max_new_tokens=0, silence=(eou, 1.0))),
-  after warm-up frames on another cache. fps = 1000 / ms_per_frame.
+  after warm-up frames on another cache. fps = 1000 / ms_per_frame. runs_ms, runs_device_ms (CUDA events),
+  runs_engine_prefill_ms and runs_cache_length_before are per frame; by_third gives their medians over each
+  third of the stream, to tell a device-bound slowdown as the cache fills from a host-side one.
 - surgery: a full 4,096-token KVCache of the 2.2b text shape (24 layers, 32 kv heads, head_dim 64, bf16)
   with a pinned 300-token system span and 64-token frames; drop_middle(512) in "shift" and "keep" modes:
   CUDA-event ms (median), whether the storage's data_ptr is the same after, and the extra peak device
@@ -341,6 +343,19 @@ def markdown(res):
                 f"used at the end), {s.get('warmup_frames')} warm-up frames before; the breakdown is a second pass "
                 "with a synchronize between the parts.",
             )
+            thirds = s.get("by_third") or []
+            if thirds:
+                lines += [
+                    "",
+                    "The first pass by thirds of the stream (frames, cache length as the third began: median host "
+                    "ms / device ms by CUDA events / the engine's prefill ms): "
+                    + "; ".join(
+                        f"{t['frames'][0]}-{t['frames'][1]}, from {t['cache_length_from']}: {_f(t['host_ms'])} / "
+                        f"{_f(t['device_ms'])} / {_f(t['engine_prefill_ms'])}"
+                        for t in thirds
+                    )
+                    + ".",
+                ]
     su = res.get("surgery") or {}
     if su:
         if "error" in su or "skipped" in su:
@@ -836,6 +851,27 @@ def _hf_worker(spec_path):
     save("done")
 
 
+def _thirds(host, device, prefill, lengths):
+    """The first pass's medians over each third of the stream: does a frame slow down as the cache fills, and
+    is the time the device's (events) or the host's?"""
+    n = len(host)
+    out = []
+    for k in range(3):
+        lo, hi = k * n // 3, max((k + 1) * n // 3, k * n // 3 + 1)
+        if lo >= n:
+            break
+        out.append(
+            {
+                "frames": [lo, min(hi, n) - 1],
+                "cache_length_from": lengths[lo],
+                "host_ms": statistics.median(host[lo:hi]),
+                "device_ms": statistics.median(device[lo:hi]),
+                "engine_prefill_ms": statistics.median(prefill[lo:hi]),
+            }
+        )
+    return out
+
+
 def bench_gpu_streaming(path, frames=STREAM_FRAMES, model=None, device="cuda", warmup=3, size=FRAME_SIZE):
     """Frames per second of the streaming step (preprocess + joint_embed + prefill + talk decision) on one
     persistent cache; and, in a second pass with a synchronize between them, what each part costs."""
@@ -883,9 +919,13 @@ def bench_gpu_streaming(path, frames=STREAM_FRAMES, model=None, device="cuda", w
         step(warm, images[i], i)
     del warm
     cache = model.make_cache(capacity)
-    per = []
+    per, per_device, per_prefill, lengths_before = [], [], [], []
     for i in range(frames):
-        per.append(_timed(lambda i=i: step(cache, images[warmup + i], i), device)[1])
+        lengths_before.append(cache.length)
+        dev, host, r = _timed(lambda i=i: step(cache, images[warmup + i], i), device)
+        per.append(host)
+        per_device.append(dev)
+        per_prefill.append(r.prefill_ms)
     length_end = cache.length
     # The breakdown: the same frames on a fresh cache, a synchronize after each part.
     cache = model.make_cache(capacity)
@@ -916,6 +956,13 @@ def bench_gpu_streaming(path, frames=STREAM_FRAMES, model=None, device="cuda", w
         "mean_fps": len(per) / (sum(per) / 1e3),
         "p90_ms": sorted(per)[min(len(per) - 1, int(0.9 * len(per)))],
         "runs_ms": per,
+        # Per frame, to tell where a slow frame's time went: the device's time (CUDA events), the engine's
+        # own prefill figure, and the cache's length as the frame began; the breakdown pass's parts likewise.
+        "runs_device_ms": per_device,
+        "runs_engine_prefill_ms": per_prefill,
+        "runs_cache_length_before": lengths_before,
+        "breakdown_runs_ms": {"preprocess": pre_ms, "vision_embed": vis_ms, "prefill_decision": dec_ms},
+        "by_third": _thirds(per, per_device, per_prefill, lengths_before),
         "preprocess_ms": statistics.median(pre_ms),
         "vision_embed_ms": vision_ms,
         "prefill_decision_ms": statistics.median(dec_ms),

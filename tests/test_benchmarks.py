@@ -281,6 +281,14 @@ def test_gpu_harness_runs_on_the_cpu(tmp_path):
     s = res["streaming"]
     assert s["frames"] == 4 and s["fps"] > 0 and s["tokens_per_frame"] > 16
     assert s["cache_length_end"] <= s["cache_capacity"] and s["cache_length_end"] >= 4 * s["tokens_per_frame"]
+    # Per frame: the cache grows by a frame's tokens each time; each third's medians come from its frames.
+    lengths = s["runs_cache_length_before"]
+    assert lengths[0] == 0 and all(b - a >= s["tokens_per_frame"] for a, b in zip(lengths, lengths[1:]))
+    assert len(s["runs_device_ms"]) == len(s["runs_engine_prefill_ms"]) == len(s["runs_ms"]) == 4
+    thirds = s["by_third"]
+    assert [t["frames"] for t in thirds] == [[0, 0], [1, 1], [2, 3]]
+    assert [t["cache_length_from"] for t in thirds] == [lengths[0], lengths[1], lengths[2]]
+    assert thirds[2]["host_ms"] == pytest.approx(sorted(s["runs_ms"][2:])[0] / 2 + sorted(s["runs_ms"][2:])[1] / 2)
     rows = {r["variant"]: r for r in res["surgery"]["rows"]}
     assert set(rows) == {"prospect_shift", "prospect_keep", "torch_cat"}
     assert rows["prospect_shift"]["same_storage"] and rows["prospect_keep"]["same_storage"]
@@ -288,6 +296,7 @@ def test_gpu_harness_runs_on_the_cpu(tmp_path):
     assert [t["key"] for t in res["targets"]][0] == "decode_pct_of_floor"
     md = (tmp_path / js.name.replace(".json", ".md")).read_text()
     assert md.startswith("# prospect GPU benchmarks") and "## Targets" in md and "## Cache surgery" in md
+    assert "The first pass by thirds of the stream" in md and f"2-3, from {lengths[2]}:" in md
 
 
 def test_make_model_device(tmp_path):
