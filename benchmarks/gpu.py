@@ -23,6 +23,9 @@ on the GPU by make_model(..., device="cuda") into <models>/2.2b-bfloat16 when ab
   before the timed calls; the first call's time is reported as first_call_s). The transformers variants
   run in a worker process, last, under a time cap; a failure or the cap is recorded, not raised.
   decode.<ours variant>.engine_ms_per_token is the engine's own decode_ms / N, for comparison.
+- decode.graph_eager_divergence: where the graph's tokens first part from eager's (None if they do not):
+  both tokens' logits from a fresh prefill of the prompt and the shared tokens, their gap, and the bf16
+  step at that size, to tell a near-tie flipped by summation order from a real difference.
 - decode.weight_bytes_per_token: the weights one decode step reads (every decoder layer, the final norm,
   lm_head and one row of the embedding table; the vision tower is not read; KV-cache reads, about 1% here,
   are not counted). floor_ms_per_token = that / ceilings.copy_gbs; pct_of_floor = floor / ms_per_token x 100.
@@ -293,6 +296,18 @@ def markdown(res):
         agree = []
         if d.get("graph_eager_tokens_equal") is not None:
             agree.append(f"graph and eager tokens identical: {'yes' if d['graph_eager_tokens_equal'] else 'NO'}")
+            div = d.get("graph_eager_divergence") or {}
+            if "gap" in div:
+                la, lb = div["logits"]
+                agree[-1] += (
+                    f" (first parted at token {div['index']}: a fresh prefill gives eager's token {la:.4g} and the "
+                    f"graph's {lb:.4g}, a gap of {div['gap']:.3g} = {div['gap'] / div['bf16_step']:.1f} bf16 steps "
+                    "at that size)"
+                    if div["bf16_step"]
+                    else f" (first parted at token {div['index']}, logits {la:.4g} and {lb:.4g})"
+                )
+            elif "error" in div:
+                agree[-1] += f" (where they part could not be examined: {div['error']})"
         if d.get("ours_transformers_common_prefix") is not None:
             agree.append(
                 f"prospect eager and transformers eager agree on the first {d['ours_transformers_common_prefix']} "
@@ -533,6 +548,27 @@ def _ours_decode(model, embeds, capacity, n, repeats, graph, device):
     return out, list(r.tokens)
 
 
+def divergence(model, prompt_ids, a, b):
+    """Where greedy tokens a and b, made from the same prompt, first part: the index, both tokens, and the
+    logits that a fresh prefill of the prompt and a's tokens before that index gives them, with their gap and
+    the bf16 step at their size. A gap of a step or two is a near-tie that summation order can flip. None
+    where one list is a prefix of the other."""
+    import math
+
+    import torch
+
+    k = common_prefix(a, b)
+    if k >= min(len(a), len(b)):
+        return None
+    ids = torch.cat([prompt_ids, torch.tensor([list(a[:k])], dtype=prompt_ids.dtype)], dim=1)
+    cache = model.make_cache(int(ids.shape[1]) + 8)
+    logits = model.prefill(model.embed_tokens(ids), cache)[0].float().cpu()
+    la, lb = float(logits[a[k]]), float(logits[b[k]])
+    size = max(abs(la), abs(lb))
+    step = 2.0 ** (math.floor(math.log2(size)) - 7) if size > 0 else 0.0  # bf16 keeps 8 significant bits
+    return {"index": k, "tokens": [a[k], b[k]], "logits": [la, lb], "gap": la - lb, "bf16_step": step}
+
+
 def bench_gpu_decode(
     path,
     repeats=3,
@@ -590,6 +626,12 @@ def bench_gpu_decode(
             log(f"decode: {name} failed: {_err(e)}")
         finally:
             os.environ.pop("PROSPECT_CUDA_GEMV", None)
+    made = row["tokens"]
+    if made.get("ours_eager") is not None and made.get("ours_graph") is not None:
+        try:  # where the graph parts from eager, is it a near-tie?
+            row["graph_eager_divergence"] = divergence(model, ids, made["ours_eager"], made["ours_graph"])
+        except Exception as e:
+            row["graph_eager_divergence"] = {"error": _err(e)}
     if transformers:
         add_transformers(
             row, bench_transformers_decode(path, repeats, new_tokens, prompt, hf_timeout_s, device, compile)

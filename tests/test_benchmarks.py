@@ -237,6 +237,18 @@ def test_gpu_targets_and_markdown():
     assert "| transformers generate(), eager | 5.000 | 200 | 18% | 4.17x |" in md
     assert "error: time cap of 80 s reached during: compiling" in md
     assert "graph and eager tokens identical: NO" in md
+    res["decode"]["graph_eager_divergence"] = {
+        "index": 4,
+        "tokens": [11, 12],
+        "logits": [28.0, 27.875],
+        "gap": 0.125,
+        "bf16_step": 0.125,
+    }
+    assert (
+        "graph and eager tokens identical: NO (first parted at token 4: a fresh prefill gives eager's token 28 and "
+        "the graph's 27.88, a gap of 0.125 = 1.0 bf16 steps at that size)" in gpu.markdown(res)
+    )
+    del res["decode"]["graph_eager_divergence"]
     assert "| prospect_shift | 0.40 | n/a | 1.00 | 0.12% | yes |" in md
     assert "| torch_cat | 0.90 | n/a | 160.00 | 19.80% | no |" in md
     # A part that failed is named, the others still rendered.
@@ -244,6 +256,34 @@ def test_gpu_targets_and_markdown():
     md = gpu.markdown(res)
     assert "RuntimeError: boom" in md and "| prospect_shift |" in md
     assert {t["key"]: t["pass"] for t in gpu.evaluate_targets(res)}["streaming_fps"] is None
+
+
+def test_gpu_divergence_names_the_near_tie(tiny_model):
+    """divergence(): where two token lists part, and the gap between their logits there, which must be the
+    top-1 minus top-2 margin when the second list takes the runner-up."""
+    import math
+
+    import prospect_core
+
+    gpu = _gpu()
+    model = prospect_core.load_model(tiny_model, dtype="float32")
+    ids = torch.arange(60, 64).unsqueeze(0)
+    a = list(model.greedy_generate(model.embed_tokens(ids), model.make_cache(32), 6, []).tokens)
+    assert len(a) == 6
+    # The logits that predict a[3], from one forward pass over the prompt and a's first three tokens.
+    seq = torch.cat([ids, torch.tensor([a[:3]])], dim=1)
+    logits = model.forward(model.embed_tokens(seq), model.make_cache(32))[0, -1]
+    top = torch.topk(logits, 2)
+    assert int(top.indices[0]) == a[3]
+    b = a[:3] + [int(top.indices[1])] + a[4:]
+    d = gpu.divergence(model, ids, a, b)
+    assert d["index"] == 3 and d["tokens"] == [a[3], b[3]]
+    assert d["gap"] == pytest.approx(float(top.values[0] - top.values[1]), rel=1e-4, abs=1e-5) and d["gap"] >= 0
+    assert d["logits"][0] == pytest.approx(float(top.values[0]), rel=1e-4, abs=1e-5)
+    size = max(abs(v) for v in d["logits"])
+    assert d["bf16_step"] == 2.0 ** (math.floor(math.log2(size)) - 7)
+    # Lists that do not part: one the other's prefix, or the same.
+    assert gpu.divergence(model, ids, a, a) is None and gpu.divergence(model, ids, a, a[:3]) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
@@ -276,6 +316,7 @@ def test_gpu_harness_runs_on_the_cpu(tmp_path):
         assert d[v]["ms_per_token"] > 0 and d[v]["new_tokens_made"] == 16, (v, d[v])
         assert len(d["tokens"][v]) == 16
     assert d["graph_eager_tokens_equal"] is True  # on the CPU both take the eager loop
+    assert d["graph_eager_divergence"] is None  # examined, and nowhere to part
     assert d["transformers_static_compile"] == {"skipped": "not asked for"}
     assert d["speedup_graph_vs_transformers_eager"] > 0
     s = res["streaming"]
