@@ -897,14 +897,12 @@ def _thirds(host, device, prefill, lengths):
     """The first pass's medians over each third of the stream: does a frame slow down as the cache fills, and
     is the time the device's (events) or the host's?"""
     n = len(host)
+    edges = sorted({k * n // 3 for k in range(4)})  # fewer than 3 frames: fewer parts, none empty or repeated
     out = []
-    for k in range(3):
-        lo, hi = k * n // 3, max((k + 1) * n // 3, k * n // 3 + 1)
-        if lo >= n:
-            break
+    for lo, hi in zip(edges, edges[1:]):
         out.append(
             {
-                "frames": [lo, min(hi, n) - 1],
+                "frames": [lo, hi - 1],
                 "cache_length_from": lengths[lo],
                 "host_ms": statistics.median(host[lo:hi]),
                 "device_ms": statistics.median(device[lo:hi]),

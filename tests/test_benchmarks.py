@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -329,7 +330,10 @@ def test_gpu_harness_runs_on_the_cpu(tmp_path):
     thirds = s["by_third"]
     assert [t["frames"] for t in thirds] == [[0, 0], [1, 1], [2, 3]]
     assert [t["cache_length_from"] for t in thirds] == [lengths[0], lengths[1], lengths[2]]
-    assert thirds[2]["host_ms"] == pytest.approx(sorted(s["runs_ms"][2:])[0] / 2 + sorted(s["runs_ms"][2:])[1] / 2)
+    assert thirds[2]["host_ms"] == pytest.approx(statistics.median(s["runs_ms"][2:]))
+    # Fewer frames than thirds: each frame in one part only.
+    two = _gpu()._thirds([1.0, 2.0], [1.0, 2.0], [0.5, 0.5], [0, 9])
+    assert [(t["frames"], t["cache_length_from"], t["host_ms"]) for t in two] == [([0, 0], 0, 1.0), ([1, 1], 9, 2.0)]
     rows = {r["variant"]: r for r in res["surgery"]["rows"]}
     assert set(rows) == {"prospect_shift", "prospect_keep", "torch_cat"}
     assert rows["prospect_shift"]["same_storage"] and rows["prospect_keep"]["same_storage"]
