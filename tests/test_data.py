@@ -149,3 +149,33 @@ def test_empty_dataset_is_refused(tmp_path, name, text):
     (tmp_path / name).write_text(text)
     with pytest.raises(DatasetError, match=f"dataset .*{name} holds no video records"):
         load_dataset(tmp_path / name)
+
+
+def test_gzipped_video_unpacked_by_many_at_once(tmp_path, monkeypatch):
+    """torchrun's ranks unpack a sample video into an empty cache at the same moment: each gets the whole
+    file, and no temp file is left."""
+    import gzip
+    import threading
+
+    from prospect_core.data import OPENCV_DOC, resolve_video
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    spec = "opencv-doc-gz:opencv4/html/box.mp4.gz"
+    start, got, errors = threading.Barrier(4), [], []
+
+    def unpack():
+        start.wait()
+        try:
+            got.append(resolve_video(spec, tmp_path))
+        except Exception as e:  # noqa: BLE001 - the test reports every thread's failure
+            errors.append(e)
+
+    threads = [threading.Thread(target=unpack) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(got)) == 1 and got[0].parent == tmp_path / ".cache" / "prospect" / "videos"
+    assert got[0].read_bytes() == gzip.decompress((OPENCV_DOC / "opencv4/html/box.mp4.gz").read_bytes())
+    assert [p.name for p in got[0].parent.iterdir()] == ["box.mp4"]

@@ -6,11 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import torch.distributed as dist
 
 from compare_fixtures import compare_args
+from prospect_core.distributed import Ranks, comparison_prefix
 
 ARGS = compare_args("drop_middle,drop_all", max_frames=10)
 SKIP = {"metadata", "peak_memory_mb", "time_per_frame"}
@@ -90,3 +93,66 @@ def test_two_ranks_equal_one_process_and_resume_after_kill(tiny_model, tmp_path)
     assert all(f.stat().st_mtime_ns == t for f, t in done.items())  # not redone with the new world size
     for s in ("drop_middle", "drop_all"):
         assert metrics(killed, s) == metrics(single, s)
+
+
+def on_ranks(world, fn):
+    """fn(Ranks) on `world` threads that share one store, as torchrun's ranks share the rendezvous store;
+    returns each rank's result or exception."""
+    store, out = dist.HashStore(), [None] * world
+
+    def rank(r):
+        try:
+            out[r] = fn(Ranks(r, world, "cpu", store, comparison_prefix(store, r)))
+        except Exception as e:  # noqa: BLE001 - the test looks at each rank's outcome
+            out[r] = e
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return out
+
+
+def test_gather_gives_rank0_every_ranks_items_after_the_slowest():
+    def work(ranks):
+        if ranks.rank == 2:
+            time.sleep(0.3)  # the slowest rank: rank 0 must wait for it
+        return ranks.gather([{"rank": ranks.rank}])
+
+    got = on_ranks(3, work)
+    assert got[0] == [{"rank": 0}, {"rank": 1}, {"rank": 2}]
+    assert got[1] == [{"rank": 1}] and got[2] == [{"rank": 2}]
+
+
+def test_second_comparison_in_one_group_uses_fresh_keys():
+    def twice(ranks):
+        first = ranks.gather([{"call": 1, "rank": ranks.rank}])
+        again = Ranks(ranks.rank, ranks.world, "cpu", ranks.store, comparison_prefix(ranks.store, ranks.rank))
+        return first, again.gather([{"call": 2, "rank": again.rank}])
+
+    first, second = on_ranks(2, twice)[0]
+    assert [f["call"] for f in first] == [1, 1] and [f["call"] for f in second] == [2, 2]
+
+
+def test_rank0_first_runs_before_the_others_and_its_error_reaches_them():
+    done = threading.Event()
+
+    def prepare(ranks):
+        def step():
+            time.sleep(0.2)
+            done.set()
+
+        ranks.rank0_first(step)
+        return done.is_set()  # every rank goes on only after rank 0's step
+
+    assert on_ranks(2, prepare) == [True, True]
+
+    def refuse(ranks):
+        def step():
+            raise ValueError("out: results made with other settings")
+
+        ranks.rank0_first(step)
+
+    errors = on_ranks(2, refuse)
+    assert all(isinstance(e, ValueError) and "other settings" in str(e) for e in errors)

@@ -327,17 +327,19 @@ def _strategies(strategies: Iterable[str] | None) -> list[str]:
 def _run_on_ranks(
     strategies: list[str], records: list[dict], cfg: CompareConfig
 ) -> tuple[int, CompareConfig, dict[str, list[dict]]]:
-    """This rank's share of the (strategy, video) units, on the device torchrun gave it. Returns the rank, the
-    config on that device, and the failures of every rank by strategy."""
-    rank, world, device = distributed.init(cfg.runner.device)
-    cfg = replace(cfg, runner=replace(cfg.runner, device=device))
+    """This rank's share of the (strategy, video) units, on the device torchrun gave it, once rank 0 has
+    prepared the out folder. Returns the rank, the config on that device, and (on rank 0) the failures of
+    every rank by strategy."""
+    ranks = distributed.init(cfg.runner.device)
+    cfg = replace(cfg, runner=replace(cfg.runner, device=ranks.device))
     failed: dict[str, list[dict]] = {}
     try:
-        for f in distributed.run_units(strategies, records, cfg, rank, world):
+        ranks.rank0_first(lambda: _prepare_out(strategies, cfg))  # one process cleans and checks the folders
+        for f in distributed.run_units(strategies, records, cfg, ranks):
             failed.setdefault(f["strategy"], []).append(f)
     finally:
-        distributed.finish()  # no collective call follows: rank 0 evaluates alone
-    return rank, cfg, failed
+        distributed.finish()
+    return ranks.rank, cfg, failed
 
 
 def _records(dataset: str | Path | Iterable[dict]) -> list[dict]:
@@ -350,11 +352,15 @@ def _records(dataset: str | Path | Iterable[dict]) -> list[dict]:
     return records
 
 
-def _clean_out(out: Path) -> Path:
+def _prepare_out(strategies: list[str], cfg: CompareConfig) -> None:
+    """Makes the out folder, removes the temp files of a run killed while writing, and checks that each
+    strategy's folder can resume."""
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.rglob("*.json.tmp*"):  # left by a run that was killed while writing
+    for stale in out.rglob("*.json.tmp*"):
         stale.unlink()
-    return out
+    for s in strategies:
+        check_resume(out / s, s, cfg)
 
 
 def _run_strategy(
@@ -447,7 +453,7 @@ def compare(
     if window is None and eval_dataset is None:
         window = DEFAULT_WINDOW
     records = _records(dataset)
-    out = _clean_out(Path(out))
+    out = Path(out)
     model = resolve_model_path(model)
     cfg = CompareConfig(
         model=str(model),
@@ -465,8 +471,6 @@ def compare(
         text_metrics=text_metrics,
         progress=progress,
     )
-    for s in strategies:
-        check_resume(out / s, s, cfg)
     run_here: bool | None = workers
     rank_failures: dict[str, list[dict]] = {}
     if launcher == "torchrun" or distributed.launched_by_torchrun():
@@ -474,6 +478,8 @@ def compare(
         if rank != 0:
             return {}
         run_here = None  # units are done; rank 0 only evaluates
+    else:
+        _prepare_out(strategies, cfg)
     embedder = default_embedder()
     results = {}
     for s in strategies:

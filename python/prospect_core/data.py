@@ -4,8 +4,10 @@ knowledge, and the conversation (role, time, content). A dataset is a JSON list 
 import gzip
 import json
 import math
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from prospect_core.config import DEFAULT_FPS
@@ -46,10 +48,15 @@ def resolve_video(spec: str, base: Path) -> Path:
             )
         path = _cache_dir() / src.name[:-3]
         if not path.exists():
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-            tmp.replace(path)
+            # A temp file of its own: torchrun's ranks (or threads) may unpack the same video at once.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
+            try:
+                with gzip.open(src, "rb") as fin, open(fd, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
     else:
         path = Path(spec) if Path(spec).is_absolute() else base / spec
     if not path.exists():
