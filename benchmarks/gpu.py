@@ -47,6 +47,7 @@ on the GPU by make_model(..., device="cuda") into <models>/2.2b-bfloat16 when ab
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -553,8 +554,6 @@ def divergence(model, prompt_ids, a, b):
     logits that a fresh prefill of the prompt and a's tokens before that index gives them, with their gap and
     the bf16 step at their size. A gap of a step or two is a near-tie that summation order can flip. None
     where one list is a prefix of the other."""
-    import math
-
     import torch
 
     k = common_prefix(a, b)
